@@ -1,0 +1,415 @@
+//! The native decoder: one JSON object per line into an [`Event`], in a single pass.
+//!
+//! The decoder drives serde_json's streaming deserializer directly with a visitor that knows
+//! the schema: each key is matched against the core field names as it is read (nested objects
+//! are walked with the dotted prefix kept in one reusable buffer, so `{"audit":{"decision":…}}`
+//! and `{"audit.decision":…}` land in the same slot), values go straight into typed slots, and
+//! keys are borrowed from the input whenever they contain no escapes. There is no intermediate
+//! `serde_json::Value` tree for the whole record — only unknown fields are kept as JSON values.
+//!
+//! serde_json was chosen over sonic-rs: the `decode` benchmark keeps this decoder above 85% of a
+//! derive-based parse of the same bytes, and serde_json has no SIMD/unsafe build surface.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use crate::error::DecodeError;
+use crate::event::{CoreField, Event, FieldKind};
+
+/// Whether keys are matched against the event schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Schema {
+    /// Cordon's event schema: core fields are typed and type-checked.
+    #[default]
+    Native,
+    /// Arbitrary JSON: every field is kept as an untyped extra (for `cordon hunt`).
+    Generic,
+}
+
+/// Decodes one native Cordon event from one JSON text.
+///
+/// A missing `event.id` is derived from a hash of the bytes, so that a replayed record keeps
+/// its id; a missing `@timestamp` is an error (event time drives every window).
+pub fn decode_native(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let ev = decode_with(bytes, Schema::Native)?;
+    finish_native(ev, bytes)
+}
+
+/// Checks the required fields of a native event and fills derived ones.
+pub(crate) fn finish_native(mut ev: Event, bytes: &[u8]) -> Result<Event, DecodeError> {
+    if ev.timestamp_nanos().is_none() {
+        return Err(DecodeError::Missing { field: "@timestamp" });
+    }
+    if ev.id().is_none() {
+        ev.set_str(CoreField::EventId, content_id(bytes));
+    }
+    if ev.args_fp().is_none() {
+        if let Some(args) = ev.arguments() {
+            let fps = crate::fingerprint::fingerprint_args(args);
+            ev.set_fingerprints(CoreField::ArgsFp, fps);
+        }
+    }
+    Ok(ev)
+}
+
+/// A stable id for a record that has none: `h-` and 26 hex digits of the SHA-256 of its bytes.
+pub fn content_id(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    format!("h-{}", &hex::encode(&digest[..13])[..26])
+}
+
+/// Decodes one JSON object into an event with the given schema handling.
+pub fn decode_with(bytes: &[u8], schema: Schema) -> Result<Event, DecodeError> {
+    let mut ev = Event::new();
+    let mut path = String::with_capacity(64);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.deserialize_map(MapSeed {
+        ev: &mut ev,
+        path: &mut path,
+        schema,
+    })
+    .map_err(DecodeError::from_json)?;
+    de.end().map_err(DecodeError::from_json)?;
+    Ok(ev)
+}
+
+/// A key, borrowed from the input when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Walks one JSON object whose keys are prefixed with `path`.
+struct MapSeed<'a> {
+    ev: &'a mut Event,
+    path: &'a mut String,
+    schema: Schema,
+}
+
+impl<'de> DeserializeSeed<'de> for MapSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MapSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object (one event per line)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let MapSeed { ev, path, schema } = self;
+        let base = path.len();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            path.truncate(base);
+            if base > 0 {
+                path.push('.');
+            }
+            path.push_str(&key.0);
+            let core = match schema {
+                Schema::Native => CoreField::from_name(path),
+                Schema::Generic => None,
+            };
+            match core {
+                Some(field) => map.next_value_seed(CoreSeed { ev, field })?,
+                None => map.next_value_seed(AnySeed {
+                    ev,
+                    path,
+                    schema,
+                })?,
+            }
+        }
+        path.truncate(base);
+        Ok(())
+    }
+}
+
+/// Reads a value of a field that is not in the schema: objects are flattened further,
+/// anything else is kept under its dotted name.
+struct AnySeed<'a> {
+    ev: &'a mut Event,
+    path: &'a mut String,
+    schema: Schema,
+}
+
+impl<'de> DeserializeSeed<'de> for AnySeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl AnySeed<'_> {
+    fn keep(self, v: Json) {
+        self.ev.set_extra(self.path.as_str(), v);
+    }
+}
+
+impl<'de> Visitor<'de> for AnySeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.keep(Json::Bool(v));
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.keep(Json::from(v));
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.keep(Json::from(v));
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.keep(Json::from(v));
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.keep(Json::String(v.to_owned()));
+        Ok(())
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
+        self.keep(Json::String(v));
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.keep(Json::Null);
+        Ok(())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.visit_unit()
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+        while let Some(v) = seq.next_element::<Json>()? {
+            items.push(v);
+        }
+        self.keep(Json::Array(items));
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        MapSeed {
+            ev: self.ev,
+            path: self.path,
+            schema: self.schema,
+        }
+        .visit_map(map)
+    }
+}
+
+/// Reads the value of a core field into its typed slot.
+struct CoreSeed<'a> {
+    ev: &'a mut Event,
+    field: CoreField,
+}
+
+impl<'de> DeserializeSeed<'de> for CoreSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        match self.field.kind() {
+            FieldKind::Json => {
+                let v = Json::deserialize(d)?;
+                if !v.is_null() {
+                    match self.field {
+                        CoreField::Arguments => self.ev.set_arguments(v),
+                        _ => self.ev.set_tool_description_sha256(v),
+                    }
+                }
+                Ok(())
+            }
+            _ => d.deserialize_any(self),
+        }
+    }
+}
+
+use serde::Deserialize;
+
+impl CoreSeed<'_> {
+    fn wrong<E: de::Error>(&self, found: &str) -> E {
+        let expected = match self.field.kind() {
+            FieldKind::Str => "a string",
+            FieldKind::Timestamp => "an RFC 3339 timestamp string",
+            FieldKind::Int => "an integer",
+            FieldKind::Float => "a number",
+            FieldKind::StrList => "an array of strings",
+            FieldKind::Json => "a JSON value",
+        };
+        E::custom(format_args!(
+            "field `{}`: expected {expected}, found {found}",
+            self.field.name()
+        ))
+    }
+}
+
+impl<'de> Visitor<'de> for CoreSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the value of `{}`", self.field.name())
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        match self.field.kind() {
+            FieldKind::Str => {
+                self.ev.set_str(self.field, v);
+                Ok(())
+            }
+            FieldKind::Timestamp => self.ev.set_timestamp_text(v).map_err(|e| {
+                E::custom(format_args!(
+                    "field `@timestamp`: expected an RFC 3339 timestamp, found {v:?} ({e})"
+                ))
+            }),
+            _ => Err(self.wrong(&format!("the string {v:?}"))),
+        }
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        Err(self.wrong(&format!("the boolean {v}")))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        match self.field.kind() {
+            FieldKind::Int => {
+                self.ev.set_result_bytes(v);
+                Ok(())
+            }
+            FieldKind::Float => {
+                self.ev.set_duration_ms(v as f64);
+                Ok(())
+            }
+            _ => Err(self.wrong(&format!("the number {v}"))),
+        }
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        match i64::try_from(v) {
+            Ok(i) => self.visit_i64(i),
+            Err(_) => Err(self.wrong(&format!("the number {v} (too large)"))),
+        }
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        match self.field.kind() {
+            FieldKind::Float => {
+                self.ev.set_duration_ms(v);
+                Ok(())
+            }
+            FieldKind::Int if v.fract() == 0.0 && v.abs() < 9.0e15 => {
+                self.ev.set_result_bytes(v as i64);
+                Ok(())
+            }
+            _ => Err(self.wrong(&format!("the number {v}"))),
+        }
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        // null: the field is absent.
+        Ok(())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.field.kind() != FieldKind::StrList {
+            return Err(self.wrong("an array"));
+        }
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(8));
+        while let Some(s) = seq.next_element::<Cow<'de, str>>().map_err(|_| {
+            <A::Error as de::Error>::custom(format_args!(
+                "field `{}`: expected an array of strings",
+                self.field.name()
+            ))
+        })? {
+            items.push(s.into_owned());
+        }
+        self.ev.set_fingerprints(self.field, items);
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+        Err(self.wrong("an object"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::FieldValue;
+
+    const LINE: &[u8] = br#"{"event.id":"01J","@timestamp":"2026-11-20T10:00:00Z","gen_ai.agent.id":"a1","audit":{"decision":"deny","result_bytes":12},"mcp.method.name":"tools/call","gen_ai.tool.call.arguments":{"to":"x@y.z"},"custom":{"deep":{"k":1}},"tags":["a","b"]}"#;
+
+    #[test]
+    fn nested_and_flat_keys_are_equivalent() {
+        let nested = decode_native(LINE).unwrap();
+        let flat = decode_native(
+            br#"{"event.id":"01J","@timestamp":"2026-11-20T10:00:00Z","gen_ai.agent.id":"a1","audit.decision":"deny","audit.result_bytes":12,"mcp.method.name":"tools/call","gen_ai.tool.call.arguments":{"to":"x@y.z"},"custom.deep.k":1,"tags":["a","b"]}"#,
+        )
+        .unwrap();
+        assert_eq!(nested, flat);
+        assert_eq!(nested.core(CoreField::Decision), FieldValue::Str("deny"));
+        assert_eq!(nested.result_bytes(), Some(12));
+        assert_eq!(nested.get("custom.deep.k"), FieldValue::Int(1));
+        assert_eq!(nested.category().as_str(), "tool");
+        assert!(nested.args_fp().is_some(), "fingerprints computed from arguments");
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let err = decode_native(br#"{"@timestamp":"2026-11-20T10:00:00Z","audit.result_bytes":"big"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("audit.result_bytes"), "{err}");
+        assert!(err.contains("expected an integer"), "{err}");
+        assert!(err.contains("column"), "{err}");
+    }
+
+    #[test]
+    fn bad_timestamp_and_missing_timestamp() {
+        let err = decode_native(br#"{"@timestamp":"yesterday"}"#).unwrap_err().to_string();
+        assert!(err.contains("RFC 3339"), "{err}");
+        let err = decode_native(br#"{"event.id":"x"}"#).unwrap_err().to_string();
+        assert!(err.contains("@timestamp"), "{err}");
+    }
+
+    #[test]
+    fn truncated_and_non_object_input() {
+        for bad in [&b"{\"@timestamp\":\"2026"[..], b"[1,2]", b"", b"42", b"{\"a\":1} x"] {
+            assert!(decode_native(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn missing_id_is_derived_from_content() {
+        let a = decode_native(br#"{"@timestamp":"2026-11-20T10:00:00Z"}"#).unwrap();
+        let b = decode_native(br#"{"@timestamp":"2026-11-20T10:00:00Z"}"#).unwrap();
+        assert_eq!(a.id(), b.id());
+        assert!(a.id().unwrap().starts_with("h-"));
+    }
+
+    #[test]
+    fn generic_schema_keeps_everything_as_extra() {
+        let ev = decode_with(LINE, Schema::Generic).unwrap();
+        assert_eq!(ev.get_extra("audit.decision"), Some(&Json::from("deny")));
+        assert_eq!(ev.core(CoreField::Decision), FieldValue::Missing);
+    }
+}

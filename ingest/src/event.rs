@@ -1,0 +1,587 @@
+//! The event: one record per MCP call seen by an enforcement point.
+//!
+//! The core fields of DESIGN.md ("Events") are stored in typed slots indexed by [`CoreField`], so
+//! that the detectors reach `gen_ai.agent.id` or `audit.decision` with an array index instead of a
+//! map lookup. Every other field of the input is kept, flattened to its dotted name
+//! (`{"a":{"b":1}}` becomes `a.b`), in a small vector: events carry few unknown fields, and a
+//! linear scan over a handful of keys is cheaper than hashing them.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::Value as Json;
+
+/// How a core field is typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    /// A string.
+    Str,
+    /// An RFC 3339 timestamp, kept as its text and parsed to nanoseconds.
+    Timestamp,
+    /// An integer.
+    Int,
+    /// A floating-point number.
+    Float,
+    /// A list of strings (content fingerprints).
+    StrList,
+    /// Any JSON value (tool arguments, tool description hashes).
+    Json,
+}
+
+macro_rules! core_fields {
+    ($( $variant:ident => $name:literal, $kind:ident, $doc:literal; )*) => {
+        /// The fields of the event schema that have a typed slot.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum CoreField {
+            $( #[doc = $doc] $variant, )*
+        }
+
+        impl CoreField {
+            /// Every core field, in schema order.
+            pub const ALL: &'static [CoreField] = &[$(CoreField::$variant,)*];
+
+            /// The dotted name of the field.
+            pub const fn name(self) -> &'static str {
+                match self { $(CoreField::$variant => $name,)* }
+            }
+
+            /// The type of the field.
+            pub const fn kind(self) -> FieldKind {
+                match self { $(CoreField::$variant => FieldKind::$kind,)* }
+            }
+
+            /// Looks a field up by its dotted name.
+            pub fn from_name(name: &str) -> Option<CoreField> {
+                match name {
+                    $($name => Some(CoreField::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+core_fields! {
+    EventId => "event.id", Str, "Unique event id (ULID); the dedupe key.";
+    Timestamp => "@timestamp", Timestamp, "Event time at the enforcement point (RFC 3339).";
+    AgentId => "gen_ai.agent.id", Str, "The agent; baselines are keyed on it.";
+    AgentName => "gen_ai.agent.name", Str, "The agent's name (its peer group).";
+    PrincipalSub => "audit.principal.sub", Str, "Who the agent acts for.";
+    PrincipalClientId => "audit.principal.client_id", Str, "The OAuth client of the agent.";
+    PrincipalSpiffeId => "audit.principal.spiffe_id", Str, "The agent's workload identity.";
+    TokenJti => "audit.token.jti", Str, "The id of the credential used.";
+    TokenAud => "audit.token.aud", Str, "The audience of the credential used.";
+    TokenScope => "audit.token.scope", Str, "The scope of the credential used.";
+    SessionId => "mcp.session.id", Str, "MCP session (optional in newer revisions).";
+    ConversationId => "gen_ai.conversation.id", Str, "Conversation id.";
+    Method => "mcp.method.name", Str, "`tools/call`, `resources/read`, … (gives the category).";
+    Target => "audit.target", Str, "The MCP server called.";
+    ServerAddress => "server.address", Str, "The MCP server's address.";
+    ToolName => "gen_ai.tool.name", Str, "The tool called.";
+    Arguments => "gen_ai.tool.call.arguments", Json, "The tool's (possibly redacted) arguments.";
+    Decision => "audit.decision", Str, "`allow`, `deny` or `redact` at the enforcement point.";
+    DataClass => "audit.data_class", Str, "Sensitivity of what was touched.";
+    ResultBytes => "audit.result_bytes", Int, "Size of the result.";
+    DurationMs => "audit.duration_ms", Float, "Duration of the call in milliseconds.";
+    ErrorType => "error.type", Str, "JSON-RPC error code or `tool_error`.";
+    ResultFp => "audit.result_fp", StrList, "Content fingerprints of the result.";
+    ArgsFp => "audit.args_fp", StrList, "Content fingerprints of the arguments.";
+    ToolDescriptionSha256 => "audit.tool.description_sha256", Json, "On `tools/list`: hash of each tool's definition.";
+}
+
+/// Number of string-typed slots (strings and the timestamp text).
+const N_STR: usize = 19;
+
+impl CoreField {
+    /// The index of a string-typed field in the string slots, if it is one.
+    const fn str_slot(self) -> Option<usize> {
+        let i = self as usize;
+        match self.kind() {
+            FieldKind::Str | FieldKind::Timestamp => Some(if i < 16 {
+                i
+            } else if i < 19 {
+                // Arguments (16) is not a string: shift the ones after it.
+                i - 1
+            } else {
+                // ErrorType (21): after Arguments, ResultBytes, DurationMs.
+                i - 3
+            }),
+            _ => None,
+        }
+    }
+
+    /// The namespaces that belong to the schema: an unknown field under one of them is
+    /// probably a typo of a core field.
+    pub const NAMESPACES: &'static [&'static str] =
+        &["event.", "gen_ai.", "audit.", "mcp.", "server.", "error."];
+}
+
+/// The category of an event, derived from `mcp.method.name` (EQL's event category).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Category {
+    /// `tools/call`.
+    Tool,
+    /// `resources/read`, `resources/subscribe`, …
+    Resource,
+    /// `prompts/get`.
+    Prompt,
+    /// `tools/list`, `resources/list`, `prompts/list`, … — catalogue listings.
+    List,
+    /// `initialize`, `ping`, `notifications/*`, session lifecycle.
+    Session,
+    /// Anything else, or no method at all.
+    #[default]
+    Other,
+    /// A category read from a field of arbitrary JSON (`cordon hunt --category-field`).
+    Custom(Box<str>),
+}
+
+impl Category {
+    /// Derives the category from an MCP method name.
+    pub fn from_method(method: &str) -> Category {
+        if method == "tools/call" {
+            Category::Tool
+        } else if method.ends_with("/list") || method.ends_with("/templates/list") {
+            Category::List
+        } else if method.starts_with("resources/") {
+            Category::Resource
+        } else if method.starts_with("prompts/") {
+            Category::Prompt
+        } else if method == "initialize"
+            || method == "ping"
+            || method.starts_with("notifications/")
+            || method.starts_with("session/")
+        {
+            Category::Session
+        } else {
+            Category::Other
+        }
+    }
+
+    /// The category's name as used in queries (`tool where …`).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Category::Tool => "tool",
+            Category::Resource => "resource",
+            Category::Prompt => "prompt",
+            Category::List => "list",
+            Category::Session => "session",
+            Category::Other => "other",
+            Category::Custom(s) => s,
+        }
+    }
+
+    /// The names of the built-in categories (for query checking).
+    pub const BUILTIN: &'static [&'static str] =
+        &["tool", "resource", "prompt", "list", "session", "other"];
+}
+
+/// A borrowed view of one field's value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FieldValue<'a> {
+    /// The field is absent or null.
+    Missing,
+    /// A string.
+    Str(&'a str),
+    /// An integer.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A list of strings.
+    StrList(&'a [Box<str>]),
+    /// Any other JSON value (arrays, objects).
+    Json(&'a Json),
+}
+
+impl<'a> FieldValue<'a> {
+    /// Views a JSON value as a field value (scalars become typed).
+    pub fn from_json(v: &'a Json) -> FieldValue<'a> {
+        match v {
+            Json::Null => FieldValue::Missing,
+            Json::Bool(b) => FieldValue::Bool(*b),
+            Json::Number(n) => match n.as_i64() {
+                Some(i) => FieldValue::Int(i),
+                None => FieldValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Json::String(s) => FieldValue::Str(s),
+            other => FieldValue::Json(other),
+        }
+    }
+}
+
+/// A resolved reference to a field, computed once when a rule is compiled.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FieldRef {
+    /// A typed core field.
+    Core(CoreField),
+    /// A path inside a JSON-typed core field (`gen_ai.tool.call.arguments.to`).
+    CorePath(CoreField, Box<[Box<str>]>),
+    /// Any other field, by its flattened dotted name.
+    Extra(Box<str>),
+    /// The event's category.
+    Category,
+}
+
+impl FieldRef {
+    /// Resolves a dotted name against the schema. With `schema` false every name is an
+    /// extra field (for ad-hoc hunts over arbitrary JSON).
+    pub fn resolve(name: &str, schema: bool) -> FieldRef {
+        if !schema {
+            return FieldRef::Extra(name.into());
+        }
+        if let Some(f) = CoreField::from_name(name) {
+            return FieldRef::Core(f);
+        }
+        for f in [CoreField::Arguments, CoreField::ToolDescriptionSha256] {
+            if let Some(rest) = name.strip_prefix(f.name()).and_then(|r| r.strip_prefix('.')) {
+                let path: Vec<Box<str>> = rest.split('.').map(Into::into).collect();
+                return FieldRef::CorePath(f, path.into_boxed_slice());
+            }
+        }
+        FieldRef::Extra(name.into())
+    }
+
+    /// The dotted name this reference reads.
+    pub fn name(&self) -> Cow<'_, str> {
+        match self {
+            FieldRef::Core(f) => Cow::Borrowed(f.name()),
+            FieldRef::CorePath(f, p) => Cow::Owned(format!("{}.{}", f.name(), p.join("."))),
+            FieldRef::Extra(n) => Cow::Borrowed(n),
+            FieldRef::Category => Cow::Borrowed("event.category"),
+        }
+    }
+}
+
+/// One MCP call (or other method) as seen by an enforcement point.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Event {
+    strs: [Option<Box<str>>; N_STR],
+    ts_nanos: Option<i64>,
+    result_bytes: Option<i64>,
+    duration_ms: Option<f64>,
+    arguments: Option<Json>,
+    tool_description_sha256: Option<Json>,
+    result_fp: Option<Box<[Box<str>]>>,
+    args_fp: Option<Box<[Box<str>]>>,
+    extra: Vec<(Box<str>, Json)>,
+    category: Category,
+}
+
+impl Event {
+    /// An empty event.
+    pub fn new() -> Event {
+        Event::default()
+    }
+
+    /// A string-typed core field.
+    #[inline]
+    pub fn str(&self, f: CoreField) -> Option<&str> {
+        f.str_slot().and_then(|i| self.strs[i].as_deref())
+    }
+
+    /// Sets a string-typed core field; setting the method also sets the category.
+    /// Does nothing for fields of other types.
+    pub fn set_str(&mut self, f: CoreField, v: impl Into<Box<str>>) {
+        if let Some(i) = f.str_slot() {
+            let v = v.into();
+            if f == CoreField::Method {
+                self.category = Category::from_method(&v);
+            }
+            self.strs[i] = Some(v);
+        }
+    }
+
+    /// Clears a core field.
+    pub fn clear(&mut self, f: CoreField) {
+        if let Some(i) = f.str_slot() {
+            self.strs[i] = None;
+        }
+        match f {
+            CoreField::Timestamp => self.ts_nanos = None,
+            CoreField::ResultBytes => self.result_bytes = None,
+            CoreField::DurationMs => self.duration_ms = None,
+            CoreField::Arguments => self.arguments = None,
+            CoreField::ToolDescriptionSha256 => self.tool_description_sha256 = None,
+            CoreField::ResultFp => self.result_fp = None,
+            CoreField::ArgsFp => self.args_fp = None,
+            CoreField::Method => self.category = Category::Other,
+            _ => {}
+        }
+    }
+
+    /// `event.id`.
+    pub fn id(&self) -> Option<&str> {
+        self.str(CoreField::EventId)
+    }
+    /// `gen_ai.agent.id`.
+    pub fn agent_id(&self) -> Option<&str> {
+        self.str(CoreField::AgentId)
+    }
+    /// `mcp.session.id`.
+    pub fn session_id(&self) -> Option<&str> {
+        self.str(CoreField::SessionId)
+    }
+    /// `gen_ai.tool.name`.
+    pub fn tool_name(&self) -> Option<&str> {
+        self.str(CoreField::ToolName)
+    }
+
+    /// Event time in nanoseconds since the Unix epoch.
+    pub fn timestamp_nanos(&self) -> Option<i64> {
+        self.ts_nanos
+    }
+
+    /// Sets the event time; the `@timestamp` text becomes its RFC 3339 form.
+    pub fn set_timestamp_nanos(&mut self, nanos: i64) {
+        self.ts_nanos = Some(nanos);
+        if let Ok(ts) = jiff::Timestamp::from_nanosecond(nanos as i128) {
+            if let Some(i) = CoreField::Timestamp.str_slot() {
+                self.strs[i] = Some(ts.to_string().into());
+            }
+        }
+    }
+
+    /// Sets `@timestamp` from RFC 3339 text, keeping the text as given.
+    pub fn set_timestamp_text(&mut self, text: &str) -> Result<(), jiff::Error> {
+        let ts: jiff::Timestamp = text.parse()?;
+        self.ts_nanos = Some(ts.as_nanosecond() as i64);
+        if let Some(i) = CoreField::Timestamp.str_slot() {
+            self.strs[i] = Some(text.into());
+        }
+        Ok(())
+    }
+
+    /// `audit.result_bytes`.
+    pub fn result_bytes(&self) -> Option<i64> {
+        self.result_bytes
+    }
+    /// Sets `audit.result_bytes`.
+    pub fn set_result_bytes(&mut self, v: i64) {
+        self.result_bytes = Some(v);
+    }
+    /// `audit.duration_ms`.
+    pub fn duration_ms(&self) -> Option<f64> {
+        self.duration_ms
+    }
+    /// Sets `audit.duration_ms`.
+    pub fn set_duration_ms(&mut self, v: f64) {
+        self.duration_ms = Some(v);
+    }
+    /// `gen_ai.tool.call.arguments`.
+    pub fn arguments(&self) -> Option<&Json> {
+        self.arguments.as_ref()
+    }
+    /// Sets `gen_ai.tool.call.arguments`.
+    pub fn set_arguments(&mut self, v: Json) {
+        self.arguments = Some(v);
+    }
+    /// `audit.tool.description_sha256`.
+    pub fn tool_description_sha256(&self) -> Option<&Json> {
+        self.tool_description_sha256.as_ref()
+    }
+    /// Sets `audit.tool.description_sha256`.
+    pub fn set_tool_description_sha256(&mut self, v: Json) {
+        self.tool_description_sha256 = Some(v);
+    }
+    /// `audit.result_fp`.
+    pub fn result_fp(&self) -> Option<&[Box<str>]> {
+        self.result_fp.as_deref()
+    }
+    /// `audit.args_fp`.
+    pub fn args_fp(&self) -> Option<&[Box<str>]> {
+        self.args_fp.as_deref()
+    }
+    /// Sets a fingerprint list (`audit.result_fp` or `audit.args_fp`).
+    pub fn set_fingerprints(&mut self, f: CoreField, fps: Vec<String>) {
+        let v: Box<[Box<str>]> = fps.into_iter().map(Into::into).collect();
+        match f {
+            CoreField::ResultFp => self.result_fp = Some(v),
+            CoreField::ArgsFp => self.args_fp = Some(v),
+            _ => {}
+        }
+    }
+
+    /// The event's category.
+    pub fn category(&self) -> &Category {
+        &self.category
+    }
+    /// Overrides the category (hunts over arbitrary JSON).
+    pub fn set_category(&mut self, c: Category) {
+        self.category = c;
+    }
+
+    /// The fields that are not core fields, flattened to dotted names, in input order.
+    pub fn extra(&self) -> &[(Box<str>, Json)] {
+        &self.extra
+    }
+
+    /// Sets a non-core field (replacing an earlier value of the same name).
+    pub fn set_extra(&mut self, name: impl Into<Box<str>>, v: Json) {
+        let name = name.into();
+        if let Some(slot) = self.extra.iter_mut().find(|(k, _)| *k == name) {
+            slot.1 = v;
+        } else {
+            self.extra.push((name, v));
+        }
+    }
+
+    /// Removes a non-core field.
+    pub fn remove_extra(&mut self, name: &str) {
+        self.extra.retain(|(k, _)| &**k != name);
+    }
+
+    /// A non-core field by dotted name.
+    #[inline]
+    pub fn get_extra(&self, name: &str) -> Option<&Json> {
+        self.extra.iter().find(|(k, _)| &**k == name).map(|(_, v)| v)
+    }
+
+    /// Reads a field through a reference resolved by [`FieldRef::resolve`].
+    #[inline]
+    pub fn field(&self, r: &FieldRef) -> FieldValue<'_> {
+        match r {
+            FieldRef::Core(f) => self.core(*f),
+            FieldRef::CorePath(f, path) => {
+                let root = match f {
+                    CoreField::Arguments => self.arguments.as_ref(),
+                    CoreField::ToolDescriptionSha256 => self.tool_description_sha256.as_ref(),
+                    _ => None,
+                };
+                match root.and_then(|v| json_path(v, path)) {
+                    Some(v) => FieldValue::from_json(v),
+                    None => FieldValue::Missing,
+                }
+            }
+            FieldRef::Extra(n) => match self.get_extra(n) {
+                Some(v) => FieldValue::from_json(v),
+                None => FieldValue::Missing,
+            },
+            FieldRef::Category => FieldValue::Str(self.category.as_str()),
+        }
+    }
+
+    /// Reads a core field.
+    #[inline]
+    pub fn core(&self, f: CoreField) -> FieldValue<'_> {
+        let opt = match f.kind() {
+            FieldKind::Str | FieldKind::Timestamp => self.str(f).map(FieldValue::Str),
+            FieldKind::Int => self.result_bytes.map(FieldValue::Int),
+            FieldKind::Float => self.duration_ms.map(FieldValue::Float),
+            FieldKind::StrList => match f {
+                CoreField::ResultFp => self.result_fp.as_deref().map(FieldValue::StrList),
+                _ => self.args_fp.as_deref().map(FieldValue::StrList),
+            },
+            FieldKind::Json => match f {
+                CoreField::Arguments => self.arguments.as_ref().map(FieldValue::from_json),
+                _ => self.tool_description_sha256.as_ref().map(FieldValue::from_json),
+            },
+        };
+        opt.unwrap_or(FieldValue::Missing)
+    }
+
+    /// Reads any field by its dotted name (slow path: resolves the name on every call).
+    pub fn get(&self, name: &str) -> FieldValue<'_> {
+        match self.field(&FieldRef::resolve(name, true)) {
+            FieldValue::Missing => match self.get_extra(name) {
+                Some(v) => FieldValue::from_json(v),
+                None => FieldValue::Missing,
+            },
+            v => v,
+        }
+    }
+
+    /// The event as a flat JSON object with dotted keys.
+    pub fn to_json(&self) -> Json {
+        serde_json::to_value(self).unwrap_or(Json::Null)
+    }
+}
+
+fn json_path<'a>(mut v: &'a Json, path: &[Box<str>]) -> Option<&'a Json> {
+    for seg in path {
+        v = match v {
+            Json::Object(m) => m.get(&**seg)?,
+            Json::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        for &f in CoreField::ALL {
+            match self.core(f) {
+                FieldValue::Missing => {}
+                FieldValue::Str(v) => m.serialize_entry(f.name(), v)?,
+                FieldValue::Int(v) => m.serialize_entry(f.name(), &v)?,
+                FieldValue::Float(v) => m.serialize_entry(f.name(), &v)?,
+                FieldValue::Bool(v) => m.serialize_entry(f.name(), &v)?,
+                FieldValue::StrList(v) => m.serialize_entry(f.name(), v)?,
+                FieldValue::Json(v) => m.serialize_entry(f.name(), v)?,
+            }
+        }
+        for (k, v) in &self.extra {
+            m.serialize_entry(&**k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match serde_json::to_string(self) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => Err(fmt::Error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_slots_are_distinct_and_dense() {
+        let mut seen = Vec::new();
+        for &f in CoreField::ALL {
+            if let Some(i) = f.str_slot() {
+                assert!(i < N_STR, "{f:?} slot {i}");
+                assert!(!seen.contains(&i), "{f:?} shares slot {i}");
+                seen.push(i);
+            }
+        }
+        assert_eq!(seen.len(), N_STR);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for &f in CoreField::ALL {
+            assert_eq!(CoreField::from_name(f.name()), Some(f));
+        }
+    }
+
+    #[test]
+    fn categories_from_methods() {
+        assert_eq!(Category::from_method("tools/call"), Category::Tool);
+        assert_eq!(Category::from_method("tools/list"), Category::List);
+        assert_eq!(Category::from_method("resources/read"), Category::Resource);
+        assert_eq!(Category::from_method("resources/templates/list"), Category::List);
+        assert_eq!(Category::from_method("prompts/get"), Category::Prompt);
+        assert_eq!(Category::from_method("initialize"), Category::Session);
+        assert_eq!(Category::from_method("sampling/createMessage"), Category::Other);
+    }
+
+    #[test]
+    fn paths_into_arguments() {
+        let mut ev = Event::new();
+        ev.set_arguments(serde_json::json!({"to": ["a@b.c"], "opts": {"cc": "x"}}));
+        let r = FieldRef::resolve("gen_ai.tool.call.arguments.opts.cc", true);
+        assert_eq!(ev.field(&r), FieldValue::Str("x"));
+        let r = FieldRef::resolve("gen_ai.tool.call.arguments.to.0", true);
+        assert_eq!(ev.field(&r), FieldValue::Str("a@b.c"));
+    }
+}
