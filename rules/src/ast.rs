@@ -1,0 +1,274 @@
+//! The syntax tree of a query, as written (before macros, lists and the schema are applied).
+//!
+//! The tree covers the whole EQL shape — event queries, `sequence`, `sample` and pipes — so
+//! that the sequence, threshold and baseline engines plug into it without another parser.
+
+use std::time::Duration;
+
+/// A position in the query text: byte offsets and the 1-based line and column of the start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    /// Byte offset of the first character.
+    pub start: usize,
+    /// Byte offset after the last character.
+    pub end: usize,
+    /// 1-based line of `start`.
+    pub line: u32,
+    /// 1-based column (in characters) of `start`.
+    pub col: u32,
+}
+
+impl Span {
+    /// A span covering both.
+    pub fn to(self, other: Span) -> Span {
+        Span {
+            end: other.end.max(self.end),
+            ..self
+        }
+    }
+}
+
+/// A literal value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Literal {
+    /// `null`.
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+    /// A string.
+    Str(String),
+}
+
+/// Binary operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+    /// `%`
+    Mod,
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `and`
+    And,
+    /// `or`
+    Or,
+}
+
+impl BinOp {
+    /// The operator as written.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::Mod => "%",
+            BinOp::Eq => "==",
+            BinOp::Ne => "!=",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::And => "and",
+            BinOp::Or => "or",
+        }
+    }
+}
+
+/// The pattern operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatchOp {
+    /// `:` — case-insensitive equality with `*`/`?` wildcards.
+    Colon,
+    /// `like` / `like~` — wildcards, case-sensitive unless `~`.
+    Like,
+    /// `regex` / `regex~` — a whole-string regular expression.
+    Regex,
+}
+
+/// An expression.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// A literal.
+    Lit(Literal, Span),
+    /// A field (or a macro, resolved later): `a.b`, `` `a b` ``, `?a.b`.
+    Field {
+        /// Dotted name.
+        name: String,
+        /// Written with `?`: may be absent from the schema.
+        optional: bool,
+        /// Written with backticks.
+        quoted: bool,
+        /// Where.
+        span: Span,
+    },
+    /// `-x` or `not x`.
+    Unary {
+        /// `true` for `not`, `false` for `-`.
+        not: bool,
+        /// The operand.
+        expr: Box<Expr>,
+        /// Where.
+        span: Span,
+    },
+    /// `a op b`.
+    Binary {
+        /// The operator.
+        op: BinOp,
+        /// Left operand.
+        lhs: Box<Expr>,
+        /// Right operand.
+        rhs: Box<Expr>,
+        /// Where the operator is.
+        span: Span,
+    },
+    /// `a : "p"`, `a like~ ("p", "q")`, `a regex "r"`.
+    Match {
+        /// The operator.
+        op: MatchOp,
+        /// Written with `~` (always true for `:`).
+        insensitive: bool,
+        /// The value tested.
+        lhs: Box<Expr>,
+        /// The patterns (any may match).
+        patterns: Vec<Expr>,
+        /// Where the operator is.
+        span: Span,
+    },
+    /// `a in (…)`, `a in~ (…)`, `a not in (…)`.
+    In {
+        /// The value tested.
+        lhs: Box<Expr>,
+        /// The candidates.
+        list: Vec<Expr>,
+        /// `in~`.
+        insensitive: bool,
+        /// `not in`.
+        negated: bool,
+        /// Where the operator is.
+        span: Span,
+    },
+    /// `f(a, b)` or `f~(a, b)`.
+    Call {
+        /// Function name.
+        name: String,
+        /// Written with `~`.
+        insensitive: bool,
+        /// Arguments.
+        args: Vec<Expr>,
+        /// Where the name is.
+        span: Span,
+    },
+}
+
+impl Expr {
+    /// Where the expression is (its operator, for operations).
+    pub fn span(&self) -> Span {
+        match self {
+            Expr::Lit(_, s) => *s,
+            Expr::Field { span, .. }
+            | Expr::Unary { span, .. }
+            | Expr::Binary { span, .. }
+            | Expr::Match { span, .. }
+            | Expr::In { span, .. }
+            | Expr::Call { span, .. } => *span,
+        }
+    }
+}
+
+/// `CATEGORY where CONDITION`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventQuery {
+    /// The category; `None` for `any`.
+    pub category: Option<String>,
+    /// Where the category is.
+    pub category_span: Span,
+    /// The condition.
+    pub condition: Expr,
+}
+
+/// One bracketed step of a sequence or sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// The step's event query.
+    pub query: EventQuery,
+    /// Its join keys (`[…] by a, b`).
+    pub by: Vec<Expr>,
+    /// `![…]`: a missing-event step.
+    pub missing: bool,
+    /// `with runs=N`.
+    pub runs: Option<u32>,
+    /// Where the step starts.
+    pub span: Span,
+}
+
+/// `sequence [by …] [with maxspan=T] [q]… [until [q]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sequence {
+    /// Join keys shared by every step.
+    pub by: Vec<Expr>,
+    /// Maximum time between the first and the last step.
+    pub maxspan: Option<Duration>,
+    /// The steps.
+    pub steps: Vec<Step>,
+    /// An event that ends open partial matches.
+    pub until: Option<Step>,
+}
+
+/// `sample by … [q] [q]…` (unordered).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Join keys shared by every step.
+    pub by: Vec<Expr>,
+    /// The steps.
+    pub steps: Vec<Step>,
+}
+
+/// A query's body.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QueryBody {
+    /// One event at a time.
+    Event(EventQuery),
+    /// An ordered chain.
+    Sequence(Sequence),
+    /// An unordered set.
+    Sample(Sample),
+}
+
+/// A pipe after the query.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pipe {
+    /// `| head N`: the first N results.
+    Head(u64),
+    /// `| tail N`: the last N results.
+    Tail(u64),
+}
+
+/// A whole query.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Query {
+    /// The body.
+    pub body: QueryBody,
+    /// Its pipes, in order.
+    pub pipes: Vec<Pipe>,
+}

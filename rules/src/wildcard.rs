@@ -1,0 +1,192 @@
+//! Wildcard patterns (`*` any run of characters, `?` one character), as `:` and `like` use them.
+//!
+//! Patterns are classified once when a rule is compiled: most are an exact string, a prefix, a
+//! suffix or a substring, and those run as one `starts_with`/`ends_with`/`contains`; only the
+//! rest use the general backtracking matcher. Case-insensitive patterns are stored lowercased
+//! and compared with ASCII case folding when the input is ASCII, so the hot path does not
+//! allocate.
+
+/// A compiled wildcard pattern.
+#[derive(Clone, Debug)]
+pub struct Wildcard {
+    kind: Kind,
+    insensitive: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Any,
+    General(Vec<Tok>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Tok {
+    Lit(char),
+    One,
+    Star,
+}
+
+impl Wildcard {
+    /// Compiles a pattern. `\*` and `\?` match a literal star or question mark.
+    pub fn new(pattern: &str, insensitive: bool) -> Wildcard {
+        let pat = if insensitive {
+            pattern.to_lowercase()
+        } else {
+            pattern.to_owned()
+        };
+        let mut toks = Vec::new();
+        let mut chars = pat.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some(n) => toks.push(Tok::Lit(n)),
+                    None => toks.push(Tok::Lit('\\')),
+                },
+                '*' => {
+                    if toks.last() != Some(&Tok::Star) {
+                        toks.push(Tok::Star)
+                    }
+                }
+                '?' => toks.push(Tok::One),
+                c => toks.push(Tok::Lit(c)),
+            }
+        }
+        let lit = |ts: &[Tok]| -> Option<String> {
+            ts.iter()
+                .map(|t| match t {
+                    Tok::Lit(c) => Some(*c),
+                    _ => None,
+                })
+                .collect()
+        };
+        let n = toks.len();
+        let kind = if toks == [Tok::Star] {
+            Kind::Any
+        } else if let Some(s) = lit(&toks) {
+            Kind::Exact(s)
+        } else if n >= 2 && toks[n - 1] == Tok::Star && lit(&toks[..n - 1]).is_some() {
+            Kind::Prefix(lit(&toks[..n - 1]).unwrap_or_default())
+        } else if n >= 2 && toks[0] == Tok::Star && lit(&toks[1..]).is_some() {
+            Kind::Suffix(lit(&toks[1..]).unwrap_or_default())
+        } else if n >= 3 && toks[0] == Tok::Star && toks[n - 1] == Tok::Star && lit(&toks[1..n - 1]).is_some() {
+            Kind::Contains(lit(&toks[1..n - 1]).unwrap_or_default())
+        } else {
+            Kind::General(toks)
+        };
+        Wildcard { kind, insensitive }
+    }
+
+    /// Whether `s` matches the whole pattern.
+    pub fn matches(&self, s: &str) -> bool {
+        if self.insensitive && !s.is_ascii() {
+            return self.matches_folded(&s.to_lowercase());
+        }
+        let ci = self.insensitive;
+        match &self.kind {
+            Kind::Any => true,
+            Kind::Exact(p) => eq(s.as_bytes(), p.as_bytes(), ci),
+            Kind::Prefix(p) => s.len() >= p.len() && eq(&s.as_bytes()[..p.len()], p.as_bytes(), ci),
+            Kind::Suffix(p) => {
+                s.len() >= p.len() && eq(&s.as_bytes()[s.len() - p.len()..], p.as_bytes(), ci)
+            }
+            Kind::Contains(p) => contains(s.as_bytes(), p.as_bytes(), ci),
+            Kind::General(toks) => general(toks, s, ci),
+        }
+    }
+
+    fn matches_folded(&self, s: &str) -> bool {
+        match &self.kind {
+            Kind::Any => true,
+            Kind::Exact(p) => s == p,
+            Kind::Prefix(p) => s.starts_with(p.as_str()),
+            Kind::Suffix(p) => s.ends_with(p.as_str()),
+            Kind::Contains(p) => s.contains(p.as_str()),
+            Kind::General(toks) => general(toks, s, false),
+        }
+    }
+}
+
+fn eq(a: &[u8], b: &[u8], ci: bool) -> bool {
+    if ci {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a == b
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8], ci: bool) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    if hay.len() < needle.len() {
+        return false;
+    }
+    hay.windows(needle.len()).any(|w| eq(w, needle, ci))
+}
+
+/// Classic wildcard matching with one backtrack point (the last star): linear in practice.
+fn general(toks: &[Tok], s: &str, ci: bool) -> bool {
+    let chars: Vec<char> = s.chars().collect();
+    let (mut p, mut i) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    let same = |a: char, b: char| if ci { a.eq_ignore_ascii_case(&b) } else { a == b };
+    while i < chars.len() {
+        match toks.get(p) {
+            Some(Tok::Star) => {
+                star = Some((p, i));
+                p += 1;
+            }
+            Some(Tok::One) => {
+                p += 1;
+                i += 1;
+            }
+            Some(Tok::Lit(c)) if same(*c, chars[i]) => {
+                p += 1;
+                i += 1;
+            }
+            _ => match star {
+                Some((sp, si)) => {
+                    p = sp + 1;
+                    i = si + 1;
+                    star = Some((sp, si + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    toks[p..].iter().all(|t| *t == Tok::Star)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        let cases = [
+            ("read_*", "read_file", false, true),
+            ("read_*", "READ_file", false, false),
+            ("read_*", "READ_file", true, true),
+            ("*_file", "read_file", false, true),
+            ("*secret*", "my_SECRET_x", true, true),
+            ("*secret*", "my_SECRET_x", false, false),
+            ("a?c", "abc", false, true),
+            ("a?c", "abbc", false, false),
+            ("a*b*c", "aXXbYYc", false, true),
+            ("a*b*c", "aXXbYY", false, false),
+            ("*", "", false, true),
+            ("", "", false, true),
+            ("x\\*", "x*", false, true),
+            ("x\\*", "xy", false, false),
+            ("ÉTÉ*", "été-2026", true, true),
+            ("s?nd", "sénd", false, true),
+        ];
+        for (p, s, ci, want) in cases {
+            assert_eq!(Wildcard::new(p, ci).matches(s), want, "{p} ~ {s} ci={ci}");
+        }
+    }
+}
