@@ -1,1 +1,14 @@
-//! placeholder
+//! # cordon-detect
+//!
+//! The streaming engine: detectors that read events in event order and emit [`Alert`]s.
+//! Detectors are synchronous, pure and I/O-free — they are driven by whatever source feeds
+//! them and tested without an async runtime. This crate holds the [`Detector`] trait, the
+//! [`Engine`] that runs them, the filter-rule detector, and the alert type with its OCSF form.
+
+#![deny(missing_docs)]
+
+pub mod alert;
+pub mod engine;
+
+pub use alert::{Alert, AnalyticType};
+pub use engine::{Detector, Engine, EngineStats, FilterDetector, RuleStats};
