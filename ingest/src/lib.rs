@@ -24,3 +24,4 @@ pub use decode::{decode_native, decode_with, Schema};
 pub use error::{DecodeError, IngestError};
 pub use event::{Category, CoreField, Event, FieldKind, FieldRef, FieldValue};
 pub use formats::Format;
+pub use sources::{LineReader, RawRecord};

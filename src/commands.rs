@@ -1,0 +1,311 @@
+//! The subcommands that are plain wiring: run, rules, generate, fingerprint, eval.
+
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use cordon_detect::Engine;
+use cordon_ingest::fingerprint::fingerprint_text;
+use cordon_ingest::generate::{generate as gen, parse_attacks, GenConfig};
+use cordon_ingest::sources::file::DEFAULT_MAX_RECORD;
+use cordon_ingest::{DeadLetterSink, Format};
+use cordon_query::{evaluate, AlertIndex, Labels};
+use cordon_respond::{AlertSink, JsonLinesSink};
+use cordon_rules::RuleSet;
+
+use crate::pipeline::run_files;
+use crate::Failure;
+
+/// `cordon run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Input files or directories of JSON lines (plain or .gz), or `-` for stdin.
+    #[arg(long, short, required = true, num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// Rule files or directories (default: the built-in rule pack).
+    #[arg(long, short)]
+    rules: Vec<PathBuf>,
+    /// Where to write alerts (OCSF JSON lines), `-` for stdout.
+    #[arg(long, short, default_value = "-")]
+    alerts: PathBuf,
+    /// Input format.
+    #[arg(long, short, default_value = "native", value_parser = parse_format)]
+    format: Format,
+    /// Write records that fail to decode here (JSON lines with source, line, reason, raw).
+    #[arg(long)]
+    dead_letter: Option<PathBuf>,
+    /// Largest accepted record, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_RECORD)]
+    max_record_bytes: usize,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    s.parse()
+}
+
+/// Loads rules from paths, or the built-in pack when none are given.
+pub fn load_rules(paths: &[PathBuf]) -> Result<RuleSet, Failure> {
+    let set = match crate::rule_paths(paths) {
+        None => RuleSet::builtin(),
+        Some(p) => RuleSet::load(p),
+    };
+    set.map_err(|e| {
+        Failure::input(format!(
+            "{} error{} in rules:\n{e}",
+            e.0.len(),
+            if e.0.len() == 1 { "" } else { "s" }
+        ))
+    })
+}
+
+/// `cordon run`.
+pub fn run(a: RunArgs) -> Result<(), Failure> {
+    let set = load_rules(&a.rules)?;
+    let mut engine = Engine::new(&set);
+    let mut dead = DeadLetterSink::new(a.dead_letter.as_deref()).map_err(|e| Failure::input(e.to_string()))?;
+    let mut sink = if a.alerts.as_os_str() == "-" {
+        JsonLinesSink::stdout()
+    } else {
+        JsonLinesSink::file(&a.alerts).map_err(|e| Failure::input(e.to_string()))?
+    };
+    let stats = run_files(&a.input, a.format, a.max_record_bytes, &mut engine, &mut dead, |alert| {
+        sink.emit(&alert)?;
+        Ok(())
+    })?;
+    sink.flush().map_err(|e| Failure::input(e.to_string()))?;
+    eprintln!(
+        "cordon: {} records, {} events, {} dead-lettered{}, {} alerts from {} rules",
+        stats.records,
+        stats.events,
+        stats.dead_lettered,
+        match &a.dead_letter {
+            Some(p) if stats.dead_lettered > 0 => format!(" (see {})", p.display()),
+            None if stats.dead_lettered > 0 => " (pass --dead-letter PATH to keep them)".into(),
+            _ => String::new(),
+        },
+        stats.alerts,
+        set.rules.len()
+    );
+    Ok(())
+}
+
+/// `cordon rules …`.
+#[derive(Subcommand)]
+pub enum RulesAction {
+    /// Parse and type-check rule files; print every error with file, line and column.
+    Check {
+        /// Rule files or directories (default: the built-in pack).
+        paths: Vec<PathBuf>,
+    },
+    /// Run the rules' inline tests.
+    Test {
+        /// Rule files or directories (default: the built-in pack).
+        paths: Vec<PathBuf>,
+    },
+    /// List the rules.
+    List {
+        /// Rule files or directories (default: the built-in pack).
+        paths: Vec<PathBuf>,
+    },
+}
+
+/// `cordon rules …`.
+pub fn rules(action: RulesAction) -> Result<(), Failure> {
+    match action {
+        RulesAction::Check { paths } => {
+            let set = match load_rules(&paths) {
+                Ok(s) => s,
+                Err(f) => return Err(Failure::findings(f.message)),
+            };
+            println!(
+                "ok: {} rules, {} macros, {} lists",
+                set.rules.len(),
+                set.library.macros.len(),
+                set.library.lists.len()
+            );
+            Ok(())
+        }
+        RulesAction::Test { paths } => {
+            let set = load_rules(&paths)?;
+            let mut failed = 0;
+            let mut cases = 0;
+            for r in &set.rules {
+                cases += r.tests.should_match.len() + r.tests.should_not_match.len();
+                let f = r.run_tests();
+                if f.is_empty() {
+                    println!("ok   {}", r.id);
+                } else {
+                    for msg in &f {
+                        println!("FAIL {msg}");
+                    }
+                    failed += f.len();
+                }
+            }
+            println!("{} passed, {failed} failed", cases - failed);
+            if failed > 0 {
+                return Err(Failure::findings(format!("{failed} rule test(s) failed")));
+            }
+            Ok(())
+        }
+        RulesAction::List { paths } => {
+            let set = load_rules(&paths)?;
+            for r in &set.rules {
+                println!(
+                    "{:<40} {:<13} {}  ({}:{})",
+                    r.id,
+                    r.severity.name(),
+                    r.title,
+                    r.origin.file.display(),
+                    r.origin.line
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `cordon generate`.
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Seed: the same seed gives the same traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of agents.
+    #[arg(long, default_value_t = 20)]
+    agents: usize,
+    /// Simulated period, e.g. 1h, 8h, 2days.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Start of the period (RFC 3339).
+    #[arg(long, default_value = "2026-11-02T08:00:00Z")]
+    start: String,
+    /// Attack scenarios to mix in: `all`, `none`, or a comma-separated list.
+    #[arg(long, default_value = "all")]
+    attacks: String,
+    /// Attack sessions per scenario.
+    #[arg(long, default_value_t = 2)]
+    attack_sessions: usize,
+    /// Output directory (gets events.jsonl and labels.json).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Builds a generator config from flags.
+pub fn gen_config(
+    seed: u64,
+    agents: usize,
+    duration: std::time::Duration,
+    start: &str,
+    attacks: &str,
+    attack_sessions: usize,
+) -> Result<GenConfig, Failure> {
+    let start: jiff::Timestamp = start
+        .parse()
+        .map_err(|e| Failure::input(format!("--start {start:?}: expected an RFC 3339 time ({e})")))?;
+    let attacks = parse_attacks(attacks).map_err(|e| Failure::input(format!("--attacks: {e}")))?;
+    if agents == 0 {
+        return Err(Failure::input("--agents must be at least 1"));
+    }
+    Ok(GenConfig {
+        seed,
+        agents,
+        start_nanos: start.as_nanosecond() as i64,
+        duration_nanos: duration.as_nanos().min(i64::MAX as u128) as i64,
+        attacks,
+        sessions_per_attack: attack_sessions,
+        ..GenConfig::default()
+    })
+}
+
+/// `cordon generate`.
+pub fn generate(a: GenerateArgs) -> Result<(), Failure> {
+    let cfg = gen_config(a.seed, a.agents, a.duration, &a.start, &a.attacks, a.attack_sessions)?;
+    let g = gen(&cfg);
+    fs::create_dir_all(&a.out).map_err(|e| Failure::input(format!("{}: {e}", a.out.display())))?;
+    let write = |path: &Path, f: &dyn Fn(&mut dyn Write) -> std::io::Result<()>| -> Result<(), Failure> {
+        let file = fs::File::create(path).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+        let mut w = BufWriter::new(file);
+        f(&mut w)
+            .and_then(|_| w.flush())
+            .map_err(|e| Failure::input(format!("{}: {e}", path.display())))
+    };
+    write(&a.out.join("events.jsonl"), &|w| {
+        for e in &g.events {
+            serde_json::to_writer(&mut *w, e)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })?;
+    write(&a.out.join("labels.json"), &|w| {
+        serde_json::to_writer_pretty(&mut *w, &g.labels)?;
+        w.write_all(b"\n")
+    })?;
+    let attacks = g.labels.values().filter(|l| l.label == "attack").count();
+    eprintln!(
+        "cordon: wrote {} events in {} sessions ({attacks} attack sessions) to {}",
+        g.events.len(),
+        g.labels.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// `cordon fingerprint`.
+pub fn fingerprint(text: &str) -> Result<(), Failure> {
+    println!(
+        "{}",
+        serde_json::to_string(&fingerprint_text(text)).map_err(|e| Failure::input(e.to_string()))?
+    );
+    Ok(())
+}
+
+/// `cordon eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Events (JSON lines, plain or .gz).
+    #[arg(long)]
+    events: PathBuf,
+    /// Labels (`labels.json` from `cordon generate`).
+    #[arg(long)]
+    labels: PathBuf,
+    /// Rule files or directories (default: the built-in pack).
+    #[arg(long, short)]
+    rules: Vec<PathBuf>,
+    /// Input format of the events.
+    #[arg(long, short, default_value = "native", value_parser = parse_format)]
+    format: Format,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `cordon eval`.
+pub fn eval(a: EvalArgs) -> Result<(), Failure> {
+    let set = load_rules(&a.rules)?;
+    let text = fs::read_to_string(&a.labels).map_err(|e| Failure::input(format!("{}: {e}", a.labels.display())))?;
+    let labels: Labels = serde_json::from_str(&text).map_err(|e| {
+        Failure::input(format!(
+            "{}: expected {{session_id: {{\"label\", \"scenario\"}}}}: {e}",
+            a.labels.display()
+        ))
+    })?;
+    let mut engine = Engine::new(&set);
+    let mut dead = DeadLetterSink::new(None).map_err(|e| Failure::input(e.to_string()))?;
+    let mut index = AlertIndex::new();
+    let stats = run_files(&[a.events.clone()], a.format, DEFAULT_MAX_RECORD, &mut engine, &mut dead, |al| {
+        index.push(al);
+        Ok(())
+    })?;
+    let report = evaluate(&labels, &index.flagged_sessions());
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Failure::input(e.to_string()))?);
+    } else {
+        println!(
+            "{} events, {} dead-lettered, {} alerts\n",
+            stats.events, stats.dead_lettered, stats.alerts
+        );
+        print!("{}", report.table());
+    }
+    Ok(())
+}
