@@ -63,16 +63,24 @@ pub fn load_rules(paths: &[PathBuf]) -> Result<RuleSet, Failure> {
 pub fn run(a: RunArgs) -> Result<(), Failure> {
     let set = load_rules(&a.rules)?;
     let mut engine = Engine::new(&set);
-    let mut dead = DeadLetterSink::new(a.dead_letter.as_deref()).map_err(|e| Failure::input(e.to_string()))?;
+    let mut dead =
+        DeadLetterSink::new(a.dead_letter.as_deref()).map_err(|e| Failure::input(e.to_string()))?;
     let mut sink = if a.alerts.as_os_str() == "-" {
         JsonLinesSink::stdout()
     } else {
         JsonLinesSink::file(&a.alerts).map_err(|e| Failure::input(e.to_string()))?
     };
-    let stats = run_files(&a.input, a.format, a.max_record_bytes, &mut engine, &mut dead, |alert| {
-        sink.emit(&alert)?;
-        Ok(())
-    })?;
+    let stats = run_files(
+        &a.input,
+        a.format,
+        a.max_record_bytes,
+        &mut engine,
+        &mut dead,
+        |alert| {
+            sink.emit(&alert)?;
+            Ok(())
+        },
+    )?;
     sink.flush().map_err(|e| Failure::input(e.to_string()))?;
     eprintln!(
         "cordon: {} records, {} events, {} dead-lettered{}, {} alerts from {} rules",
@@ -200,9 +208,11 @@ pub fn gen_config(
     attacks: &str,
     attack_sessions: usize,
 ) -> Result<GenConfig, Failure> {
-    let start: jiff::Timestamp = start
-        .parse()
-        .map_err(|e| Failure::input(format!("--start {start:?}: expected an RFC 3339 time ({e})")))?;
+    let start: jiff::Timestamp = start.parse().map_err(|e| {
+        Failure::input(format!(
+            "--start {start:?}: expected an RFC 3339 time ({e})"
+        ))
+    })?;
     let attacks = parse_attacks(attacks).map_err(|e| Failure::input(format!("--attacks: {e}")))?;
     if agents == 0 {
         return Err(Failure::input("--agents must be at least 1"));
@@ -220,16 +230,25 @@ pub fn gen_config(
 
 /// `cordon generate`.
 pub fn generate(a: GenerateArgs) -> Result<(), Failure> {
-    let cfg = gen_config(a.seed, a.agents, a.duration, &a.start, &a.attacks, a.attack_sessions)?;
+    let cfg = gen_config(
+        a.seed,
+        a.agents,
+        a.duration,
+        &a.start,
+        &a.attacks,
+        a.attack_sessions,
+    )?;
     let g = gen(&cfg);
     fs::create_dir_all(&a.out).map_err(|e| Failure::input(format!("{}: {e}", a.out.display())))?;
-    let write = |path: &Path, f: &dyn Fn(&mut dyn Write) -> std::io::Result<()>| -> Result<(), Failure> {
-        let file = fs::File::create(path).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
-        let mut w = BufWriter::new(file);
-        f(&mut w)
-            .and_then(|_| w.flush())
-            .map_err(|e| Failure::input(format!("{}: {e}", path.display())))
-    };
+    let write =
+        |path: &Path, f: &dyn Fn(&mut dyn Write) -> std::io::Result<()>| -> Result<(), Failure> {
+            let file = fs::File::create(path)
+                .map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+            let mut w = BufWriter::new(file);
+            f(&mut w)
+                .and_then(|_| w.flush())
+                .map_err(|e| Failure::input(format!("{}: {e}", path.display())))
+        };
     write(&a.out.join("events.jsonl"), &|w| {
         for e in &g.events {
             serde_json::to_writer(&mut *w, e)?;
@@ -255,7 +274,8 @@ pub fn generate(a: GenerateArgs) -> Result<(), Failure> {
 pub fn fingerprint(text: &str) -> Result<(), Failure> {
     println!(
         "{}",
-        serde_json::to_string(&fingerprint_text(text)).map_err(|e| Failure::input(e.to_string()))?
+        serde_json::to_string(&fingerprint_text(text))
+            .map_err(|e| Failure::input(e.to_string()))?
     );
     Ok(())
 }
@@ -283,7 +303,8 @@ pub struct EvalArgs {
 /// `cordon eval`.
 pub fn eval(a: EvalArgs) -> Result<(), Failure> {
     let set = load_rules(&a.rules)?;
-    let text = fs::read_to_string(&a.labels).map_err(|e| Failure::input(format!("{}: {e}", a.labels.display())))?;
+    let text = fs::read_to_string(&a.labels)
+        .map_err(|e| Failure::input(format!("{}: {e}", a.labels.display())))?;
     let labels: Labels = serde_json::from_str(&text).map_err(|e| {
         Failure::input(format!(
             "{}: expected {{session_id: {{\"label\", \"scenario\"}}}}: {e}",
@@ -293,13 +314,23 @@ pub fn eval(a: EvalArgs) -> Result<(), Failure> {
     let mut engine = Engine::new(&set);
     let mut dead = DeadLetterSink::new(None).map_err(|e| Failure::input(e.to_string()))?;
     let mut index = AlertIndex::new();
-    let stats = run_files(&[a.events.clone()], a.format, DEFAULT_MAX_RECORD, &mut engine, &mut dead, |al| {
-        index.push(al);
-        Ok(())
-    })?;
+    let stats = run_files(
+        std::slice::from_ref(&a.events),
+        a.format,
+        DEFAULT_MAX_RECORD,
+        &mut engine,
+        &mut dead,
+        |al| {
+            index.push(al);
+            Ok(())
+        },
+    )?;
     let report = evaluate(&labels, &index.flagged_sessions());
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Failure::input(e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Failure::input(e.to_string()))?
+        );
     } else {
         println!(
             "{} events, {} dead-lettered, {} alerts\n",

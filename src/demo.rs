@@ -59,7 +59,14 @@ fn line(a: &Alert) -> String {
 /// `cordon demo`.
 pub fn demo(a: DemoArgs) -> Result<(), Failure> {
     let set = load_rules(&a.rules)?;
-    let cfg = gen_config(a.seed, a.agents, a.duration, "2026-11-02T08:00:00Z", "all", 2)?;
+    let cfg = gen_config(
+        a.seed,
+        a.agents,
+        a.duration,
+        "2026-11-02T08:00:00Z",
+        "all",
+        2,
+    )?;
     let started = Instant::now();
     let g = generate(&cfg);
     let stdout = std::io::stdout();
@@ -129,7 +136,12 @@ pub fn demo(a: DemoArgs) -> Result<(), Failure> {
         })
         .collect();
     let report = evaluate(&labels, &index.flagged_sessions());
-    writeln!(out, "\ndetection by scenario (sessions):\n{}", report.table()).map_err(io)?;
+    writeln!(
+        out,
+        "\ndetection by scenario (sessions):\n{}",
+        report.table()
+    )
+    .map_err(io)?;
     writeln!(
         out,
         "{} events in {:.2}s",

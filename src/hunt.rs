@@ -15,6 +15,7 @@ use crate::Failure;
 
 /// How timestamps are written in the input.
 #[derive(Clone, Copy, Debug, ValueEnum)]
+#[value(rename_all = "snake_case")]
 pub enum TsFormat {
     /// RFC 3339 text (`2026-11-20T10:00:00Z`).
     Rfc3339,
@@ -54,11 +55,16 @@ pub struct HuntArgs {
 }
 
 fn timestamp(ev: &Event, field: &str, fmt: TsFormat) -> Result<i64, String> {
-    let v = ev.get_extra(field).ok_or_else(|| format!("no `{field}` field"))?;
+    let v = ev
+        .get_extra(field)
+        .ok_or_else(|| format!("no `{field}` field"))?;
     let num = |v: &serde_json::Value| -> Result<f64, String> {
         match v {
             serde_json::Value::Number(n) => n.as_f64().ok_or_else(|| "not a number".to_owned()),
-            serde_json::Value::String(s) => s.trim().parse::<f64>().map_err(|_| format!("`{field}` is {s:?}, not a number")),
+            serde_json::Value::String(s) => s
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("`{field}` is {s:?}, not a number")),
             other => Err(format!("`{field}` is {other}, not a number")),
         }
     };
@@ -69,13 +75,18 @@ fn timestamp(ev: &Event, field: &str, fmt: TsFormat) -> Result<i64, String> {
                 .map(i128::from)
                 .or_else(|| n.as_u64().map(i128::from))
                 .ok_or_else(|| "not an integer".to_owned()),
-            serde_json::Value::String(s) => s.trim().parse::<i128>().map_err(|_| format!("`{field}` is {s:?}, not an integer")),
+            serde_json::Value::String(s) => s
+                .trim()
+                .parse::<i128>()
+                .map_err(|_| format!("`{field}` is {s:?}, not an integer")),
             other => Err(format!("`{field}` is {other}, not an integer")),
         }
     };
     let nanos: i128 = match fmt {
         TsFormat::Rfc3339 => {
-            let s = v.as_str().ok_or_else(|| format!("`{field}` is {v}, not RFC 3339 text"))?;
+            let s = v
+                .as_str()
+                .ok_or_else(|| format!("`{field}` is {v}, not RFC 3339 text"))?;
             let ts: jiff::Timestamp = s.parse().map_err(|e| format!("`{field}` {s:?}: {e}"))?;
             ts.as_nanosecond()
         }
@@ -89,22 +100,30 @@ fn timestamp(ev: &Event, field: &str, fmt: TsFormat) -> Result<i64, String> {
 
 /// `cordon hunt`.
 pub fn hunt(a: HuntArgs) -> Result<(), Failure> {
-    let q = parse_query(&a.query).map_err(|e| Failure::input(format!("query {}", e.render(&a.query))))?;
+    let q = parse_query(&a.query)
+        .map_err(|e| Failure::input(format!("query {}", e.render(&a.query))))?;
     let compiled = Compiler::new(&Library::default(), false)
         .query(&q)
         .map_err(|e| Failure::input(format!("query {}", e.render(&a.query))))?;
     let CompiledQuery::Event(matcher) = compiled.query;
 
-    let mut reader = LineReader::open(&a.paths, DEFAULT_MAX_RECORD).map_err(|e| Failure::input(e.to_string()))?;
+    let mut reader = LineReader::open(&a.paths, DEFAULT_MAX_RECORD)
+        .map_err(|e| Failure::input(e.to_string()))?;
     let mut buf = Vec::new();
     let mut hits: Vec<(i64, String, Vec<u8>, Event)> = Vec::new();
     let (mut bad, mut no_ts) = (0u64, 0u64);
-    while let Some(rec) = reader.next_record(&mut buf).map_err(|e| Failure::input(e.to_string()))? {
+    while let Some(rec) = reader
+        .next_record(&mut buf)
+        .map_err(|e| Failure::input(e.to_string()))?
+    {
         let mut ev = match decode_with(&buf, Schema::Generic) {
             Ok(ev) if !rec.oversized => ev,
             Ok(_) => {
                 bad += 1;
-                eprintln!("warning: {}:{}: record over {} bytes, skipped", rec.source, rec.line, DEFAULT_MAX_RECORD);
+                eprintln!(
+                    "warning: {}:{}: record over {} bytes, skipped",
+                    rec.source, rec.line, DEFAULT_MAX_RECORD
+                );
                 continue;
             }
             Err(e) => {
@@ -131,7 +150,10 @@ pub fn hunt(a: HuntArgs) -> Result<(), Failure> {
             Err(e) => {
                 no_ts += 1;
                 if no_ts <= 5 {
-                    eprintln!("warning: {}:{}: {e}; match skipped (no event time)", rec.source, rec.line);
+                    eprintln!(
+                        "warning: {}:{}: {e}; match skipped (no event time)",
+                        rec.source, rec.line
+                    );
                 }
                 continue;
             }
@@ -182,7 +204,10 @@ pub fn hunt(a: HuntArgs) -> Result<(), Failure> {
     }
     out.flush().map_err(io)?;
     if bad + no_ts > 0 {
-        eprintln!("cordon: {} matches; {bad} records unreadable, {no_ts} matches without event time", hits.len());
+        eprintln!(
+            "cordon: {} matches; {bad} records unreadable, {no_ts} matches without event time",
+            hits.len()
+        );
     }
     Ok(())
 }

@@ -120,7 +120,11 @@ impl FilterDetector {
             now - *last < w
         });
         if self.last_alert.len() >= MAX_SUPPRESS_KEYS {
-            let mut by_age: Vec<_> = self.last_alert.iter().map(|(k, v)| (*v, k.clone())).collect();
+            let mut by_age: Vec<_> = self
+                .last_alert
+                .iter()
+                .map(|(k, v)| (*v, k.clone()))
+                .collect();
             by_age.sort_unstable_by_key(|(t, _)| *t);
             let excess = self.last_alert.len() - MAX_SUPPRESS_KEYS / 2;
             for (_, k) in by_age.into_iter().take(excess) {
@@ -271,7 +275,10 @@ mod tests {
         assert_eq!(o["class_uid"], 2004);
         assert_eq!(o["type_uid"], 200401);
         assert_eq!(o["severity_id"], 5);
-        assert_eq!(o["finding_info"]["related_events"][0]["uid"], out[0].events[0].id().unwrap());
+        assert_eq!(
+            o["finding_info"]["related_events"][0]["uid"],
+            out[0].events[0].id().unwrap()
+        );
         assert_eq!(o["unmapped"]["gen_ai.agent.id"], "a");
         assert_eq!(o["evidences"][0]["data"]["gen_ai.tool.name"], "send_email");
     }

@@ -39,9 +39,9 @@ impl DeadLetterSink {
     pub fn new(path: Option<&Path>) -> Result<DeadLetterSink, IngestError> {
         let out = match path {
             Some(p) => {
-                let f = File::create(p).map_err(|source| IngestError::DeadLetter {
+                let f = File::create(p).map_err(|error| IngestError::DeadLetter {
                     path: p.to_owned(),
-                    source,
+                    error,
                 })?;
                 Some((p.to_owned(), BufWriter::new(f)))
             }
@@ -71,9 +71,9 @@ impl DeadLetterSink {
             raw: &text,
             raw_lossy: kept.len() < raw.len() || matches!(text, std::borrow::Cow::Owned(_)),
         };
-        let io = |source| IngestError::DeadLetter {
+        let io = |error| IngestError::DeadLetter {
             path: path.clone(),
-            source,
+            error,
         };
         serde_json::to_writer(&mut *w, &entry).map_err(|e| io(e.into()))?;
         w.write_all(b"\n").map_err(io)
@@ -87,9 +87,9 @@ impl DeadLetterSink {
     /// Flushes the file.
     pub fn flush(&mut self) -> Result<(), IngestError> {
         if let Some((path, w)) = self.out.as_mut() {
-            w.flush().map_err(|source| IngestError::DeadLetter {
+            w.flush().map_err(|error| IngestError::DeadLetter {
                 path: path.clone(),
-                source,
+                error,
             })?;
         }
         Ok(())

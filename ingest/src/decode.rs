@@ -42,7 +42,9 @@ pub fn decode_native(bytes: &[u8]) -> Result<Event, DecodeError> {
 /// Checks the required fields of a native event and fills derived ones.
 pub(crate) fn finish_native(mut ev: Event, bytes: &[u8]) -> Result<Event, DecodeError> {
     if ev.timestamp_nanos().is_none() {
-        return Err(DecodeError::Missing { field: "@timestamp" });
+        return Err(DecodeError::Missing {
+            field: "@timestamp",
+        });
     }
     if ev.id().is_none() {
         ev.set_str(CoreField::EventId, content_id(bytes));
@@ -138,11 +140,7 @@ impl<'de> Visitor<'de> for MapSeed<'_> {
             };
             match core {
                 Some(field) => map.next_value_seed(CoreSeed { ev, field })?,
-                None => map.next_value_seed(AnySeed {
-                    ev,
-                    path,
-                    schema,
-                })?,
+                None => map.next_value_seed(AnySeed { ev, path, schema })?,
             }
         }
         path.truncate(base);
@@ -370,14 +368,18 @@ mod tests {
         assert_eq!(nested.result_bytes(), Some(12));
         assert_eq!(nested.get("custom.deep.k"), FieldValue::Int(1));
         assert_eq!(nested.category().as_str(), "tool");
-        assert!(nested.args_fp().is_some(), "fingerprints computed from arguments");
+        assert!(
+            nested.args_fp().is_some(),
+            "fingerprints computed from arguments"
+        );
     }
 
     #[test]
     fn wrong_types_name_the_field() {
-        let err = decode_native(br#"{"@timestamp":"2026-11-20T10:00:00Z","audit.result_bytes":"big"}"#)
-            .unwrap_err()
-            .to_string();
+        let err =
+            decode_native(br#"{"@timestamp":"2026-11-20T10:00:00Z","audit.result_bytes":"big"}"#)
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("audit.result_bytes"), "{err}");
         assert!(err.contains("expected an integer"), "{err}");
         assert!(err.contains("column"), "{err}");
@@ -385,16 +387,30 @@ mod tests {
 
     #[test]
     fn bad_timestamp_and_missing_timestamp() {
-        let err = decode_native(br#"{"@timestamp":"yesterday"}"#).unwrap_err().to_string();
+        let err = decode_native(br#"{"@timestamp":"yesterday"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("RFC 3339"), "{err}");
-        let err = decode_native(br#"{"event.id":"x"}"#).unwrap_err().to_string();
+        let err = decode_native(br#"{"event.id":"x"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("@timestamp"), "{err}");
     }
 
     #[test]
     fn truncated_and_non_object_input() {
-        for bad in [&b"{\"@timestamp\":\"2026"[..], b"[1,2]", b"", b"42", b"{\"a\":1} x"] {
-            assert!(decode_native(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"{\"@timestamp\":\"2026"[..],
+            b"[1,2]",
+            b"",
+            b"42",
+            b"{\"a\":1} x",
+        ] {
+            assert!(
+                decode_native(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

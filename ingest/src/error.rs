@@ -42,21 +42,19 @@ impl DecodeError {
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     /// An input could not be opened or read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The input.
         path: PathBuf,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The dead-letter file could not be written.
-    #[error("dead-letter file {path}: {source}")]
+    #[error("dead-letter file {path}: {error}")]
     DeadLetter {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }

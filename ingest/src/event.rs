@@ -236,7 +236,10 @@ impl FieldRef {
             return FieldRef::Core(f);
         }
         for f in [CoreField::Arguments, CoreField::ToolDescriptionSha256] {
-            if let Some(rest) = name.strip_prefix(f.name()).and_then(|r| r.strip_prefix('.')) {
+            if let Some(rest) = name
+                .strip_prefix(f.name())
+                .and_then(|r| r.strip_prefix('.'))
+            {
                 let path: Vec<Box<str>> = rest.split('.').map(Into::into).collect();
                 return FieldRef::CorePath(f, path.into_boxed_slice());
             }
@@ -436,7 +439,10 @@ impl Event {
     /// A non-core field by dotted name.
     #[inline]
     pub fn get_extra(&self, name: &str) -> Option<&Json> {
-        self.extra.iter().find(|(k, _)| &**k == name).map(|(_, v)| v)
+        self.extra
+            .iter()
+            .find(|(k, _)| &**k == name)
+            .map(|(_, v)| v)
     }
 
     /// Reads a field through a reference resolved by [`FieldRef::resolve`].
@@ -476,7 +482,10 @@ impl Event {
             },
             FieldKind::Json => match f {
                 CoreField::Arguments => self.arguments.as_ref().map(FieldValue::from_json),
-                _ => self.tool_description_sha256.as_ref().map(FieldValue::from_json),
+                _ => self
+                    .tool_description_sha256
+                    .as_ref()
+                    .map(FieldValue::from_json),
             },
         };
         opt.unwrap_or(FieldValue::Missing)
@@ -569,10 +578,16 @@ mod tests {
         assert_eq!(Category::from_method("tools/call"), Category::Tool);
         assert_eq!(Category::from_method("tools/list"), Category::List);
         assert_eq!(Category::from_method("resources/read"), Category::Resource);
-        assert_eq!(Category::from_method("resources/templates/list"), Category::List);
+        assert_eq!(
+            Category::from_method("resources/templates/list"),
+            Category::List
+        );
         assert_eq!(Category::from_method("prompts/get"), Category::Prompt);
         assert_eq!(Category::from_method("initialize"), Category::Session);
-        assert_eq!(Category::from_method("sampling/createMessage"), Category::Other);
+        assert_eq!(
+            Category::from_method("sampling/createMessage"),
+            Category::Other
+        );
     }
 
     #[test]

@@ -68,7 +68,9 @@ mod tests {
     #[test]
     fn design_test_vector() {
         assert_eq!(
-            fingerprint_text("Send DE89370400440532013000 to Mark.Black-2134@gmail.com, please: now."),
+            fingerprint_text(
+                "Send DE89370400440532013000 to Mark.Black-2134@gmail.com, please: now."
+            ),
             ["56ccc4dcfc96534b", "9cf685bd65e3490c", "b36ca970529c23c7"]
         );
     }
@@ -86,6 +88,9 @@ mod tests {
     fn short_and_non_ascii_tokens_are_dropped() {
         assert!(fingerprint_text("héllo wörld ab:cd").is_empty());
         assert_eq!(fingerprint_text("SECRET1").len(), 1);
-        assert_eq!(fingerprint_text("secret1 SECRET1 secret1."), fingerprint_text("secret1"));
+        assert_eq!(
+            fingerprint_text("secret1 SECRET1 secret1."),
+            fingerprint_text("secret1")
+        );
     }
 }

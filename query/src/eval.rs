@@ -77,9 +77,15 @@ pub fn evaluate(labels: &Labels, flagged: &HashSet<String>) -> Report {
 impl Report {
     /// A plain-text table.
     pub fn table(&self) -> String {
-        let mut out = format!("{:<32} {:>8} {:>8} {:>8}\n", "scenario", "sessions", "flagged", "missed");
+        let mut out = format!(
+            "{:<32} {:>8} {:>8} {:>8}\n",
+            "scenario", "sessions", "flagged", "missed"
+        );
         for (name, s) in &self.scenarios {
-            out.push_str(&format!("{name:<32} {:>8} {:>8} {:>8}\n", s.sessions, s.flagged, s.missed));
+            out.push_str(&format!(
+                "{name:<32} {:>8} {:>8} {:>8}\n",
+                s.sessions, s.flagged, s.missed
+            ));
         }
         out.push_str(&format!(
             "precision {:.3}  recall {:.3}  benign false-positive rate {:.4}\n",
@@ -96,7 +102,10 @@ mod tests {
     #[test]
     fn precision_and_recall() {
         let mut labels = Labels::new();
-        let l = |label: &str, scenario: &str| Label { label: label.into(), scenario: scenario.into() };
+        let l = |label: &str, scenario: &str| Label {
+            label: label.into(),
+            scenario: scenario.into(),
+        };
         labels.insert("a1".into(), l("attack", "exfil"));
         labels.insert("a2".into(), l("attack", "exfil"));
         labels.insert("b1".into(), l("benign", "benign"));
@@ -107,6 +116,13 @@ mod tests {
         assert_eq!(r.recall, 0.5);
         assert_eq!(r.false_positive_rate, 0.5);
         assert_eq!(r.unlabelled_flagged, 1);
-        assert_eq!(r.scenarios["exfil"], ScenarioScore { sessions: 2, flagged: 1, missed: 1 });
+        assert_eq!(
+            r.scenarios["exfil"],
+            ScenarioScore {
+                sessions: 2,
+                flagged: 1,
+                missed: 1
+            }
+        );
     }
 }

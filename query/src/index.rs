@@ -22,7 +22,10 @@ impl AlertFilter {
     fn accepts(&self, a: &Alert) -> bool {
         self.min_severity.is_none_or(|s| a.severity >= s)
             && self.rule.as_deref().is_none_or(|r| a.rule_id == r)
-            && self.agent.as_deref().is_none_or(|g| a.agent_id() == Some(g))
+            && self
+                .agent
+                .as_deref()
+                .is_none_or(|g| a.agent_id() == Some(g))
             && self.since_ms.is_none_or(|t| a.last_seen_ms >= t)
     }
 }

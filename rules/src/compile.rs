@@ -158,7 +158,10 @@ impl<'l> Compiler<'l> {
         let name = name.trim_start_matches('?');
         match self.field(name, optional, false, span)? {
             FieldOrMacro::Field(CExpr::Field(r), _) => Ok(r),
-            _ => Err(QueryError::new(span, format!("`{name}` is a macro, not a field"))),
+            _ => Err(QueryError::new(
+                span,
+                format!("`{name}` is a macro, not a field"),
+            )),
         }
     }
 
@@ -185,12 +188,18 @@ impl<'l> Compiler<'l> {
                             *span,
                             format!("`{name}` is a {}, not a condition", ty.name()),
                         )
-                        .with_help(format!("compare it, e.g. `{name} == …` or `{name} != null`")))
+                        .with_help(format!(
+                            "compare it, e.g. `{name} == …` or `{name} != null`"
+                        )))
                     }
                 }
             },
-            Expr::Unary { not: true, expr, .. } => Ok(Pred::Not(Box::new(self.pred(expr)?))),
-            Expr::Unary { not: false, span, .. } => Err(QueryError::new(
+            Expr::Unary {
+                not: true, expr, ..
+            } => Ok(Pred::Not(Box::new(self.pred(expr)?))),
+            Expr::Unary {
+                not: false, span, ..
+            } => Err(QueryError::new(
                 *span,
                 "expected a condition, found a negative number",
             )),
@@ -279,7 +288,10 @@ impl<'l> Compiler<'l> {
                                 .size_limit(1 << 20)
                                 .build()
                                 .map_err(|e| {
-                                    QueryError::new(span, format!("invalid regular expression: {e}"))
+                                    QueryError::new(
+                                        span,
+                                        format!("invalid regular expression: {e}"),
+                                    )
                                 })?,
                         ),
                     });
@@ -361,7 +373,10 @@ impl<'l> Compiler<'l> {
                     expr: self.value(other)?.0,
                     negate: op == CmpOp::Ne,
                 }),
-                _ => Err(QueryError::new(span, "only `==` and `!=` can compare with null")),
+                _ => Err(QueryError::new(
+                    span,
+                    "only `==` and `!=` can compare with null",
+                )),
             };
         }
         let (l, lt) = self.value(lhs)?;
@@ -479,12 +494,7 @@ impl<'l> Compiler<'l> {
                 }
                 let mut compiled = Vec::with_capacity(args.len());
                 for (i, a) in args.iter().enumerate() {
-                    let want = sig
-                        .params
-                        .get(i)
-                        .copied()
-                        .or(sig.rest)
-                        .unwrap_or(Ty::Any);
+                    let want = sig.params.get(i).copied().or(sig.rest).unwrap_or(Ty::Any);
                     let (c, t) = self.value(a)?;
                     if !t.fits(want) {
                         return Err(QueryError::new(
@@ -546,7 +556,10 @@ impl<'l> Compiler<'l> {
             ));
         }
         if name == "event.category" {
-            return Ok(FieldOrMacro::Field(CExpr::Field(FieldRef::Category), Ty::Str));
+            return Ok(FieldOrMacro::Field(
+                CExpr::Field(FieldRef::Category),
+                Ty::Str,
+            ));
         }
         let r = FieldRef::resolve(name, true);
         let ty = match &r {
@@ -574,12 +587,10 @@ impl<'l> Compiler<'l> {
             match closest(name, CoreField::ALL.iter().map(|f| f.name())) {
                 Some(s) => {
                     e = e.with_help(format!(
-                        "did you mean `{s}`? (write `?{name}` for a field outside the schema)"
+                        "did you mean `{s}`? Write `?{name}` for a field outside the schema"
                     ))
                 }
-                None => {
-                    e = e.with_help(format!("write `?{name}` for a field outside the schema"))
-                }
+                None => e = e.with_help(format!("write `?{name}` for a field outside the schema")),
             }
             return Err(e);
         }

@@ -53,7 +53,7 @@ impl fmt::Display for QueryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}: {}", self.span.line, self.span.col, self.message)?;
         if let Some(h) = &self.help {
-            write!(f, " ({h})")?;
+            write!(f, "; {h}")?;
         }
         Ok(())
     }
@@ -90,7 +90,7 @@ impl fmt::Display for RuleError {
         }
         write!(f, "{}", self.message)?;
         if let Some(h) = &self.help {
-            write!(f, " ({h})")?;
+            write!(f, "; {h}")?;
         }
         Ok(())
     }

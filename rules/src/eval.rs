@@ -89,7 +89,9 @@ impl<'a> Val<'a> {
             }
         };
         let hit = match self {
-            Val::Strs(l) => l.iter().any(|s| one(&Val::Str(Cow::Borrowed(&**s))).is_some()),
+            Val::Strs(l) => l
+                .iter()
+                .any(|s| one(&Val::Str(Cow::Borrowed(&**s))).is_some()),
             Val::Array(a) => a.iter().any(|j| one(&Val::from_json(j)).is_some()),
             v => one(v).is_some(),
         };

@@ -21,8 +21,14 @@ use crate::parser::{parse_duration, parse_expr, parse_query};
 
 /// The built-in rule pack, embedded in the binary.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("builtin/library.yaml", include_str!("../builtin/library.yaml")),
-    ("builtin/mcp_filters.yaml", include_str!("../builtin/mcp_filters.yaml")),
+    (
+        "builtin/library.yaml",
+        include_str!("../builtin/library.yaml"),
+    ),
+    (
+        "builtin/mcp_filters.yaml",
+        include_str!("../builtin/mcp_filters.yaml"),
+    ),
 ];
 
 /// Alert severity (OCSF `severity_id`).
@@ -183,7 +189,10 @@ impl Rule {
         }
         for (i, ev) in self.tests.should_not_match.iter().enumerate() {
             if self.check(ev) == Verdict::Match {
-                failures.push(format!("{}: tests.no_match[{i}] should not match but does", self.id));
+                failures.push(format!(
+                    "{}: tests.no_match[{i}] should not match but does",
+                    self.id
+                ));
             }
         }
         failures
@@ -268,7 +277,13 @@ struct Doc<'a> {
 }
 
 impl Doc<'_> {
-    fn err(&self, line: u32, col: u32, item: Option<&str>, message: impl Into<String>) -> RuleError {
+    fn err(
+        &self,
+        line: u32,
+        col: u32,
+        item: Option<&str>,
+        message: impl Into<String>,
+    ) -> RuleError {
         RuleError {
             file: self.file.to_owned(),
             line,
@@ -294,7 +309,9 @@ impl Doc<'_> {
             .text
             .lines()
             .skip(start + 1)
-            .take_while(|l| l.is_empty() || l.starts_with(' ') || l.starts_with('\t') || l.starts_with('#'))
+            .take_while(|l| {
+                l.is_empty() || l.starts_with(' ') || l.starts_with('\t') || l.starts_with('#')
+            })
             .collect::<Vec<_>>()
             .join("\n");
         let indent = rest
@@ -525,7 +542,12 @@ impl RuleSet {
             for (name, items) in &raw.lists {
                 if let Some((other, false)) = defined.get(&format!("list:{name}")) {
                     if !doc.builtin {
-                        errors.push(doc.err(doc.first_line, 1, Some(name), format!("list defined twice (also in {})", other.display())));
+                        errors.push(doc.err(
+                            doc.first_line,
+                            1,
+                            Some(name),
+                            format!("list defined twice (also in {})", other.display()),
+                        ));
                         continue;
                     }
                 }
@@ -533,7 +555,12 @@ impl RuleSet {
                 for v in items {
                     match json_literal(v) {
                         Some(l) => lits.push(l),
-                        None => errors.push(doc.err(doc.first_line, 1, Some(name), "list items must be strings, numbers, booleans or null")),
+                        None => errors.push(doc.err(
+                            doc.first_line,
+                            1,
+                            Some(name),
+                            "list items must be strings, numbers, booleans or null",
+                        )),
                     }
                 }
                 library.lists.insert(name.clone(), lits);
@@ -542,7 +569,12 @@ impl RuleSet {
             for (name, body) in &raw.macros {
                 if let Some((other, false)) = defined.get(&format!("macro:{name}")) {
                     if !doc.builtin {
-                        errors.push(doc.err(doc.first_line, 1, Some(name), format!("macro defined twice (also in {})", other.display())));
+                        errors.push(doc.err(
+                            doc.first_line,
+                            1,
+                            Some(name),
+                            format!("macro defined twice (also in {})", other.display()),
+                        ));
                         continue;
                     }
                 }
@@ -561,7 +593,9 @@ impl RuleSet {
         // Check each macro body once on its own, so its errors point into its own text.
         for (doc, raw) in &parsed {
             for name in raw.macros.keys() {
-                let Some(m) = library.macros.get(name) else { continue };
+                let Some(m) = library.macros.get(name) else {
+                    continue;
+                };
                 if let Err(e) = Compiler::new(&library, true).condition(&m.expr) {
                     let map = doc.locate_nested("macros", name);
                     errors.push(doc.query_error(map.as_ref(), &format!("macro `{name}`"), e));
@@ -580,7 +614,12 @@ impl RuleSet {
                 continue;
             };
             if let Some(other) = ids.get(&id) {
-                errors.push(doc.err(doc.first_line, 1, Some(&id), format!("duplicate rule id (also in {})", other.display())));
+                errors.push(doc.err(
+                    doc.first_line,
+                    1,
+                    Some(&id),
+                    format!("duplicate rule id (also in {})", other.display()),
+                ));
                 continue;
             }
             ids.insert(id.clone(), doc.file.to_owned());
@@ -622,7 +661,10 @@ fn collect_rule_files(p: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<RuleErr
                     let path = e.path();
                     if path.is_dir() {
                         collect_rule_files(&path, out, errors);
-                    } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                    } else if matches!(
+                        path.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml")
+                    ) {
                         out.push(path);
                     }
                 }
@@ -652,7 +694,14 @@ fn build_rule(doc: &Doc<'_>, raw: RawDoc, lib: &Library) -> Result<Option<Rule>,
     let id = raw.id.clone().unwrap_or_default();
     let mut errors = Vec::new();
     let key_line = |k: &str| doc.locate_key(k).map(|m| m.line).unwrap_or(doc.first_line);
-    let missing = |k: &str| doc.err(doc.first_line, 1, Some(&id), format!("missing required key `{k}`"));
+    let missing = |k: &str| {
+        doc.err(
+            doc.first_line,
+            1,
+            Some(&id),
+            format!("missing required key `{k}`"),
+        )
+    };
     if !raw.lists.is_empty() || !raw.macros.is_empty() {
         errors.push(doc.err(doc.first_line, 1, Some(&id), "a rule document cannot also define `lists` or `macros`: put them in their own document"));
     }
@@ -663,7 +712,14 @@ fn build_rule(doc: &Doc<'_>, raw: RawDoc, lib: &Library) -> Result<Option<Rule>,
             Severity::Medium
         }
         Some(s) => Severity::parse(s).unwrap_or_else(|| {
-            errors.push(doc.err(key_line("severity"), 1, Some(&id), format!("unknown severity {s:?}: expected informational, low, medium, high or critical")));
+            errors.push(doc.err(
+                key_line("severity"),
+                1,
+                Some(&id),
+                format!(
+                    "unknown severity {s:?}: expected informational, low, medium, high or critical"
+                ),
+            ));
             Severity::Medium
         }),
     };
@@ -688,9 +744,18 @@ fn build_rule(doc: &Doc<'_>, raw: RawDoc, lib: &Library) -> Result<Option<Rule>,
         None => None,
         Some(s) => {
             let line = key_line("suppress");
-            let window = parse_duration(&s.window).or_else(|| humantime::parse_duration(&s.window).ok());
+            let window =
+                parse_duration(&s.window).or_else(|| humantime::parse_duration(&s.window).ok());
             if window.is_none() {
-                errors.push(doc.err(line, 1, Some(&id), format!("suppress.window: invalid duration {:?}: expected e.g. \"10m\"", s.window)));
+                errors.push(doc.err(
+                    line,
+                    1,
+                    Some(&id),
+                    format!(
+                        "suppress.window: invalid duration {:?}: expected e.g. \"10m\"",
+                        s.window
+                    ),
+                ));
             }
             let mut key = Vec::new();
             for k in &s.key {
@@ -710,9 +775,15 @@ fn build_rule(doc: &Doc<'_>, raw: RawDoc, lib: &Library) -> Result<Option<Rule>,
     for (i, ex) in raw.exceptions.iter().enumerate() {
         let line = key_line("exceptions");
         let cond = match (&ex.condition, ex.fields.is_empty()) {
-            (Some(c), true) => parse_expr(c).map_err(|e| format!("exceptions[{i}] ({}): {}", ex.name, e)),
-            (None, false) => exception_expr(&ex.fields, &ex.values).map_err(|e| format!("exceptions[{i}] ({}): {e}", ex.name)),
-            _ => Err(format!("exceptions[{i}] ({}): give either `condition` or `fields` with `values`", ex.name)),
+            (Some(c), true) => {
+                parse_expr(c).map_err(|e| format!("exceptions[{i}] ({}): {}", ex.name, e))
+            }
+            (None, false) => exception_expr(&ex.fields, &ex.values)
+                .map_err(|e| format!("exceptions[{i}] ({}): {e}", ex.name)),
+            _ => Err(format!(
+                "exceptions[{i}] ({}): give either `condition` or `fields` with `values`",
+                ex.name
+            )),
         };
         match cond.and_then(|e| {
             Compiler::new(lib, true)
@@ -737,7 +808,9 @@ fn build_rule(doc: &Doc<'_>, raw: RawDoc, lib: &Library) -> Result<Option<Rule>,
             for (i, v) in list.iter().enumerate() {
                 match test_event(v) {
                     Ok(ev) => out.push(ev),
-                    Err(e) => errors.push(doc.err(line, 1, Some(&id), format!("tests.{name}[{i}]: {e}"))),
+                    Err(e) => {
+                        errors.push(doc.err(line, 1, Some(&id), format!("tests.{name}[{i}]: {e}")))
+                    }
                 }
             }
         }
@@ -783,11 +856,16 @@ fn exception_expr(fields: &[String], values: &[Vec<serde_json::Value>]) -> Resul
     let mut rows = Vec::new();
     for (r, row) in values.iter().enumerate() {
         if row.len() != fields.len() {
-            return Err(format!("values[{r}] has {} items for {} fields", row.len(), fields.len()));
+            return Err(format!(
+                "values[{r}] has {} items for {} fields",
+                row.len(),
+                fields.len()
+            ));
         }
         let mut conj: Option<Expr> = None;
         for (f, v) in fields.iter().zip(row) {
-            let lit = json_literal(v).ok_or_else(|| format!("values[{r}]: items must be scalars"))?;
+            let lit =
+                json_literal(v).ok_or_else(|| format!("values[{r}]: items must be scalars"))?;
             let cmp = Expr::Binary {
                 op: crate::ast::BinOp::Eq,
                 lhs: Box::new(field(f)),

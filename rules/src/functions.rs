@@ -147,7 +147,9 @@ impl Func {
                 | Func::StringContains(_)
         );
         if insensitive && !takes_tilde {
-            return Err(format!("function `{name}` has no case-insensitive `~` form"));
+            return Err(format!(
+                "function `{name}` has no case-insensitive `~` form"
+            ));
         }
         Ok(f)
     }
@@ -300,7 +302,9 @@ impl Func {
                 if start >= end {
                     return Val::Str(Cow::Borrowed(""));
                 }
-                Val::Str(Cow::Owned(x.chars().skip(start).take(end - start).collect()))
+                Val::Str(Cow::Owned(
+                    x.chars().skip(start).take(end - start).collect(),
+                ))
             }
         }
     }
@@ -329,7 +333,11 @@ fn between<'s>(src: &'s str, left: &str, right: &str, greedy: bool, ci: bool) ->
     };
     let start = hay.find(&l)? + l.len();
     let rest = &hay[start..];
-    let end = if greedy { rest.rfind(&r)? } else { rest.find(&r)? };
+    let end = if greedy {
+        rest.rfind(&r)?
+    } else {
+        rest.find(&r)?
+    };
     Some(&src[start..start + end])
 }
 
@@ -344,12 +352,20 @@ fn cidr_contains(cidr: &str, ip: IpAddr) -> bool {
     match (net, ip) {
         (IpAddr::V4(n), IpAddr::V4(i)) => {
             let bits = bits.unwrap_or(32).min(32);
-            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
             u32::from(n) & mask == u32::from(i) & mask
         }
         (IpAddr::V6(n), IpAddr::V6(i)) => {
             let bits = bits.unwrap_or(128).min(128);
-            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
             u128::from(n) & mask == u128::from(i) & mask
         }
         _ => false,
@@ -366,32 +382,89 @@ mod tests {
 
     #[test]
     fn string_functions() {
-        let f = |name, ci, args: &[Val<'_>]| Func::lookup(name, ci).unwrap().call(args).to_text().map(|c| c.into_owned());
-        assert_eq!(f("between", false, &[st("a/b/c/d"), st("/"), st("/")]).as_deref(), Some("b"));
-        assert_eq!(f("between", false, &[st("a/b/c/d"), st("/"), st("/"), Val::Bool(true)]).as_deref(), Some("b/c"));
-        assert_eq!(f("between", true, &[st("xAbCy"), st("a"), st("Y")]).as_deref(), Some("bC"));
-        assert_eq!(f("concat", false, &[st("a"), Val::Int(1), Val::Bool(true)]).as_deref(), Some("a1true"));
-        assert_eq!(f("endsWith", true, &[st("File.EXE"), st(".exe")]).as_deref(), Some("true"));
-        assert_eq!(f("endsWith", false, &[st("File.EXE"), st(".exe")]).as_deref(), Some("false"));
-        assert_eq!(f("indexOf", false, &[st("abcabc"), st("c"), Val::Int(3)]).as_deref(), Some("5"));
+        let f = |name, ci, args: &[Val<'_>]| {
+            Func::lookup(name, ci)
+                .unwrap()
+                .call(args)
+                .to_text()
+                .map(|c| c.into_owned())
+        };
+        assert_eq!(
+            f("between", false, &[st("a/b/c/d"), st("/"), st("/")]).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            f(
+                "between",
+                false,
+                &[st("a/b/c/d"), st("/"), st("/"), Val::Bool(true)]
+            )
+            .as_deref(),
+            Some("b/c")
+        );
+        assert_eq!(
+            f("between", true, &[st("xAbCy"), st("a"), st("Y")]).as_deref(),
+            Some("bC")
+        );
+        assert_eq!(
+            f("concat", false, &[st("a"), Val::Int(1), Val::Bool(true)]).as_deref(),
+            Some("a1true")
+        );
+        assert_eq!(
+            f("endsWith", true, &[st("File.EXE"), st(".exe")]).as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            f("endsWith", false, &[st("File.EXE"), st(".exe")]).as_deref(),
+            Some("false")
+        );
+        assert_eq!(
+            f("indexOf", false, &[st("abcabc"), st("c"), Val::Int(3)]).as_deref(),
+            Some("5")
+        );
         assert_eq!(f("indexOf", false, &[st("abc"), st("z")]), None);
         assert_eq!(f("length", false, &[st("héllo")]).as_deref(), Some("5"));
-        assert_eq!(f("number", false, &[st("0x1F"), Val::Int(16)]).as_deref(), Some("31"));
+        assert_eq!(
+            f("number", false, &[st("0x1F"), Val::Int(16)]).as_deref(),
+            Some("31")
+        );
         assert_eq!(f("number", false, &[st("2.5")]).as_deref(), Some("2.5"));
-        assert_eq!(f("substring", false, &[st("hello"), Val::Int(-3)]).as_deref(), Some("llo"));
-        assert_eq!(f("substring", false, &[st("hello"), Val::Int(1), Val::Int(3)]).as_deref(), Some("el"));
-        assert_eq!(f("stringContains", true, &[st("Hello"), st("ELL")]).as_deref(), Some("true"));
-        assert_eq!(f("divide", false, &[Val::Int(7), Val::Int(2)]).as_deref(), Some("3"));
+        assert_eq!(
+            f("substring", false, &[st("hello"), Val::Int(-3)]).as_deref(),
+            Some("llo")
+        );
+        assert_eq!(
+            f("substring", false, &[st("hello"), Val::Int(1), Val::Int(3)]).as_deref(),
+            Some("el")
+        );
+        assert_eq!(
+            f("stringContains", true, &[st("Hello"), st("ELL")]).as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            f("divide", false, &[Val::Int(7), Val::Int(2)]).as_deref(),
+            Some("3")
+        );
         assert_eq!(f("divide", false, &[Val::Int(7), Val::Int(0)]), None);
-        assert_eq!(f("modulo", false, &[Val::Int(7), Val::Int(3)]).as_deref(), Some("1"));
-        assert_eq!(f("startsWith", false, &[Val::Null, st("x")]), None, "null propagates");
+        assert_eq!(
+            f("modulo", false, &[Val::Int(7), Val::Int(3)]).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            f("startsWith", false, &[Val::Null, st("x")]),
+            None,
+            "null propagates"
+        );
     }
 
     #[test]
     fn cidr() {
         let f = Func::CidrMatch;
         assert_eq!(f.call(&[st("10.1.2.3"), st("10.0.0.0/8")]), Val::Bool(true));
-        assert_eq!(f.call(&[st("11.1.2.3"), st("10.0.0.0/8"), st("192.168.0.0/16")]), Val::Bool(false));
+        assert_eq!(
+            f.call(&[st("11.1.2.3"), st("10.0.0.0/8"), st("192.168.0.0/16")]),
+            Val::Bool(false)
+        );
         assert_eq!(f.call(&[st("fe80::1"), st("fe80::/10")]), Val::Bool(true));
         assert_eq!(f.call(&[st("not-an-ip"), st("10.0.0.0/8")]), Val::Null);
     }

@@ -180,7 +180,9 @@ impl<'a> Lexer<'a> {
                     loop {
                         match self.bump() {
                             None | Some('\n') => {
-                                return Err(self.err(start, "unterminated backtick-quoted field name"))
+                                return Err(
+                                    self.err(start, "unterminated backtick-quoted field name")
+                                )
                             }
                             Some('`') if self.peek() == Some('`') => {
                                 self.bump();
@@ -296,7 +298,11 @@ impl<'a> Lexer<'a> {
                         let ch = u32::from_str_radix(hex, 16).ok().and_then(char::from_u32);
                         match (ch, self.bump()) {
                             (Some(ch), Some('}')) if (2..=8).contains(&hex.len()) => s.push(ch),
-                            _ => return Err(self.err(at, "invalid unicode escape: expected \\u{XXXX}")),
+                            _ => {
+                                return Err(
+                                    self.err(at, "invalid unicode escape: expected \\u{XXXX}")
+                                )
+                            }
                         }
                     }
                     Some(other) => {
@@ -468,7 +474,10 @@ impl Parser {
                 other => {
                     return Err(QueryError::new(
                         span,
-                        format!("expected a pipe (`head` or `tail`), found {}", other.describe()),
+                        format!(
+                            "expected a pipe (`head` or `tail`), found {}",
+                            other.describe()
+                        ),
                     ))
                 }
             };
@@ -477,7 +486,10 @@ impl Parser {
                 (other, s) => {
                     return Err(QueryError::new(
                         s,
-                        format!("expected a count after `{name}`, found {}", other.describe()),
+                        format!(
+                            "expected a count after `{name}`, found {}",
+                            other.describe()
+                        ),
                     ))
                 }
             };
@@ -607,7 +619,10 @@ impl Parser {
                 self.next();
                 let (maxspan, r) = self.with_params()?;
                 if maxspan.is_some() {
-                    return Err(QueryError::new(start, "`maxspan` belongs to the sequence, not to a step"));
+                    return Err(QueryError::new(
+                        start,
+                        "`maxspan` belongs to the sequence, not to a step",
+                    ));
                 }
                 runs = r;
             } else {
@@ -636,7 +651,10 @@ impl Parser {
             } else if self.eat_kw("with") {
                 let (m, runs) = self.with_params()?;
                 if runs.is_some() {
-                    return Err(QueryError::new(self.span(), "`runs` belongs to a step: `[…] with runs=N`"));
+                    return Err(QueryError::new(
+                        self.span(),
+                        "`runs` belongs to a step: `[…] with runs=N`",
+                    ));
                 }
                 maxspan = m;
             } else {
@@ -728,7 +746,10 @@ impl Parser {
             Tok::Gt => Some(BinOp::Gt),
             Tok::Ge => Some(BinOp::Ge),
             Tok::Eq => {
-                return Err(QueryError::new(span, "`=` is not a comparison: use `==` (or `:` for case-insensitive)"))
+                return Err(QueryError::new(
+                    span,
+                    "`=` is not a comparison: use `==` (or `:` for case-insensitive)",
+                ))
             }
             _ => None,
         };
@@ -755,7 +776,11 @@ impl Parser {
                     self.next();
                     let patterns = self.value_or_list()?;
                     return Ok(Expr::Match {
-                        op: if kwl == "like" { MatchOp::Like } else { MatchOp::Regex },
+                        op: if kwl == "like" {
+                            MatchOp::Like
+                        } else {
+                            MatchOp::Regex
+                        },
                         insensitive: tilde,
                         lhs: Box::new(lhs),
                         patterns,
@@ -818,7 +843,10 @@ impl Parser {
         let open = self.expect(Tok::LParen, "`(`")?;
         let mut items = Vec::new();
         if *self.peek() == Tok::RParen {
-            return Err(QueryError::new(open, "empty list: write at least one value"));
+            return Err(QueryError::new(
+                open,
+                "empty list: write at least one value",
+            ));
         }
         loop {
             items.push(self.additive()?);
@@ -928,7 +956,10 @@ impl Parser {
                     }),
                     other => Err(QueryError::new(
                         s2,
-                        format!("expected a field name after `?`, found {}", other.describe()),
+                        format!(
+                            "expected a field name after `?`, found {}",
+                            other.describe()
+                        ),
                     )),
                 }
             }
@@ -964,10 +995,12 @@ impl Parser {
                     "true" => Ok(Expr::Lit(Literal::Bool(true), span)),
                     "false" => Ok(Expr::Lit(Literal::Bool(false), span)),
                     "null" => Ok(Expr::Lit(Literal::Null, span)),
-                    kw @ ("and" | "or" | "where" | "in" | "like" | "regex") => Err(QueryError::new(
-                        span,
-                        format!("expected a value, found the keyword `{kw}`"),
-                    )),
+                    kw @ ("and" | "or" | "where" | "in" | "like" | "regex") => {
+                        Err(QueryError::new(
+                            span,
+                            format!("expected a value, found the keyword `{kw}`"),
+                        ))
+                    }
                     _ => Ok(Expr::Field {
                         name,
                         optional: false,
@@ -982,7 +1015,10 @@ impl Parser {
             )),
             other => Err(QueryError::new(
                 span,
-                format!("expected a value, field or function, found {}", other.describe()),
+                format!(
+                    "expected a value, field or function, found {}",
+                    other.describe()
+                ),
             )),
         }
     }
@@ -1024,16 +1060,35 @@ mod tests {
     #[test]
     fn precedence() {
         let q = parse_query("tool where a == 1 or b == 2 and not c == 3").unwrap();
-        let QueryBody::Event(e) = q.body else { panic!() };
-        let Expr::Binary { op: BinOp::Or, rhs, .. } = e.condition else { panic!("{:?}", e.condition) };
+        let QueryBody::Event(e) = q.body else {
+            panic!()
+        };
+        let Expr::Binary {
+            op: BinOp::Or, rhs, ..
+        } = e.condition
+        else {
+            panic!("{:?}", e.condition)
+        };
         assert!(matches!(*rhs, Expr::Binary { op: BinOp::And, .. }));
     }
 
     #[test]
     fn arithmetic_binds_tighter_than_comparison() {
         let e = parse_expr("a + 2 * 3 > 10").unwrap();
-        let Expr::Binary { op: BinOp::Gt, lhs, .. } = e else { panic!() };
-        let Expr::Binary { op: BinOp::Add, rhs, .. } = *lhs else { panic!() };
+        let Expr::Binary {
+            op: BinOp::Gt, lhs, ..
+        } = e
+        else {
+            panic!()
+        };
+        let Expr::Binary {
+            op: BinOp::Add,
+            rhs,
+            ..
+        } = *lhs
+        else {
+            panic!()
+        };
         assert!(matches!(*rhs, Expr::Binary { op: BinOp::Mul, .. }));
     }
 

@@ -72,7 +72,11 @@ impl Wildcard {
             Kind::Prefix(lit(&toks[..n - 1]).unwrap_or_default())
         } else if n >= 2 && toks[0] == Tok::Star && lit(&toks[1..]).is_some() {
             Kind::Suffix(lit(&toks[1..]).unwrap_or_default())
-        } else if n >= 3 && toks[0] == Tok::Star && toks[n - 1] == Tok::Star && lit(&toks[1..n - 1]).is_some() {
+        } else if n >= 3
+            && toks[0] == Tok::Star
+            && toks[n - 1] == Tok::Star
+            && lit(&toks[1..n - 1]).is_some()
+        {
             Kind::Contains(lit(&toks[1..n - 1]).unwrap_or_default())
         } else {
             Kind::General(toks)
@@ -133,7 +137,13 @@ fn general(toks: &[Tok], s: &str, ci: bool) -> bool {
     let chars: Vec<char> = s.chars().collect();
     let (mut p, mut i) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
-    let same = |a: char, b: char| if ci { a.eq_ignore_ascii_case(&b) } else { a == b };
+    let same = |a: char, b: char| {
+        if ci {
+            a.eq_ignore_ascii_case(&b)
+        } else {
+            a == b
+        }
+    };
     while i < chars.len() {
         match toks.get(p) {
             Some(Tok::Star) => {

@@ -1,19 +1,23 @@
 //! The query language end to end: text → compiled predicate → verdict on real events, and the
 //! errors a rule author sees.
 
+#![allow(clippy::unwrap_used)]
+
 use cordon_ingest::{decode_native, decode_with, Event, Schema};
-use cordon_rules::{parse_query, Compiler, CompiledQuery, Library, RuleSet};
+use cordon_rules::{parse_query, CompiledQuery, Compiler, Library, RuleSet};
 
 fn ev(json: &str) -> Event {
     decode_native(json.as_bytes()).unwrap()
 }
 
 fn base() -> Event {
-    ev(r#"{"event.id":"e1","@timestamp":"2026-11-20T10:00:00Z","mcp.method.name":"tools/call",
+    ev(
+        r#"{"event.id":"e1","@timestamp":"2026-11-20T10:00:00Z","mcp.method.name":"tools/call",
         "gen_ai.agent.id":"agent-1","gen_ai.tool.name":"Send_Email","audit.decision":"allow",
         "audit.data_class":"secret","audit.result_bytes":2048,"audit.duration_ms":12.5,
         "audit.args_fp":["aaaa","bbbb"],"gen_ai.tool.call.arguments":{"to":"x@evil.example","n":3},
-        "custom":{"flag":true},"src.addr":"10.1.2.3"}"#)
+        "custom":{"flag":true},"src.addr":"10.1.2.3"}"#,
+    )
 }
 
 fn run(query: &str, e: &Event) -> bool {
@@ -113,21 +117,57 @@ fn null_semantics_are_three_valued() {
 #[test]
 fn type_errors_are_reported_with_positions() {
     let cases = [
-        (r#"tool where audit.decison == "deny""#, "unknown field `audit.decison`"),
-        (r#"tool where audit.decison == "deny""#, "did you mean `audit.decision`"),
-        (r#"tool where is_secert_read"#, "unknown field or macro `is_secert_read`"),
-        (r#"tool where audit.decision == 5"#, "cannot compare `audit.decision` (string) with the number 5 (number)"),
-        (r#"tool where audit.result_bytes : "x*""#, "applies to strings"),
-        (r#"tool where lenght(gen_ai.tool.name) > 3"#, "did you mean `length`"),
-        (r#"tool where length(gen_ai.tool.name, 2) > 3"#, "takes 1 argument, found 2"),
-        (r#"tool where length(audit.result_bytes) > 3"#, "argument 1 of `length` must be a string"),
-        (r#"tool where gen_ai.tool.name regex "(""#, "invalid regular expression"),
+        (
+            r#"tool where audit.decison == "deny""#,
+            "unknown field `audit.decison`",
+        ),
+        (
+            r#"tool where audit.decison == "deny""#,
+            "did you mean `audit.decision`",
+        ),
+        (
+            r#"tool where is_secert_read"#,
+            "unknown field or macro `is_secert_read`",
+        ),
+        (
+            r#"tool where audit.decision == 5"#,
+            "cannot compare `audit.decision` (string) with the number 5 (number)",
+        ),
+        (
+            r#"tool where audit.result_bytes : "x*""#,
+            "applies to strings",
+        ),
+        (
+            r#"tool where lenght(gen_ai.tool.name) > 3"#,
+            "did you mean `length`",
+        ),
+        (
+            r#"tool where length(gen_ai.tool.name, 2) > 3"#,
+            "takes 1 argument, found 2",
+        ),
+        (
+            r#"tool where length(audit.result_bytes) > 3"#,
+            "argument 1 of `length` must be a string",
+        ),
+        (
+            r#"tool where gen_ai.tool.name regex "(""#,
+            "invalid regular expression",
+        ),
         (r#"tool where gen_ai.tool.name"#, "not a condition"),
         (r#"tool where gen_ai.tool.name + 1 > 2"#, "needs numbers"),
-        (r#"tool where gen_ai.tool.name in ("a", 1)"#, "cannot look for the number 1"),
+        (
+            r#"tool where gen_ai.tool.name in ("a", 1)"#,
+            "cannot look for the number 1",
+        ),
         (r#"tols where true"#, "did you mean `tool`"),
-        (r#"tool where audit.result_bytes < null"#, "only `==` and `!=`"),
-        (r#"tool where length~(gen_ai.tool.name) > 1"#, "no case-insensitive"),
+        (
+            r#"tool where audit.result_bytes < null"#,
+            "only `==` and `!=`",
+        ),
+        (
+            r#"tool where length~(gen_ai.tool.name) > 1"#,
+            "no case-insensitive",
+        ),
     ];
     for (q, want) in cases {
         let err = compile_err(q);
@@ -140,9 +180,16 @@ fn type_errors_are_reported_with_positions() {
 
 #[test]
 fn hunts_over_arbitrary_json_need_no_schema() {
-    let e = decode_with(br#"{"process":{"name":"cmd.exe"},"user":"bob","n":5}"#, Schema::Generic).unwrap();
+    let e = decode_with(
+        br#"{"process":{"name":"cmd.exe"},"user":"bob","n":5}"#,
+        Schema::Generic,
+    )
+    .unwrap();
     let q = parse_query(r#"any where process.name : "CMD.*" and user == "bob" and n > 4"#).unwrap();
-    let CompiledQuery::Event(m) = Compiler::new(&Library::default(), false).query(&q).unwrap().query;
+    let CompiledQuery::Event(m) = Compiler::new(&Library::default(), false)
+        .query(&q)
+        .unwrap()
+        .query;
     assert!(m.matches(&e));
 }
 
@@ -156,17 +203,28 @@ fn builtin_rules_load_and_pass_their_tests() {
 
 #[test]
 fn rule_file_errors_carry_file_line_and_column() {
-    let text = "id: r1\ntitle: t\nseverity: high\nquery: |\n  tool where\n    audit.decison == \"deny\"\n";
+    let text =
+        "id: r1\ntitle: t\nseverity: high\nquery: |\n  tool where\n    audit.decison == \"deny\"\n";
     let err = RuleSet::from_text("my.yaml", text).unwrap_err().to_string();
-    assert!(err.contains("my.yaml:6:5: r1: unknown field `audit.decison`"), "{err}");
+    assert!(
+        err.contains("my.yaml:6:5: r1: unknown field `audit.decison`"),
+        "{err}"
+    );
 
-    let text = "id: r1\ntitle: t\nseverity: high\nquery: 'tool where (audit.decision == \"deny\"'\n";
+    let text =
+        "id: r1\ntitle: t\nseverity: high\nquery: 'tool where (audit.decision == \"deny\"'\n";
     let err = RuleSet::from_text("my.yaml", text).unwrap_err().to_string();
-    assert!(err.contains("my.yaml:4:20: r1: unbalanced parentheses"), "{err}");
+    assert!(
+        err.contains("my.yaml:4:20: r1: unbalanced parentheses"),
+        "{err}"
+    );
 
     let text = "id: r1\ntitle: t\nseverity: high\nqurey: x\n";
     let err = RuleSet::from_text("my.yaml", text).unwrap_err().to_string();
-    assert!(err.contains("my.yaml:4:1") && err.contains("unknown field `qurey`"), "{err}");
+    assert!(
+        err.contains("my.yaml:4:1") && err.contains("unknown field `qurey`"),
+        "{err}"
+    );
 
     let text = "id: r1\ntitle: t\nseverity: severe\nquery: any where true\n";
     let err = RuleSet::from_text("my.yaml", text).unwrap_err().to_string();

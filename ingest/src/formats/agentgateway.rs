@@ -27,7 +27,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         .ok_or(DecodeError::Missing { field: "timestamp" })?;
     let ts_text = take_str(&mut raw, ts)?.unwrap_or_default();
     ev.set_timestamp_text(&ts_text).map_err(|e| {
-        DecodeError::Data(format!("field `{ts}`: expected an RFC 3339 timestamp, found {ts_text:?} ({e})"))
+        DecodeError::Data(format!(
+            "field `{ts}`: expected an RFC 3339 timestamp, found {ts_text:?} ({e})"
+        ))
     })?;
 
     let simple = [
@@ -89,7 +91,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 
     if let Some(d) = take_str(&mut raw, "duration")? {
         let ms = parse_duration_ms(&d).ok_or_else(|| {
-            DecodeError::Data(format!("field `duration`: expected a duration like \"87ms\", found {d:?}"))
+            DecodeError::Data(format!(
+                "field `duration`: expected a duration like \"87ms\", found {d:?}"
+            ))
         })?;
         ev.set_duration_ms(ms);
     }
@@ -171,5 +175,29 @@ mod tests {
         assert_eq!(ev.id(), Some("agw-t1-s1"));
         assert_eq!(ev.get("trace.id"), FieldValue::Str("t1"));
         assert_eq!(ev.get("http.status"), FieldValue::Int(403));
+    }
+
+    #[test]
+    fn arguments_as_object_or_json_text() {
+        for args in [
+            r#"{"url":"https://x.example/a","opts":{"n":1}}"#,
+            r#""{\"url\":\"https://x.example/a\",\"opts\":{\"n\":1}}""#,
+        ] {
+            let line = format!(
+                r#"{{"timestamp":"2026-11-20T10:00:00Z","gen_ai.tool.name":"http_post","mcp.tool.arguments":{args}}}"#
+            );
+            let ev = decode(line.as_bytes()).unwrap();
+            assert_eq!(
+                ev.get("gen_ai.tool.call.arguments.url"),
+                FieldValue::Str("https://x.example/a"),
+                "{line}"
+            );
+            assert_eq!(
+                ev.get("gen_ai.tool.call.arguments.opts.n"),
+                FieldValue::Int(1)
+            );
+            assert!(ev.args_fp().is_some_and(|f| !f.is_empty()));
+            assert_eq!(ev.category().as_str(), "tool");
+        }
     }
 }

@@ -69,11 +69,48 @@ pub(crate) fn take_str(ev: &mut Event, name: &str) -> Result<Option<String>, Dec
     }
 }
 
-/// Takes an extra field out of a generically decoded record.
+/// Takes a field out of a generically decoded record. A JSON object was flattened by the
+/// decoder (`{"a":{"b":1}}` became `a.b`): its leaves are gathered back into an object.
 pub(crate) fn take(ev: &mut Event, name: &str) -> Option<serde_json::Value> {
-    let v = ev.get_extra(name)?.clone();
-    ev.remove_extra(name);
-    Some(v)
+    if let Some(v) = ev.get_extra(name).cloned() {
+        ev.remove_extra(name);
+        return Some(v);
+    }
+    let prefix = format!("{name}.");
+    let leaves: Vec<(String, serde_json::Value)> = ev
+        .extra()
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(&prefix)
+                .map(|rest| (rest.to_owned(), v.clone()))
+        })
+        .collect();
+    if leaves.is_empty() {
+        return None;
+    }
+    let mut root = serde_json::Map::new();
+    for (path, v) in leaves {
+        ev.remove_extra(&format!("{prefix}{path}"));
+        let mut node = &mut root;
+        let mut segs = path.split('.').peekable();
+        while let Some(seg) = segs.next() {
+            if segs.peek().is_none() {
+                node.insert(seg.to_owned(), v);
+                break;
+            }
+            let child = node
+                .entry(seg.to_owned())
+                .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+            if !child.is_object() {
+                *child = serde_json::Value::Object(serde_json::Map::new());
+            }
+            match child.as_object_mut() {
+                Some(m) => node = m,
+                None => break,
+            }
+        }
+    }
+    Some(serde_json::Value::Object(root))
 }
 
 pub(crate) fn kind(v: &serde_json::Value) -> &'static str {

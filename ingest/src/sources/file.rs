@@ -35,10 +35,13 @@ enum Input {
     File(PathBuf),
 }
 
+/// An open input: its name, its reader and the last line number read.
+type Open = (Arc<str>, Box<dyn BufRead + Send>, u64);
+
 /// Reads records, one per line, from a list of inputs in order.
 pub struct LineReader {
     pending: std::vec::IntoIter<Input>,
-    current: Option<(Arc<str>, Box<dyn BufRead + Send>, u64)>,
+    current: Option<Open>,
     max_record: usize,
 }
 
@@ -52,9 +55,9 @@ impl LineReader {
                 inputs.push(Input::Stdin);
                 continue;
             }
-            let meta = std::fs::metadata(p).map_err(|source| IngestError::Io {
+            let meta = std::fs::metadata(p).map_err(|error| IngestError::Io {
                 path: p.clone(),
-                source,
+                error,
             })?;
             if meta.is_dir() {
                 let mut files = Vec::new();
@@ -90,7 +93,7 @@ impl LineReader {
             let (len, oversized) =
                 read_capped_line(reader, buf, self.max_record).map_err(|e| IngestError::Io {
                     path: PathBuf::from(&**source),
-                    source: e,
+                    error: e,
                 })?;
             if len == 0 {
                 self.current = None;
@@ -113,9 +116,9 @@ impl LineReader {
 }
 
 fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
-    let io_err = |source| IngestError::Io {
+    let io_err = |error| IngestError::Io {
         path: dir.to_owned(),
-        source,
+        error,
     };
     for entry in std::fs::read_dir(dir).map_err(io_err)? {
         let path = entry.map_err(io_err)?.path();
@@ -131,7 +134,7 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
     Ok(())
 }
 
-fn open_input(input: Input) -> Result<(Arc<str>, Box<dyn BufRead + Send>, u64), IngestError> {
+fn open_input(input: Input) -> Result<Open, IngestError> {
     match input {
         Input::Stdin => Ok((
             Arc::from("-"),
@@ -139,9 +142,9 @@ fn open_input(input: Input) -> Result<(Arc<str>, Box<dyn BufRead + Send>, u64), 
             0,
         )),
         Input::File(path) => {
-            let io_err = |source| IngestError::Io {
+            let io_err = |error| IngestError::Io {
                 path: path.clone(),
-                source,
+                error,
             };
             let mut file = File::open(&path).map_err(io_err)?;
             let mut magic = [0u8; 2];

@@ -112,8 +112,14 @@ mod tests {
             s.flush().unwrap();
         }
         let text = std::fs::read_to_string(&p).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0]["finding_info"]["analytic"]["uid"], "cordon.mcp.privileged_tool_denied");
+        assert_eq!(
+            lines[0]["finding_info"]["analytic"]["uid"],
+            "cordon.mcp.privileged_tool_denied"
+        );
     }
 }

@@ -1,0 +1,458 @@
+//! End-to-end tests of the `cordon` binary: real files, real processes, real exit codes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn cordon(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(args)
+        .env_remove("CORDON_LOG")
+        .output()
+        .expect("run cordon")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn data(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn generate(dir: &Path, seed: &str) -> PathBuf {
+    let out = dir.join(format!("gen-{seed}"));
+    let o = cordon(&[
+        "generate",
+        "--seed",
+        seed,
+        "--agents",
+        "12",
+        "--duration",
+        "3h",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out
+}
+
+#[test]
+fn fingerprint_prints_the_design_test_vector() {
+    let o = cordon(&[
+        "fingerprint",
+        "Send DE89370400440532013000 to Mark.Black-2134@gmail.com, please: now.",
+    ]);
+    assert!(o.status.success());
+    assert_eq!(
+        stdout(&o).trim(),
+        r#"["56ccc4dcfc96534b","9cf685bd65e3490c","b36ca970529c23c7"]"#
+    );
+}
+
+#[test]
+fn generate_is_seeded_and_run_finds_the_attacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = generate(dir.path(), "42");
+    let b = generate(dir.path(), "42");
+    let c = generate(dir.path(), "43");
+    let ev_a = std::fs::read(a.join("events.jsonl")).unwrap();
+    assert_eq!(ev_a, std::fs::read(b.join("events.jsonl")).unwrap());
+    assert_ne!(ev_a, std::fs::read(c.join("events.jsonl")).unwrap());
+    let labels: Value =
+        serde_json::from_slice(&std::fs::read(a.join("labels.json")).unwrap()).unwrap();
+    let attacks: Vec<&str> = labels
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|l| l["label"] == "attack")
+        .map(|l| l["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(attacks.len(), 16);
+
+    let alerts = dir.path().join("alerts.jsonl");
+    let o = cordon(&[
+        "run",
+        "--input",
+        a.join("events.jsonl").to_str().unwrap(),
+        "--alerts",
+        alerts.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("0 dead-lettered"), "{}", stderr(&o));
+    let found = json_lines(&std::fs::read_to_string(&alerts).unwrap());
+    assert!(!found.is_empty());
+    for f in &found {
+        assert_eq!(f["class_uid"], 2004);
+        assert_eq!(f["type_uid"], 200401);
+        assert!(f["finding_info"]["uid"].is_string());
+        assert!(!f["finding_info"]["related_events"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+        for key in [
+            "gen_ai.agent.id",
+            "mcp.session.id",
+            "audit.principal.sub",
+            "audit.token.jti",
+        ] {
+            assert!(f["unmapped"][key].is_string(), "unmapped.{key} in {f}");
+        }
+        let session = f["unmapped"]["mcp.session.id"].as_str().unwrap();
+        assert_eq!(
+            labels[session]["label"], "attack",
+            "alert on a benign session: {f}"
+        );
+    }
+    let rules: std::collections::HashSet<&str> = found
+        .iter()
+        .map(|f| f["finding_info"]["analytic"]["uid"].as_str().unwrap())
+        .collect();
+    assert!(rules.contains("cordon.mcp.secret_egress"), "{rules:?}");
+    assert!(
+        rules.contains("cordon.mcp.privileged_tool_denied"),
+        "{rules:?}"
+    );
+}
+
+#[test]
+fn gateway_formats_are_normalised() {
+    let o = cordon(&[
+        "run",
+        "--input",
+        &data("agentgateway.jsonl"),
+        "--format",
+        "agentgateway",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let found = json_lines(&stdout(&o));
+    let ids: Vec<&str> = found
+        .iter()
+        .map(|f| f["finding_info"]["analytic"]["uid"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "cordon.mcp.credential_file_read",
+            "cordon.mcp.privileged_tool_denied",
+            "cordon.mcp.egress_unapproved_url"
+        ]
+    );
+    assert_eq!(found[0]["unmapped"]["gen_ai.agent.id"], "agent-coder-1");
+    assert_eq!(
+        found[0]["unmapped"]["audit.principal.sub"],
+        "alice@corp.example"
+    );
+
+    let o = cordon(&[
+        "run",
+        "--input",
+        &data("docker.jsonl"),
+        "--format",
+        "docker",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let found = json_lines(&stdout(&o));
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0]["finding_info"]["analytic"]["uid"],
+        "cordon.mcp.privileged_tool_denied"
+    );
+    assert_eq!(found[0]["unmapped"]["gen_ai.agent.id"], "claude-desktop-7");
+
+    let o = cordon(&[
+        "run",
+        "--input",
+        &data("docker.jsonl"),
+        "--format",
+        "splunk",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("expected native, agentgateway or docker"));
+}
+
+#[test]
+fn bad_input_is_dead_lettered_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let mut text = std::fs::read(data("bad_input.jsonl")).unwrap();
+    let huge = format!(
+        "{{\"event.id\":\"huge\",\"@timestamp\":\"2026-11-20T10:00:05Z\",\"blob\":\"{}\"}}\n",
+        "x".repeat(3 << 20)
+    );
+    text.extend_from_slice(huge.as_bytes());
+    text.extend_from_slice(
+        b"{\"event.id\":\"ok-3\",\"@timestamp\":\"2026-11-20T10:00:06Z\",\"mcp.method.name\":\"tools/call\",\"gen_ai.tool.name\":\"create_user\",\"audit.decision\":\"deny\",\"gen_ai.agent.id\":\"a2\"}\n",
+    );
+    std::fs::write(&input, &text).unwrap();
+    let dl = dir.path().join("dead.jsonl");
+    let o = cordon(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--dead-letter",
+        dl.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"));
+    assert!(
+        stderr(&o).contains("8 records, 3 events, 5 dead-lettered"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        json_lines(&stdout(&o)).len(),
+        2,
+        "alerts from the good records on both sides of the bad ones"
+    );
+    let dead = json_lines(&std::fs::read_to_string(&dl).unwrap());
+    let summary: Vec<(u64, &str)> = dead
+        .iter()
+        .map(|d| (d["line"].as_u64().unwrap(), d["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(summary.len(), 5);
+    assert!(summary[0].1.contains("EOF while parsing"), "{summary:?}");
+    assert!(
+        summary[1]
+            .1
+            .contains("field `audit.result_bytes`: expected an integer"),
+        "{summary:?}"
+    );
+    assert!(
+        summary[2].1.contains("expected a JSON object"),
+        "{summary:?}"
+    );
+    assert!(summary[3].1.contains("invalid unicode"), "{summary:?}");
+    assert_eq!(dead[3]["raw_lossy"], true);
+    assert!(summary[4].1.contains("over the limit"), "{summary:?}");
+    assert_eq!(
+        summary.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [2, 3, 5, 7, 8]
+    );
+    for d in &dead {
+        assert!(d["source"].as_str().unwrap().ends_with("in.jsonl"));
+        assert!(d["raw"].is_string());
+    }
+
+    let o = cordon(&["run", "--input", &data("empty.jsonl")]);
+    assert!(o.status.success());
+    assert!(stdout(&o).is_empty());
+    assert!(stderr(&o).contains("0 records"));
+
+    let o = cordon(&["run", "--input", "/definitely/not/here.jsonl"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/definitely/not/here.jsonl"));
+}
+
+#[test]
+fn stdin_and_gzip_inputs() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(["run", "--input", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(data("bad_input.jsonl")).unwrap())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(json_lines(&stdout(&o)).len(), 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("events.log.gz");
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::default(),
+    );
+    enc.write_all(&std::fs::read(data("bad_input.jsonl")).unwrap())
+        .unwrap();
+    enc.finish().unwrap();
+    let o = cordon(&["run", "--input", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_lines(&stdout(&o)).len(), 1);
+}
+
+#[test]
+fn rule_errors_name_file_line_and_column() {
+    let o = cordon(&["rules", "check", &data("rules_typo")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("rules_typo/typo.yaml:5:14: user.denied_admin: unknown field `audit.decison`"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `audit.decision`"), "{err}");
+
+    let o = cordon(&["rules", "check", &data("rules_unbalanced")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unbalanced.yaml:4:20: user.unbalanced: unbalanced parentheses"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = cordon(&[
+        "run",
+        "--input",
+        &data("empty.jsonl"),
+        "--rules",
+        &data("rules_typo"),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+
+    let o = cordon(&["rules", "check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("ok: "));
+}
+
+#[test]
+fn rules_test_and_list() {
+    let o = cordon(&["rules", "test"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains(" passed, 0 failed"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("r.yaml");
+    std::fs::write(
+        &f,
+        "id: t.fail\ntitle: t\nseverity: low\nquery: tool where gen_ai.tool.name == \"a\"\ntests:\n  match:\n    - {mcp.method.name: tools/call, gen_ai.tool.name: b}\n",
+    )
+    .unwrap();
+    let o = cordon(&["rules", "test", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("FAIL t.fail: tests.match[0] should match but does not"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("0 passed, 1 failed"), "{}", stdout(&o));
+
+    let o = cordon(&["rules", "list"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("cordon.mcp.secret_egress"));
+}
+
+#[test]
+fn hunt_over_cordon_events_and_arbitrary_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = generate(dir.path(), "5");
+    let events = g.join("events.jsonl");
+    let o = cordon(&[
+        "hunt",
+        r#"tool where gen_ai.tool.name == "send_email" and audit.data_class == "secret""#,
+        events.to_str().unwrap(),
+        "--print",
+        "mcp.session.id",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let labels: Value =
+        serde_json::from_slice(&std::fs::read(g.join("labels.json")).unwrap()).unwrap();
+    let printed = stdout(&o);
+    let sessions: Vec<&str> = printed.lines().map(str::trim).collect();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    for s in sessions {
+        assert_eq!(labels[s]["scenario"], "read_then_exfiltrate");
+    }
+
+    let f = dir.path().join("proc.jsonl");
+    std::fs::write(
+        &f,
+        concat!(
+            r#"{"ts": 1700000002000, "event": {"category": "process"}, "process": {"name": "cmd.exe"}, "seq": 2}"#, "\n",
+            r#"{"ts": 1700000001000, "event": {"category": "process"}, "process": {"name": "CMD.EXE"}, "seq": 1}"#, "\n",
+            r#"{"ts": 1700000001000, "event": {"category": "process"}, "process": {"name": "cmd.exe"}, "seq": 0}"#, "\n",
+            r#"{"ts": 1700000000000, "event": {"category": "network"}, "process": {"name": "cmd.exe"}, "seq": 9}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let hunt = |q: &str| {
+        cordon(&[
+            "hunt",
+            q,
+            f.to_str().unwrap(),
+            "--timestamp-field",
+            "ts",
+            "--timestamp-format",
+            "epoch_ms",
+            "--tiebreaker-field",
+            "seq",
+            "--print",
+            "seq",
+        ])
+    };
+    let o = hunt(r#"process where process.name : "cmd.exe""#);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "0\n1\n2\n");
+    let o = hunt(r#"process where process.name : "cmd.exe" | tail 1"#);
+    assert_eq!(stdout(&o), "2\n");
+    let o = hunt(r#"any where process.name == "cmd.exe" | head 2"#);
+    assert_eq!(stdout(&o), "9\n0\n");
+    let o = hunt(r#"process where (process.name == "x""#);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("never closed"), "{}", stderr(&o));
+}
+
+#[test]
+fn eval_reports_per_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = generate(dir.path(), "9");
+    let o = cordon(&[
+        "eval",
+        "--events",
+        g.join("events.jsonl").to_str().unwrap(),
+        "--labels",
+        g.join("labels.json").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["scenarios"]["read_then_exfiltrate"]["flagged"], 2);
+    assert_eq!(r["scenarios"]["probing_after_denials"]["flagged"], 2);
+    assert_eq!(r["precision"], 1.0);
+    assert_eq!(r["scenarios"]["benign"]["flagged"], 0);
+    let recall = r["recall"].as_f64().unwrap();
+    assert!(recall > 0.3 && recall < 1.0, "{recall}");
+}
+
+#[test]
+fn demo_shows_alerts() {
+    let o = cordon(&["demo", "--agents", "8", "--duration", "4h"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("CRITICAL  cordon.mcp.secret_egress"), "{out}");
+    assert!(out.contains("detection by scenario"), "{out}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let o = cordon(&["run"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = cordon(&["generate", "--out", "/tmp/x", "--attacks", "rugpull"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("rug_pull"));
+    let o = cordon(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+}
