@@ -13,7 +13,7 @@ use regex::RegexBuilder;
 
 use crate::ast::*;
 use crate::error::QueryError;
-use crate::eval::{ArithOp, CExpr, CmpOp, Matcher, Pred, Val, ValueSet};
+use crate::eval::{regex_literal_prefix, ArithOp, CExpr, CmpOp, Matcher, Pred, Val, ValueSet};
 use crate::functions::{Func, Ty, NAMES};
 use crate::wildcard::Wildcard;
 
@@ -218,6 +218,9 @@ impl<'l> Compiler<'l> {
                         (p, _) => parts.push(p),
                     }
                 }
+                // Three-valued `and`/`or` are commutative: evaluate the cheapest parts first so
+                // that short-circuiting skips the expensive ones (regexes, paths, functions).
+                parts.sort_by_key(Pred::cost);
                 Ok(if *op == BinOp::And {
                     Pred::And(parts.into())
                 } else {
@@ -293,6 +296,11 @@ impl<'l> Compiler<'l> {
                                         format!("invalid regular expression: {e}"),
                                     )
                                 })?,
+                            if *insensitive {
+                                None
+                            } else {
+                                regex_literal_prefix(&pat)
+                            },
                         ),
                     });
                 }
@@ -338,6 +346,7 @@ impl<'l> Compiler<'l> {
                     }
                 }
                 let _ = span;
+                set.seal();
                 Ok(Pred::In {
                     lhs: lhs_c,
                     set: Box::new(set),

@@ -13,11 +13,12 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::collections::HashSet;
 
 use cordon_ingest::{Event, FieldRef, FieldValue};
 use regex::Regex;
+use rustc_hash::FxHashSet;
 use serde_json::Value as Json;
+use smallvec::SmallVec;
 
 use crate::functions::Func;
 use crate::wildcard::Wildcard;
@@ -57,6 +58,20 @@ impl<'a> Val<'a> {
 
     fn from_json(v: &'a Json) -> Val<'a> {
         Val::from_field(FieldValue::from_json(v))
+    }
+
+    /// A borrowed copy of the value: strings are not copied.
+    #[inline]
+    pub fn view(&self) -> Val<'_> {
+        match self {
+            Val::Str(s) => Val::Str(Cow::Borrowed(s)),
+            Val::Null => Val::Null,
+            Val::Bool(b) => Val::Bool(*b),
+            Val::Int(i) => Val::Int(*i),
+            Val::Float(f) => Val::Float(*f),
+            Val::Strs(l) => Val::Strs(l),
+            Val::Array(a) => Val::Array(a),
+        }
     }
 
     /// The value as a number, if it is one.
@@ -155,25 +170,47 @@ pub enum ArithOp {
 pub enum Matcher {
     /// A wildcard pattern.
     Wild(Wildcard),
-    /// An anchored regular expression.
-    Regex(Regex),
+    /// An anchored regular expression, with the literal every match starts with (checked
+    /// first: most values are rejected without running the automaton).
+    Regex(Regex, Option<Box<str>>),
 }
 
 impl Matcher {
     fn matches(&self, s: &str) -> bool {
         match self {
             Matcher::Wild(w) => w.matches(s),
-            Matcher::Regex(r) => r.is_match(s),
+            Matcher::Regex(r, prefix) => {
+                prefix.as_deref().is_none_or(|p| s.starts_with(p)) && r.is_match(s)
+            }
         }
     }
 }
 
-/// The candidates of `in`: strings in a hash set (lowercased for `in~`), numbers, and
-/// whether `null` is among them.
+/// The literal that every whole-string match of a case-sensitive `pattern` starts with.
+pub fn regex_literal_prefix(pattern: &str) -> Option<Box<str>> {
+    if pattern.contains('|') {
+        return None;
+    }
+    let meta = |c: char| "\\.+*?()|[]{}^$".contains(c);
+    let mut prefix: String = pattern.chars().take_while(|c| !meta(*c)).collect();
+    if matches!(
+        pattern[prefix.len()..].chars().next(),
+        Some('?' | '*' | '{')
+    ) {
+        prefix.pop();
+    }
+    (!prefix.is_empty()).then(|| prefix.into_boxed_str())
+}
+
+/// The candidates of `in`: strings (lowercased for `in~`), numbers, and whether `null` is
+/// among them. Up to [`SMALL_SET`] strings are scanned linearly — faster than hashing for the
+/// short lists rules usually hold — and larger lists use a hash set.
 #[derive(Clone, Debug, Default)]
 pub struct ValueSet {
     /// Strings (lowercased when case-insensitive).
-    pub strs: HashSet<Box<str>>,
+    pub strs: FxHashSet<Box<str>>,
+    /// The same strings, when there are few of them.
+    pub small: Option<Box<[Box<str>]>>,
     /// Numbers.
     pub nums: Vec<f64>,
     /// Booleans.
@@ -184,7 +221,27 @@ pub struct ValueSet {
     pub insensitive: bool,
 }
 
+/// Largest string list scanned linearly by `in`.
+pub const SMALL_SET: usize = 8;
+
 impl ValueSet {
+    /// Call once the strings are in: picks the linear form for small sets.
+    pub fn seal(&mut self) {
+        self.small = (self.strs.len() <= SMALL_SET).then(|| {
+            let mut v: Vec<Box<str>> = self.strs.iter().cloned().collect();
+            v.sort();
+            v.into_boxed_slice()
+        });
+    }
+
+    #[inline]
+    fn has(&self, s: &str) -> bool {
+        match &self.small {
+            Some(list) => list.iter().any(|x| **x == *s),
+            None => self.strs.contains(s),
+        }
+    }
+
     fn contains(&self, v: &Val<'_>) -> Option<bool> {
         match v {
             Val::Null => {
@@ -196,12 +253,12 @@ impl ValueSet {
             }
             Val::Str(s) => Some(if self.insensitive {
                 if s.bytes().any(|b| b.is_ascii_uppercase() || b >= 0x80) {
-                    self.strs.contains(s.to_lowercase().as_str())
+                    self.has(&s.to_lowercase())
                 } else {
-                    self.strs.contains(&**s)
+                    self.has(s)
                 }
             } else {
-                self.strs.contains(&**s)
+                self.has(s)
             }),
             Val::Int(_) | Val::Float(_) => {
                 let f = v.as_f64().unwrap_or(f64::NAN);
@@ -281,7 +338,7 @@ impl CExpr {
     /// Evaluates the expression against an event.
     pub fn eval<'a>(&'a self, ev: &'a Event) -> Val<'a> {
         match self {
-            CExpr::Const(v) => v.clone(),
+            CExpr::Const(v) => v.view(),
             CExpr::Field(f) => Val::from_field(ev.field(f)),
             CExpr::Neg(e) => match e.eval(ev) {
                 Val::Int(i) => i.checked_neg().map(Val::Int).unwrap_or(Val::Null),
@@ -290,7 +347,7 @@ impl CExpr {
             },
             CExpr::Arith(op, a, b) => arith(*op, &a.eval(ev), &b.eval(ev)),
             CExpr::Call(f, args) => {
-                let vals: Vec<Val<'a>> = args.iter().map(|a| a.eval(ev)).collect();
+                let vals: SmallVec<[Val<'a>; 4]> = args.iter().map(|a| a.eval(ev)).collect();
                 f.call(&vals)
             }
             CExpr::Pred(p) => match p.eval(ev) {
@@ -359,7 +416,160 @@ fn compare(op: CmpOp, a: &Val<'_>, b: &Val<'_>) -> Option<bool> {
     })
 }
 
+/// A necessary condition of a predicate: it can only hold when the string core field
+/// `field` has one of `values` (lowercased when `insensitive`). Engines index rules by their
+/// guard so that an event is tested only against rules it could match.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Guard {
+    /// The field.
+    pub field: cordon_ingest::CoreField,
+    /// The values it must take.
+    pub values: Vec<Box<str>>,
+    /// Compare lowercased.
+    pub insensitive: bool,
+}
+
+impl Guard {
+    /// How selective the guard's field usually is (lower is better).
+    fn rank(&self) -> u8 {
+        use cordon_ingest::CoreField as F;
+        match self.field {
+            F::ToolName => 0,
+            F::Target | F::ServerAddress => 1,
+            F::Method => 2,
+            F::DataClass => 3,
+            F::ErrorType => 4,
+            F::Decision => 6,
+            _ => 5,
+        }
+    }
+}
+
+impl CExpr {
+    /// A rough static cost of evaluating the expression (for ordering conjuncts).
+    pub fn cost(&self) -> u32 {
+        match self {
+            CExpr::Const(_) => 0,
+            CExpr::Field(FieldRef::Core(_)) | CExpr::Field(FieldRef::Category) => 1,
+            CExpr::Field(_) => 4,
+            CExpr::Neg(e) => 1 + e.cost(),
+            CExpr::Arith(_, a, b) => 1 + a.cost() + b.cost(),
+            CExpr::Call(_, args) => 6 + args.iter().map(CExpr::cost).sum::<u32>(),
+            CExpr::Pred(p) => p.cost(),
+        }
+    }
+}
+
 impl Pred {
+    /// A rough static cost of evaluating the predicate (for ordering conjuncts).
+    pub fn cost(&self) -> u32 {
+        match self {
+            Pred::Const(_) => 0,
+            Pred::And(ps) | Pred::Or(ps) => ps.iter().map(Pred::cost).sum(),
+            Pred::Not(p) => p.cost(),
+            Pred::Cmp { lhs, rhs, .. } => 1 + lhs.cost() + rhs.cost(),
+            Pred::IsNull { expr, .. } => expr.cost(),
+            Pred::Match { lhs, matchers } => {
+                lhs.cost()
+                    + matchers
+                        .iter()
+                        .map(|m| match m {
+                            Matcher::Wild(_) => 2,
+                            Matcher::Regex(_, Some(_)) => 4,
+                            Matcher::Regex(_, None) => 12,
+                        })
+                        .sum::<u32>()
+            }
+            Pred::In { lhs, set, .. } => lhs.cost() + if set.small.is_some() { 2 } else { 3 },
+            Pred::Truthy(e) => e.cost(),
+        }
+    }
+
+    /// The most selective necessary condition of this predicate on one string core field,
+    /// if it has one (see [`Guard`]).
+    pub fn guard(&self) -> Option<Guard> {
+        use cordon_ingest::FieldKind;
+        let core_str = |e: &CExpr| match e {
+            CExpr::Field(FieldRef::Core(f)) if f.kind() == FieldKind::Str => Some(*f),
+            _ => None,
+        };
+        match self {
+            Pred::And(ps) => ps
+                .iter()
+                .filter_map(Pred::guard)
+                .min_by_key(|g| (g.rank(), g.values.len())),
+            Pred::Or(ps) => {
+                let mut gs = ps.iter().map(Pred::guard);
+                let mut acc = gs.next()??;
+                for g in gs {
+                    let g = g?;
+                    if g.field != acc.field || g.insensitive != acc.insensitive {
+                        return None;
+                    }
+                    acc.values.extend(g.values);
+                }
+                acc.values.sort();
+                acc.values.dedup();
+                Some(acc)
+            }
+            Pred::Cmp {
+                op: CmpOp::Eq,
+                lhs,
+                rhs,
+            } => {
+                let (f, c) = match (core_str(lhs), core_str(rhs)) {
+                    (Some(f), None) => (f, rhs),
+                    (None, Some(f)) => (f, lhs),
+                    _ => return None,
+                };
+                match c {
+                    CExpr::Const(Val::Str(s)) => Some(Guard {
+                        field: f,
+                        values: vec![s.as_ref().into()],
+                        insensitive: false,
+                    }),
+                    _ => None,
+                }
+            }
+            Pred::In {
+                lhs,
+                set,
+                negated: false,
+            } => {
+                let f = core_str(lhs)?;
+                if set.null || !set.nums.is_empty() || !set.bools.is_empty() {
+                    return None;
+                }
+                let mut values: Vec<Box<str>> = set.strs.iter().cloned().collect();
+                values.sort();
+                Some(Guard {
+                    field: f,
+                    values,
+                    insensitive: set.insensitive,
+                })
+            }
+            Pred::Match { lhs, matchers } => {
+                let f = core_str(lhs)?;
+                let mut values = Vec::new();
+                let mut ci = None;
+                for m in matchers.iter() {
+                    let Matcher::Wild(w) = m else { return None };
+                    let (lit, insensitive) = w.exact()?;
+                    if *ci.get_or_insert(insensitive) != insensitive {
+                        return None;
+                    }
+                    values.push(lit.into());
+                }
+                Some(Guard {
+                    field: f,
+                    values,
+                    insensitive: ci?,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Evaluates the condition: `Some(true)` matches, `Some(false)` does not, `None` is null
     /// (which does not match either).
     pub fn eval(&self, ev: &Event) -> Option<bool> {
@@ -430,5 +640,51 @@ impl Pred {
     #[inline]
     pub fn matches(&self, ev: &Event) -> bool {
         self.eval(ev) == Some(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{parse_expr, Compiler, Library};
+    use cordon_ingest::CoreField;
+
+    fn guard(src: &str) -> Option<Guard> {
+        let e = parse_expr(src).unwrap();
+        Compiler::new(&Library::default(), true)
+            .condition(&e)
+            .unwrap()
+            .guard()
+    }
+
+    #[test]
+    fn regex_prefixes() {
+        assert_eq!(
+            regex_literal_prefix("agent-x4-[0-9]+").as_deref(),
+            Some("agent-x4-")
+        );
+        assert_eq!(regex_literal_prefix("abc?d").as_deref(), Some("ab"));
+        assert_eq!(regex_literal_prefix("a|b"), None);
+        assert_eq!(regex_literal_prefix(".*x"), None);
+        assert_eq!(regex_literal_prefix("x\\d"), Some("x".into()));
+    }
+
+    #[test]
+    fn guards_pick_the_most_selective_field() {
+        let g = guard(r#"audit.decision == "allow" and gen_ai.tool.name in ("b", "a")"#).unwrap();
+        assert_eq!(g.field, CoreField::ToolName);
+        assert_eq!(g.values, vec!["a".into(), "b".into()] as Vec<Box<str>>);
+        let g = guard(r#"gen_ai.tool.name : "Send_Email" or gen_ai.tool.name : "x""#).unwrap();
+        assert!(g.insensitive);
+        assert_eq!(g.values.len(), 2);
+        assert_eq!(&*g.values[0], "send_email");
+        assert!(guard(r#"gen_ai.tool.name : "send_*""#).is_none());
+        assert!(guard(r#"gen_ai.tool.name == "a" or audit.decision == "deny""#).is_none());
+        assert!(guard(r#"not gen_ai.tool.name == "a""#).is_none());
+        assert!(guard(r#"gen_ai.tool.name not in ("a")"#).is_none());
+        assert_eq!(
+            guard(r#""x" == audit.target"#).unwrap().field,
+            CoreField::Target
+        );
     }
 }

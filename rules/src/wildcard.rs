@@ -84,6 +84,15 @@ impl Wildcard {
         Wildcard { kind, insensitive }
     }
 
+    /// The literal this pattern equals when it has no wildcard, and whether it ignores case
+    /// (lowercased if so).
+    pub fn exact(&self) -> Option<(&str, bool)> {
+        match &self.kind {
+            Kind::Exact(s) => Some((s, self.insensitive)),
+            _ => None,
+        }
+    }
+
     /// Whether `s` matches the whole pattern.
     pub fn matches(&self, s: &str) -> bool {
         if self.insensitive && !s.is_ascii() {
