@@ -117,9 +117,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         _ => content_id(bytes),
     };
     ev.set_str(CoreField::EventId, id);
-    for (k, v) in raw.extra() {
-        ev.set_extra(k.clone(), v.clone());
-    }
+    super::keep_unmapped(&mut ev, &raw, "agentgateway");
     Ok(ev)
 }
 

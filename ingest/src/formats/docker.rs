@@ -55,9 +55,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         ev.set_extra("trace.id", serde_json::Value::String(t));
     }
     ev.set_str(CoreField::EventId, content_id(bytes));
-    for (k, v) in raw.extra() {
-        ev.set_extra(k.clone(), v.clone());
-    }
+    super::keep_unmapped(&mut ev, &raw, "docker");
     Ok(ev)
 }
 

@@ -123,3 +123,16 @@ pub(crate) fn kind(v: &serde_json::Value) -> &'static str {
         serde_json::Value::Object(_) => "an object",
     }
 }
+
+/// Copies the fields a normaliser did not map into the event under their own names. A field
+/// whose name is a core field's (the gateway logged, say, its own `audit.decision`) is kept
+/// under `FORMAT.NAME` instead: it was not mapped, so it must not pose as the core field.
+pub(crate) fn keep_unmapped(ev: &mut Event, raw: &Event, format: &str) {
+    for (k, v) in raw.extra() {
+        if crate::event::CoreField::from_name(k).is_some() {
+            ev.set_extra(format!("{format}.{k}"), v.clone());
+        } else {
+            ev.set_extra(k.clone(), v.clone());
+        }
+    }
+}
