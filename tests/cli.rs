@@ -456,3 +456,18 @@ fn usage_errors_exit_2() {
     let o = cordon(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// The rule example of the README loads and passes its own tests.
+#[test]
+fn readme_rule_example_works() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("```yaml\n").expect("a yaml block") + 8;
+    let len = readme[start..].find("```").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("readme.yaml");
+    std::fs::write(&f, &readme[start..start + len]).unwrap();
+    let o = cordon(&["rules", "test", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("2 passed, 0 failed"), "{}", stdout(&o));
+}
