@@ -191,7 +191,12 @@ pub fn hunt(a: HuntArgs) -> Result<(), Failure> {
                     FieldValue::Int(i) => i.to_string(),
                     FieldValue::Float(x) => x.to_string(),
                     FieldValue::Bool(b) => b.to_string(),
-                    FieldValue::StrList(l) => serde_json::to_string(l).unwrap_or_default(),
+                    FieldValue::Fingerprints(l) => serde_json::to_string(
+                        &l.iter()
+                            .map(|f| cordon_ingest::fingerprint::to_hex(*f))
+                            .collect::<Vec<_>>(),
+                    )
+                    .unwrap_or_default(),
                     FieldValue::Json(j) => j.to_string(),
                 };
                 writeln!(out, "{line}").map_err(io)?;

@@ -162,7 +162,11 @@ impl FilterDetector {
                 FieldValue::Int(i) => key.push_str(&i.to_string()),
                 FieldValue::Float(x) => key.push_str(&x.to_string()),
                 FieldValue::Bool(b) => key.push_str(if b { "true" } else { "false" }),
-                FieldValue::StrList(l) => key.push_str(&l.join(",")),
+                FieldValue::Fingerprints(l) => {
+                    for fp in l {
+                        key.push_str(&format!("{fp:016x},"));
+                    }
+                }
                 FieldValue::Json(j) => key.push_str(&j.to_string()),
             }
             key.push('\u{1f}');

@@ -51,7 +51,7 @@ pub(crate) fn finish_native(mut ev: Event, bytes: &[u8]) -> Result<Event, Decode
     }
     if ev.args_fp().is_none() {
         if let Some(args) = ev.arguments() {
-            let fps = crate::fingerprint::fingerprint_args(args);
+            let fps = crate::fingerprint::fingerprints_of_args(args);
             ev.set_fingerprints(CoreField::ArgsFp, fps);
         }
     }
@@ -257,7 +257,7 @@ impl CoreSeed<'_> {
             FieldKind::Timestamp => "an RFC 3339 timestamp string",
             FieldKind::Int => "an integer",
             FieldKind::Float => "a number",
-            FieldKind::StrList => "an array of strings",
+            FieldKind::Fingerprints => "an array of 16-hex-digit fingerprints",
             FieldKind::Json => "a JSON value",
         };
         E::custom(format_args!(
@@ -329,17 +329,23 @@ impl<'de> Visitor<'de> for CoreSeed<'_> {
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        if self.field.kind() != FieldKind::StrList {
+        if self.field.kind() != FieldKind::Fingerprints {
             return Err(self.wrong("an array"));
         }
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(8));
-        while let Some(s) = seq.next_element::<Cow<'de, str>>().map_err(|_| {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(16));
+        let bad = |found: &str| {
             <A::Error as de::Error>::custom(format_args!(
-                "field `{}`: expected an array of strings",
+                "field `{}`: expected an array of 16-hex-digit fingerprints, found {found}",
                 self.field.name()
             ))
-        })? {
-            items.push(s.into_owned());
+        };
+        while let Some(s) = seq
+            .next_element::<Key<'de>>()
+            .map_err(|_| bad("a non-string item"))?
+        {
+            let fp =
+                crate::fingerprint::parse_hex(&s.0).ok_or_else(|| bad(&format!("{:?}", s.0)))?;
+            items.push(fp);
         }
         self.ev.set_fingerprints(self.field, items);
         Ok(())

@@ -23,8 +23,8 @@ pub enum FieldKind {
     Int,
     /// A floating-point number.
     Float,
-    /// A list of strings (content fingerprints).
-    StrList,
+    /// Content fingerprints (64-bit values written as 16 hex digits).
+    Fingerprints,
     /// Any JSON value (tool arguments, tool description hashes).
     Json,
 }
@@ -85,8 +85,8 @@ core_fields! {
     ResultBytes => "audit.result_bytes", Int, "Size of the result.";
     DurationMs => "audit.duration_ms", Float, "Duration of the call in milliseconds.";
     ErrorType => "error.type", Str, "JSON-RPC error code or `tool_error`.";
-    ResultFp => "audit.result_fp", StrList, "Content fingerprints of the result.";
-    ArgsFp => "audit.args_fp", StrList, "Content fingerprints of the arguments.";
+    ResultFp => "audit.result_fp", Fingerprints, "Content fingerprints of the result.";
+    ArgsFp => "audit.args_fp", Fingerprints, "Content fingerprints of the arguments.";
     ToolDescriptionSha256 => "audit.tool.description_sha256", Json, "On `tools/list`: hash of each tool's definition.";
 }
 
@@ -190,8 +190,8 @@ pub enum FieldValue<'a> {
     Float(f64),
     /// A boolean.
     Bool(bool),
-    /// A list of strings.
-    StrList(&'a [Box<str>]),
+    /// Content fingerprints.
+    Fingerprints(&'a [u64]),
     /// Any other JSON value (arrays, objects).
     Json(&'a Json),
 }
@@ -267,8 +267,8 @@ pub struct Event {
     duration_ms: Option<f64>,
     arguments: Option<Json>,
     tool_description_sha256: Option<Json>,
-    result_fp: Option<Box<[Box<str>]>>,
-    args_fp: Option<Box<[Box<str>]>>,
+    result_fp: Option<Box<[u64]>>,
+    args_fp: Option<Box<[u64]>>,
     extra: Vec<(Box<str>, Json)>,
     category: Category,
 }
@@ -390,16 +390,18 @@ impl Event {
         self.tool_description_sha256 = Some(v);
     }
     /// `audit.result_fp`.
-    pub fn result_fp(&self) -> Option<&[Box<str>]> {
+    pub fn result_fp(&self) -> Option<&[u64]> {
         self.result_fp.as_deref()
     }
     /// `audit.args_fp`.
-    pub fn args_fp(&self) -> Option<&[Box<str>]> {
+    pub fn args_fp(&self) -> Option<&[u64]> {
         self.args_fp.as_deref()
     }
-    /// Sets a fingerprint list (`audit.result_fp` or `audit.args_fp`).
-    pub fn set_fingerprints(&mut self, f: CoreField, fps: Vec<String>) {
-        let v: Box<[Box<str>]> = fps.into_iter().map(Into::into).collect();
+    /// Sets a fingerprint list (`audit.result_fp` or `audit.args_fp`), kept sorted.
+    pub fn set_fingerprints(&mut self, f: CoreField, mut fps: Vec<u64>) {
+        fps.sort_unstable();
+        fps.dedup();
+        let v: Box<[u64]> = fps.into_boxed_slice();
         match f {
             CoreField::ResultFp => self.result_fp = Some(v),
             CoreField::ArgsFp => self.args_fp = Some(v),
@@ -476,9 +478,9 @@ impl Event {
             FieldKind::Str | FieldKind::Timestamp => self.str(f).map(FieldValue::Str),
             FieldKind::Int => self.result_bytes.map(FieldValue::Int),
             FieldKind::Float => self.duration_ms.map(FieldValue::Float),
-            FieldKind::StrList => match f {
-                CoreField::ResultFp => self.result_fp.as_deref().map(FieldValue::StrList),
-                _ => self.args_fp.as_deref().map(FieldValue::StrList),
+            FieldKind::Fingerprints => match f {
+                CoreField::ResultFp => self.result_fp.as_deref().map(FieldValue::Fingerprints),
+                _ => self.args_fp.as_deref().map(FieldValue::Fingerprints),
             },
             FieldKind::Json => match f {
                 CoreField::Arguments => self.arguments.as_ref().map(FieldValue::from_json),
@@ -529,7 +531,11 @@ impl Serialize for Event {
                 FieldValue::Int(v) => m.serialize_entry(f.name(), &v)?,
                 FieldValue::Float(v) => m.serialize_entry(f.name(), &v)?,
                 FieldValue::Bool(v) => m.serialize_entry(f.name(), &v)?,
-                FieldValue::StrList(v) => m.serialize_entry(f.name(), v)?,
+                FieldValue::Fingerprints(v) => {
+                    let hex: Vec<String> =
+                        v.iter().map(|fp| crate::fingerprint::to_hex(*fp)).collect();
+                    m.serialize_entry(f.name(), &hex)?
+                }
                 FieldValue::Json(v) => m.serialize_entry(f.name(), v)?,
             }
         }

@@ -6,6 +6,9 @@
 //! lowercase, split on every character outside `[a-z0-9@._+:/-]`, trim trailing `.` and `:`,
 //! keep distinct tokens of at least 6 characters, emit the first 16 hex digits of each token's
 //! SHA-256, sorted.
+//!
+//! In memory a fingerprint is the `u64` those 16 hex digits spell: comparing and intersecting
+//! them (lineage) costs no allocation, and sorting the numbers sorts the hex strings.
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -17,8 +20,41 @@ fn is_token_char(c: char) -> bool {
     matches!(c, 'a'..='z' | '0'..='9' | '@' | '.' | '_' | '+' | ':' | '/' | '-')
 }
 
-/// Fingerprints a text.
+/// Fingerprints a text, as the hex strings gateways write.
 pub fn fingerprint_text(text: &str) -> Vec<String> {
+    fingerprints_of_text(text).into_iter().map(to_hex).collect()
+}
+
+/// Fingerprints tool arguments (every scalar value, joined by spaces), as hex strings.
+pub fn fingerprint_args(args: &Value) -> Vec<String> {
+    fingerprints_of_args(args).into_iter().map(to_hex).collect()
+}
+
+/// A fingerprint as its 16 lowercase hex digits.
+pub fn to_hex(fp: u64) -> String {
+    format!("{fp:016x}")
+}
+
+/// The 16 hex digits of a fingerprint, without allocating.
+pub fn hex16(fp: u64) -> [u8; 16] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = DIGITS[((fp >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
+/// Parses a fingerprint written as exactly 16 hex digits.
+pub fn parse_hex(s: &str) -> Option<u64> {
+    if s.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// Fingerprints a text.
+pub fn fingerprints_of_text(text: &str) -> Vec<u64> {
     let lower = text.to_lowercase();
     let mut tokens: Vec<&str> = lower
         .split(|c: char| !is_token_char(c))
@@ -27,9 +63,12 @@ pub fn fingerprint_text(text: &str) -> Vec<String> {
         .collect();
     tokens.sort_unstable();
     tokens.dedup();
-    let mut out: Vec<String> = tokens
+    let mut out: Vec<u64> = tokens
         .into_iter()
-        .map(|t| hex::encode(&Sha256::digest(t.as_bytes())[..8]))
+        .map(|t| {
+            let d = Sha256::digest(t.as_bytes());
+            u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+        })
         .collect();
     out.sort_unstable();
     out.dedup();
@@ -37,10 +76,10 @@ pub fn fingerprint_text(text: &str) -> Vec<String> {
 }
 
 /// Fingerprints tool arguments: every scalar value, joined by spaces.
-pub fn fingerprint_args(args: &Value) -> Vec<String> {
+pub fn fingerprints_of_args(args: &Value) -> Vec<u64> {
     let mut text = String::new();
     collect_scalars(args, &mut text);
-    fingerprint_text(&text)
+    fingerprints_of_text(&text)
 }
 
 fn collect_scalars(v: &Value, out: &mut String) {
@@ -82,6 +121,16 @@ mod tests {
             fingerprint_args(&args),
             fingerprint_text("Mark.Black-2134@gmail.com DE89370400440532013000 7")
         );
+    }
+
+    #[test]
+    fn hex_forms() {
+        for fp in [0u64, 1, 0x56cc_c4dc_fc96_534b, u64::MAX] {
+            assert_eq!(std::str::from_utf8(&hex16(fp)).unwrap(), to_hex(fp));
+            assert_eq!(parse_hex(&to_hex(fp)), Some(fp));
+        }
+        assert_eq!(parse_hex("abc"), None);
+        assert_eq!(parse_hex("zzzzzzzzzzzzzzzz"), None);
     }
 
     #[test]

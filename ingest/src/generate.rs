@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::event::{CoreField, Event};
-use crate::fingerprint::{fingerprint_args, fingerprint_text};
+use crate::fingerprint::{fingerprints_of_args, fingerprints_of_text};
 
 /// The attack scenarios the generator can mix in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -379,12 +379,12 @@ impl SessionBuilder<'_> {
         ev.set_str(CoreField::ToolName, tool);
         ev.set_str(CoreField::Decision, decision);
         ev.set_str(CoreField::DataClass, data_class);
-        ev.set_fingerprints(CoreField::ArgsFp, fingerprint_args(&args));
+        ev.set_fingerprints(CoreField::ArgsFp, fingerprints_of_args(&args));
         ev.set_arguments(args);
         if decision == "allow" {
             ev.set_result_bytes(result_bytes);
             if let Some(text) = result_text {
-                ev.set_fingerprints(CoreField::ResultFp, fingerprint_text(text));
+                ev.set_fingerprints(CoreField::ResultFp, fingerprints_of_text(text));
             }
         } else {
             ev.set_str(CoreField::ErrorType, "-32001");

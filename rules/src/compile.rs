@@ -575,7 +575,7 @@ impl<'l> Compiler<'l> {
             FieldRef::Core(f) => match f.kind() {
                 FieldKind::Str | FieldKind::Timestamp => Ty::Str,
                 FieldKind::Int | FieldKind::Float => Ty::Num,
-                FieldKind::StrList => Ty::StrList,
+                FieldKind::Fingerprints => Ty::StrList,
                 FieldKind::Json => Ty::Any,
             },
             FieldRef::CorePath(..) | FieldRef::Category => Ty::Any,

@@ -36,8 +36,8 @@ pub enum Val<'a> {
     Float(f64),
     /// String.
     Str(Cow<'a, str>),
-    /// A multi-valued field: list of strings.
-    Strs(&'a [Box<str>]),
+    /// A multi-valued field: content fingerprints (compared as their hex text).
+    Fps(&'a [u64]),
     /// A multi-valued field: JSON array.
     Array(&'a [Json]),
 }
@@ -50,7 +50,7 @@ impl<'a> Val<'a> {
             FieldValue::Int(i) => Val::Int(i),
             FieldValue::Float(f) => Val::Float(f),
             FieldValue::Bool(b) => Val::Bool(b),
-            FieldValue::StrList(l) => Val::Strs(l),
+            FieldValue::Fingerprints(l) => Val::Fps(l),
             FieldValue::Json(Json::Array(a)) => Val::Array(a),
             FieldValue::Json(_) => Val::Null,
         }
@@ -69,7 +69,7 @@ impl<'a> Val<'a> {
             Val::Bool(b) => Val::Bool(*b),
             Val::Int(i) => Val::Int(*i),
             Val::Float(f) => Val::Float(*f),
-            Val::Strs(l) => Val::Strs(l),
+            Val::Fps(l) => Val::Fps(l),
             Val::Array(a) => Val::Array(a),
         }
     }
@@ -104,9 +104,11 @@ impl<'a> Val<'a> {
             }
         };
         let hit = match self {
-            Val::Strs(l) => l
-                .iter()
-                .any(|s| one(&Val::Str(Cow::Borrowed(&**s))).is_some()),
+            Val::Fps(l) => l.iter().any(|fp| {
+                let hex = cordon_ingest::fingerprint::hex16(*fp);
+                let s = std::str::from_utf8(&hex).unwrap_or_default();
+                one(&Val::Str(Cow::Borrowed(s))).is_some()
+            }),
             Val::Array(a) => a.iter().any(|j| one(&Val::from_json(j)).is_some()),
             v => one(v).is_some(),
         };
@@ -127,7 +129,13 @@ impl<'a> Val<'a> {
             Val::Int(i) => Some(Cow::Owned(i.to_string())),
             Val::Float(f) => Some(Cow::Owned(f.to_string())),
             Val::Str(s) => Some(s.clone()),
-            Val::Strs(l) => Some(Cow::Owned(format!("{l:?}"))),
+            Val::Fps(l) => Some(Cow::Owned(format!(
+                "[{}]",
+                l.iter()
+                    .map(|f| format!("{f:016x}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
             Val::Array(a) => Some(Cow::Owned(Json::Array(a.to_vec()).to_string())),
         }
     }
@@ -389,10 +397,10 @@ pub(crate) fn arith<'a>(op: ArithOp, a: &Val<'_>, b: &Val<'_>) -> Val<'a> {
 }
 
 fn compare(op: CmpOp, a: &Val<'_>, b: &Val<'_>) -> Option<bool> {
-    if matches!(a, Val::Strs(_) | Val::Array(_)) {
+    if matches!(a, Val::Fps(_) | Val::Array(_)) {
         return a.any(&mut |x| compare(op, x, b));
     }
-    if matches!(b, Val::Strs(_) | Val::Array(_)) {
+    if matches!(b, Val::Fps(_) | Val::Array(_)) {
         return b.any(&mut |y| compare(op, a, y));
     }
     let ord = match (a, b) {
@@ -611,7 +619,7 @@ impl Pred {
                 let v = expr.eval(ev);
                 let null = match &v {
                     Val::Null => true,
-                    Val::Strs(l) => l.is_empty(),
+                    Val::Fps(l) => l.is_empty(),
                     _ => false,
                 };
                 Some(null != *negate)

@@ -256,7 +256,7 @@ impl Func {
             }
             Func::Length => match &args[0] {
                 Val::Str(x) => Val::Int(x.chars().count() as i64),
-                Val::Strs(l) => Val::Int(l.len() as i64),
+                Val::Fps(l) => Val::Int(l.len() as i64),
                 Val::Array(a) => Val::Int(a.len() as i64),
                 _ => Val::Null,
             },

@@ -18,7 +18,7 @@ enum Kind {
     Exact(String),
     Prefix(String),
     Suffix(String),
-    Contains(String),
+    Contains(memchr::memmem::Finder<'static>),
     Any,
     General(Vec<Tok>),
 }
@@ -77,7 +77,8 @@ impl Wildcard {
             && toks[n - 1] == Tok::Star
             && lit(&toks[1..n - 1]).is_some()
         {
-            Kind::Contains(lit(&toks[1..n - 1]).unwrap_or_default())
+            let needle = lit(&toks[1..n - 1]).unwrap_or_default();
+            Kind::Contains(memchr::memmem::Finder::new(needle.as_bytes()).into_owned())
         } else {
             Kind::General(toks)
         };
@@ -106,7 +107,7 @@ impl Wildcard {
             Kind::Suffix(p) => {
                 s.len() >= p.len() && eq(&s.as_bytes()[s.len() - p.len()..], p.as_bytes(), ci)
             }
-            Kind::Contains(p) => contains(s.as_bytes(), p.as_bytes(), ci),
+            Kind::Contains(f) => contains(s.as_bytes(), f, ci),
             Kind::General(toks) => general(toks, s, ci),
         }
     }
@@ -117,7 +118,7 @@ impl Wildcard {
             Kind::Exact(p) => s == p,
             Kind::Prefix(p) => s.starts_with(p.as_str()),
             Kind::Suffix(p) => s.ends_with(p.as_str()),
-            Kind::Contains(p) => s.contains(p.as_str()),
+            Kind::Contains(f) => f.find(s.as_bytes()).is_some(),
             Kind::General(toks) => general(toks, s, false),
         }
     }
@@ -131,14 +132,21 @@ fn eq(a: &[u8], b: &[u8], ci: bool) -> bool {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8], ci: bool) -> bool {
-    if needle.is_empty() {
-        return true;
+/// Substring search; for case-insensitive patterns (stored lowercased) the ASCII input is
+/// lowercased into a stack buffer first, so the search stays one SIMD `memmem` pass.
+fn contains(hay: &[u8], finder: &memchr::memmem::Finder<'_>, ci: bool) -> bool {
+    if !ci {
+        return finder.find(hay).is_some();
     }
-    if hay.len() < needle.len() {
-        return false;
+    let mut buf = [0u8; 512];
+    if hay.len() <= buf.len() {
+        let lower = &mut buf[..hay.len()];
+        lower.copy_from_slice(hay);
+        lower.make_ascii_lowercase();
+        finder.find(lower).is_some()
+    } else {
+        finder.find(&hay.to_ascii_lowercase()).is_some()
     }
-    hay.windows(needle.len()).any(|w| eq(w, needle, ci))
 }
 
 /// Classic wildcard matching with one backtrack point (the last star): linear in practice.

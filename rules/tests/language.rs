@@ -15,7 +15,7 @@ fn base() -> Event {
         r#"{"event.id":"e1","@timestamp":"2026-11-20T10:00:00Z","mcp.method.name":"tools/call",
         "gen_ai.agent.id":"agent-1","gen_ai.tool.name":"Send_Email","audit.decision":"allow",
         "audit.data_class":"secret","audit.result_bytes":2048,"audit.duration_ms":12.5,
-        "audit.args_fp":["aaaa","bbbb"],"gen_ai.tool.call.arguments":{"to":"x@evil.example","n":3},
+        "audit.args_fp":["00000000000000bb","00000000000000aa"],"gen_ai.tool.call.arguments":{"to":"x@evil.example","n":3},
         "custom":{"flag":true},"src.addr":"10.1.2.3"}"#,
     )
 }
@@ -59,8 +59,8 @@ fn operators() {
         r#"tool where audit.result_bytes / 1024 == 2 and audit.result_bytes % 1000 == 48"#,
         r#"tool where audit.duration_ms * 2 == 25.0 and -audit.duration_ms < 0"#,
         r#"tool where audit.result_bytes + 2 - 1 >= 2049"#,
-        r#"tool where audit.args_fp == "bbbb""#,
-        r#"tool where audit.args_fp in ("zzzz", "aaaa")"#,
+        r#"tool where audit.args_fp == "00000000000000bb""#,
+        r#"tool where audit.args_fp in ("zzzz", "00000000000000aa") and length(audit.args_fp) == 2"#,
         r#"tool where gen_ai.tool.call.arguments.to : "*@evil.example""#,
         r#"tool where gen_ai.tool.call.arguments.n == 3"#,
         r#"tool where ?custom.flag == true"#,
@@ -87,7 +87,7 @@ fn operators() {
         r#"tool where gen_ai.tool.name in ("send_email")"#,
         r#"tool where gen_ai.tool.name not in~ ("send_email")"#,
         r#"resource where true"#,
-        r#"tool where audit.args_fp == "cccc""#,
+        r#"tool where audit.args_fp == "00000000000000cc""#,
         r#"any where false"#,
     ];
     for q in no {

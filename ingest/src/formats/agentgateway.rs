@@ -14,7 +14,7 @@ use super::{take, take_str};
 use crate::decode::{content_id, decode_with, Schema};
 use crate::error::DecodeError;
 use crate::event::{CoreField, Event};
-use crate::fingerprint::fingerprint_args;
+use crate::fingerprint::fingerprints_of_args;
 
 /// Decodes one access-log line.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
@@ -99,7 +99,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     }
     if let Some(args) = take(&mut raw, "mcp.tool.arguments") {
         let args = json_or_text(args);
-        ev.set_fingerprints(CoreField::ArgsFp, fingerprint_args(&args));
+        ev.set_fingerprints(CoreField::ArgsFp, fingerprints_of_args(&args));
         ev.set_arguments(args);
     }
     if let Some(result) = take(&mut raw, "mcp.tool.result") {
@@ -109,7 +109,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             other => other.to_string().len(),
         };
         ev.set_result_bytes(bytes as i64);
-        ev.set_fingerprints(CoreField::ResultFp, fingerprint_args(&result));
+        ev.set_fingerprints(CoreField::ResultFp, fingerprints_of_args(&result));
     }
 
     let id = match (raw.get_extra("trace.id"), raw.get_extra("span.id")) {
