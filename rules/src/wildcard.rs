@@ -18,7 +18,7 @@ enum Kind {
     Exact(String),
     Prefix(String),
     Suffix(String),
-    Contains(memchr::memmem::Finder<'static>),
+    Contains(Box<memchr::memmem::Finder<'static>>),
     Any,
     General(Vec<Tok>),
 }
@@ -78,7 +78,9 @@ impl Wildcard {
             && lit(&toks[1..n - 1]).is_some()
         {
             let needle = lit(&toks[1..n - 1]).unwrap_or_default();
-            Kind::Contains(memchr::memmem::Finder::new(needle.as_bytes()).into_owned())
+            Kind::Contains(Box::new(
+                memchr::memmem::Finder::new(needle.as_bytes()).into_owned(),
+            ))
         } else {
             Kind::General(toks)
         };
