@@ -5,6 +5,10 @@
 //! map lookup. Every other field of the input is kept, flattened to its dotted name
 //! (`{"a":{"b":1}}` becomes `a.b`), in a small vector: events carry few unknown fields, and a
 //! linear scan over a handful of keys is cheaper than hashing them.
+//!
+//! The string slots share one buffer: each value is appended to `text` and the slot keeps its
+//! span. Decoding an event therefore allocates once for all its strings instead of once per
+//! field — the difference between this decoder and a derive-based one.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -258,10 +262,31 @@ impl FieldRef {
     }
 }
 
+/// Where a string slot's value lies in the event's text buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    start: u32,
+    len: u32,
+}
+
+impl Slot {
+    const NONE: Slot = Slot {
+        start: 0,
+        len: u32::MAX,
+    };
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot::NONE
+    }
+}
+
 /// One MCP call (or other method) as seen by an enforcement point.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct Event {
-    strs: [Option<Box<str>>; N_STR],
+    text: String,
+    slots: [Slot; N_STR],
     ts_nanos: Option<i64>,
     result_bytes: Option<i64>,
     duration_ms: Option<f64>,
@@ -282,25 +307,39 @@ impl Event {
     /// A string-typed core field.
     #[inline]
     pub fn str(&self, f: CoreField) -> Option<&str> {
-        f.str_slot().and_then(|i| self.strs[i].as_deref())
+        let slot = self.slots[f.str_slot()?];
+        if slot.len == u32::MAX {
+            return None;
+        }
+        let start = slot.start as usize;
+        self.text.get(start..start + slot.len as usize)
     }
 
     /// Sets a string-typed core field; setting the method also sets the category.
-    /// Does nothing for fields of other types.
-    pub fn set_str(&mut self, f: CoreField, v: impl Into<Box<str>>) {
-        if let Some(i) = f.str_slot() {
-            let v = v.into();
-            if f == CoreField::Method {
-                self.category = Category::from_method(&v);
-            }
-            self.strs[i] = Some(v);
+    /// Does nothing for fields of other types, or for a value over 4 GiB.
+    pub fn set_str(&mut self, f: CoreField, v: impl AsRef<str>) {
+        let v = v.as_ref();
+        let Some(i) = f.str_slot() else { return };
+        let (Ok(start), Ok(len)) = (u32::try_from(self.text.len()), u32::try_from(v.len())) else {
+            return;
+        };
+        if len == u32::MAX {
+            return;
         }
+        if f == CoreField::Method {
+            self.category = Category::from_method(v);
+        }
+        if self.text.capacity() == 0 {
+            self.text.reserve(256);
+        }
+        self.text.push_str(v);
+        self.slots[i] = Slot { start, len };
     }
 
     /// Clears a core field.
     pub fn clear(&mut self, f: CoreField) {
         if let Some(i) = f.str_slot() {
-            self.strs[i] = None;
+            self.slots[i] = Slot::NONE;
         }
         match f {
             CoreField::Timestamp => self.ts_nanos = None,
@@ -341,9 +380,7 @@ impl Event {
     pub fn set_timestamp_nanos(&mut self, nanos: i64) {
         self.ts_nanos = Some(nanos);
         if let Ok(ts) = jiff::Timestamp::from_nanosecond(nanos as i128) {
-            if let Some(i) = CoreField::Timestamp.str_slot() {
-                self.strs[i] = Some(ts.to_string().into());
-            }
+            self.set_str(CoreField::Timestamp, ts.to_string());
         }
     }
 
@@ -351,9 +388,7 @@ impl Event {
     pub fn set_timestamp_text(&mut self, text: &str) -> Result<(), jiff::Error> {
         let ts: jiff::Timestamp = text.parse()?;
         self.ts_nanos = Some(ts.as_nanosecond() as i64);
-        if let Some(i) = CoreField::Timestamp.str_slot() {
-            self.strs[i] = Some(text.into());
-        }
+        self.set_str(CoreField::Timestamp, text);
         Ok(())
     }
 
@@ -519,6 +554,17 @@ fn json_path<'a>(mut v: &'a Json, path: &[Box<str>]) -> Option<&'a Json> {
         };
     }
     Some(v)
+}
+
+impl PartialEq for Event {
+    /// Events are equal when every field has the same value (however they were built).
+    fn eq(&self, other: &Event) -> bool {
+        CoreField::ALL
+            .iter()
+            .all(|&f| self.core(f) == other.core(f))
+            && self.extra == other.extra
+            && self.category == other.category
+    }
 }
 
 impl Serialize for Event {

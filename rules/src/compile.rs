@@ -286,8 +286,9 @@ impl<'l> Compiler<'l> {
                             Matcher::Wild(Wildcard::new(&pat, *insensitive))
                         }
                         MatchOp::Regex => Matcher::Regex(
-                            RegexBuilder::new(&format!("^(?:{pat})$"))
+                            RegexBuilder::new(&anchored_regex(&pat))
                                 .case_insensitive(*insensitive)
+                                .dot_matches_new_line(true)
                                 .size_limit(1 << 20)
                                 .build()
                                 .map_err(|e| {
@@ -405,6 +406,19 @@ impl<'l> Compiler<'l> {
         }
         if ordering && (lt == Ty::Bool || rt == Ty::Bool) {
             return Err(QueryError::new(span, "booleans cannot be ordered"));
+        }
+        // The commonest condition, `field == "literal"`, gets a node of its own.
+        if let (CmpOp::Eq | CmpOp::Ne, CExpr::Field(FieldRef::Core(f)), CExpr::Const(Val::Str(s)))
+        | (CmpOp::Eq | CmpOp::Ne, CExpr::Const(Val::Str(s)), CExpr::Field(FieldRef::Core(f))) =
+            (op, &l, &r)
+        {
+            if f.kind() == FieldKind::Str {
+                return Ok(Pred::StrEq {
+                    field: *f,
+                    value: s.as_ref().into(),
+                    negate: op == CmpOp::Ne,
+                });
+            }
         }
         Ok(Pred::Cmp { op, lhs: l, rhs: r })
     }
@@ -715,6 +729,22 @@ fn describe(e: &Expr) -> String {
         Expr::Call { name, .. } => format!("`{name}(…)`"),
         _ => "the expression".into(),
     }
+}
+
+/// EQL regexes match the whole value. `^(?:P)$` says so; but the frequent `.*X.*` is a
+/// substring search, which the regex engine runs far faster unanchored (with a literal
+/// prefilter), so it is compiled as `X` without anchors. `.` matches newlines, as in EQL.
+pub(crate) fn anchored_regex(pattern: &str) -> String {
+    if let Some(inner) = pattern
+        .strip_prefix(".*")
+        .and_then(|p| p.strip_suffix(".*"))
+    {
+        let escaped_tail = inner.ends_with('\\') && !inner.ends_with("\\\\");
+        if !inner.is_empty() && !inner.contains('|') && !escaped_tail {
+            return format!("(?:{inner})");
+        }
+    }
+    format!("^(?:{pattern})$")
 }
 
 /// The candidate closest to `name` by edit distance, if it is close enough to be a typo.

@@ -298,6 +298,16 @@ pub enum Pred {
         /// Right.
         rhs: CExpr,
     },
+    /// `field == "literal"` / `field != "literal"` on a string core field: the commonest
+    /// condition of all, evaluated without building values.
+    StrEq {
+        /// The field (a string-typed core field).
+        field: cordon_ingest::CoreField,
+        /// The literal.
+        value: Box<str>,
+        /// `!=`.
+        negate: bool,
+    },
     /// `x == null` / `x != null`.
     IsNull {
         /// The tested value.
@@ -405,6 +415,9 @@ fn compare(op: CmpOp, a: &Val<'_>, b: &Val<'_>) -> Option<bool> {
     }
     let ord = match (a, b) {
         (Val::Null, _) | (_, Val::Null) => return None,
+        // Equality needs no ordering: slices of different lengths differ without a memcmp.
+        (Val::Str(x), Val::Str(y)) if op == CmpOp::Eq => return Some(x == y),
+        (Val::Str(x), Val::Str(y)) if op == CmpOp::Ne => return Some(x != y),
         (Val::Str(x), Val::Str(y)) => x.as_ref().cmp(y.as_ref()),
         (Val::Bool(x), Val::Bool(y)) => x.cmp(y),
         (Val::Int(x), Val::Int(y)) => x.cmp(y),
@@ -476,6 +489,7 @@ impl Pred {
             Pred::And(ps) | Pred::Or(ps) => ps.iter().map(Pred::cost).sum(),
             Pred::Not(p) => p.cost(),
             Pred::Cmp { lhs, rhs, .. } => 1 + lhs.cost() + rhs.cost(),
+            Pred::StrEq { .. } => 1,
             Pred::IsNull { expr, .. } => expr.cost(),
             Pred::Match { lhs, matchers } => {
                 lhs.cost()
@@ -539,6 +553,15 @@ impl Pred {
                     _ => None,
                 }
             }
+            Pred::StrEq {
+                field,
+                value,
+                negate: false,
+            } => Some(Guard {
+                field: *field,
+                values: vec![value.clone()],
+                insensitive: false,
+            }),
             Pred::In {
                 lhs,
                 set,
@@ -615,6 +638,11 @@ impl Pred {
             }
             Pred::Not(p) => p.eval(ev).map(|b| !b),
             Pred::Cmp { op, lhs, rhs } => compare(*op, &lhs.eval(ev), &rhs.eval(ev)),
+            Pred::StrEq {
+                field,
+                value,
+                negate,
+            } => ev.str(*field).map(|v| (v == &**value) != *negate),
             Pred::IsNull { expr, negate } => {
                 let v = expr.eval(ev);
                 let null = match &v {

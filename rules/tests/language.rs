@@ -273,3 +273,37 @@ tests:
     assert_eq!(f.len(), 1, "{f:?}");
     assert!(f[0].contains("no_match[0]"));
 }
+
+#[test]
+fn regexes_match_whole_values() {
+    let e = ev(
+        r#"{"@timestamp":"2026-11-20T10:00:00Z","mcp.method.name":"tools/call","gen_ai.tool.name":"run_sql",
+        "gen_ai.tool.call.arguments":{"sql":"SELECT *\nFROM x4_table WHERE a = '.'"}}"#,
+    );
+    assert!(run(
+        r#"tool where gen_ai.tool.call.arguments.sql regex~ ".*x4_TABLE.*""#,
+        &e
+    ));
+    assert!(run(
+        r#"tool where gen_ai.tool.call.arguments.sql regex """SELECT.*'\.'""""#,
+        &e
+    ));
+    assert!(!run(
+        r#"tool where gen_ai.tool.call.arguments.sql regex "SELECT""#,
+        &e
+    ));
+    assert!(!run(
+        r#"tool where gen_ai.tool.call.arguments.sql regex ".*x5_table.*""#,
+        &e
+    ));
+    assert!(run(
+        r#"tool where gen_ai.tool.call.arguments.sql regex ".*x4_table.*|nothing""#,
+        &e
+    ));
+    assert!(run(
+        r#"tool where gen_ai.tool.name regex ".*sq.*|nothing""#,
+        &e
+    ));
+    assert!(run(r#"tool where gen_ai.tool.name regex ".*_sql""#, &e));
+    assert!(!run(r#"tool where gen_ai.tool.name regex ".*_sq""#, &e));
+}
