@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// Largest accepted record, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_RECORD)]
     max_record_bytes: usize,
+    /// Write the run's counters as JSON here (`-` for stderr): records, events, dead letters,
+    /// out-of-order events, and per rule: matched, alerts, suppressed, excepted.
+    #[arg(long)]
+    stats: Option<PathBuf>,
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -82,6 +86,36 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         },
     )?;
     sink.flush().map_err(|e| Failure::input(e.to_string()))?;
+    if let Some(path) = &a.stats {
+        let f = engine.filters();
+        let rules: serde_json::Map<String, serde_json::Value> = f
+            .rules()
+            .iter()
+            .zip(f.stats())
+            .map(|(r, s)| {
+                (
+                    r.id.clone(),
+                    serde_json::json!({
+                        "matched": s.matched,
+                        "alerts": s.alerts,
+                        "suppressed": s.suppressed,
+                        "excepted": s.excepted,
+                    }),
+                )
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "pipeline": stats,
+            "suppression_keys_evicted": f.evicted_keys(),
+            "rules": rules,
+        });
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| Failure::input(e.to_string()))?;
+        if path.as_os_str() == "-" {
+            eprintln!("{text}");
+        } else {
+            fs::write(path, text + "\n").map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+        }
+    }
     eprintln!(
         "cordon: {} records, {} events, {} dead-lettered{}, {} alerts from {} rules",
         stats.records,

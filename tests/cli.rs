@@ -204,14 +204,21 @@ fn bad_input_is_dead_lettered_and_the_run_goes_on() {
     );
     std::fs::write(&input, &text).unwrap();
     let dl = dir.path().join("dead.jsonl");
+    let stats = dir.path().join("stats.json");
     let o = cordon(&[
         "run",
         "--input",
         input.to_str().unwrap(),
         "--dead-letter",
         dl.to_str().unwrap(),
+        "--stats",
+        stats.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let s: Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(s["pipeline"]["records"], 8);
+    assert_eq!(s["pipeline"]["dead_lettered"], 5);
+    assert_eq!(s["rules"]["cordon.mcp.privileged_tool_denied"]["alerts"], 2);
     assert!(!stderr(&o).contains("panicked"));
     assert!(
         stderr(&o).contains("8 records, 3 events, 5 dead-lettered"),
