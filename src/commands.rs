@@ -113,7 +113,8 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         if path.as_os_str() == "-" {
             eprintln!("{text}");
         } else {
-            fs::write(path, text + "\n").map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+            fs::write(path, text + "\n")
+                .map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
         }
     }
     eprintln!(
