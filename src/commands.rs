@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// Largest accepted record, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_RECORD)]
     max_record_bytes: usize,
+    /// How far behind the latest event time an event may arrive and still be put in order;
+    /// later ones are dead-lettered.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    allowed_lateness: std::time::Duration,
     /// Write the run's counters as JSON here (`-` for stderr): records, events, dead letters,
     /// out-of-order events, and per rule: matched, alerts, suppressed, excepted.
     #[arg(long)]
@@ -66,7 +70,7 @@ pub fn load_rules(paths: &[PathBuf]) -> Result<RuleSet, Failure> {
 /// `cordon run`.
 pub fn run(a: RunArgs) -> Result<(), Failure> {
     let set = load_rules(&a.rules)?;
-    let mut engine = Engine::new(&set);
+    let mut engine = Engine::new(&set).with_allowed_lateness(a.allowed_lateness);
     let mut dead =
         DeadLetterSink::new(a.dead_letter.as_deref()).map_err(|e| Failure::input(e.to_string()))?;
     let mut sink = if a.alerts.as_os_str() == "-" {
@@ -78,6 +82,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         &a.input,
         a.format,
         a.max_record_bytes,
+        a.allowed_lateness,
         &mut engine,
         &mut dead,
         |alert| {
@@ -87,11 +92,10 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
     )?;
     sink.flush().map_err(|e| Failure::input(e.to_string()))?;
     if let Some(path) = &a.stats {
-        let f = engine.filters();
-        let rules: serde_json::Map<String, serde_json::Value> = f
+        let rules: serde_json::Map<String, serde_json::Value> = engine
             .rules()
             .iter()
-            .zip(f.stats())
+            .zip(engine.rule_stats())
             .map(|(r, s)| {
                 (
                     r.id.clone(),
@@ -104,10 +108,17 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
                 )
             })
             .collect();
+        let state: serde_json::Map<String, serde_json::Value> = engine
+            .state_stats()
+            .into_iter()
+            .map(|(id, s)| (id.to_owned(), serde_json::json!(s)))
+            .collect();
         let doc = serde_json::json!({
             "pipeline": stats,
-            "suppression_keys_evicted": f.evicted_keys(),
+            "engine": engine.stats(),
+            "suppression_keys_evicted": engine.suppression_evictions(),
             "rules": rules,
+            "state": state,
         });
         let text = serde_json::to_string_pretty(&doc).map_err(|e| Failure::input(e.to_string()))?;
         if path.as_os_str() == "-" {
@@ -174,8 +185,8 @@ pub fn rules(action: RulesAction) -> Result<(), Failure> {
             let mut failed = 0;
             let mut cases = 0;
             for r in &set.rules {
-                cases += r.tests.should_match.len() + r.tests.should_not_match.len();
-                let f = r.run_tests();
+                cases += r.test_cases();
+                let f = cordon_detect::run_rule_tests(r);
                 if f.is_empty() {
                     println!("ok   {}", r.id);
                 } else {
@@ -346,13 +357,14 @@ pub fn eval(a: EvalArgs) -> Result<(), Failure> {
             a.labels.display()
         ))
     })?;
-    let mut engine = Engine::new(&set);
+    let mut engine = Engine::new(&set).with_allowed_lateness(std::time::Duration::from_secs(10));
     let mut dead = DeadLetterSink::new(None).map_err(|e| Failure::input(e.to_string()))?;
     let mut index = AlertIndex::new();
     let stats = run_files(
         std::slice::from_ref(&a.events),
         a.format,
         DEFAULT_MAX_RECORD,
+        std::time::Duration::from_secs(10),
         &mut engine,
         &mut dead,
         |al| {

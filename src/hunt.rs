@@ -6,10 +6,11 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use cordon_detect::Engine;
 use cordon_ingest::sources::file::DEFAULT_MAX_RECORD;
-use cordon_ingest::{decode_with, Category, Event, FieldValue, LineReader, Schema};
+use cordon_ingest::{decode_with, Category, CoreField, Event, FieldValue, LineReader, Schema};
 use cordon_rules::ast::Pipe;
-use cordon_rules::{parse_query, CompiledQuery, Compiler, Library};
+use cordon_rules::{parse_query, Compiler, Library, Rule, RuleSet};
 
 use crate::Failure;
 
@@ -105,12 +106,17 @@ pub fn hunt(a: HuntArgs) -> Result<(), Failure> {
     let compiled = Compiler::new(&Library::default(), false)
         .query(&q)
         .map_err(|e| Failure::input(format!("query {}", e.render(&a.query))))?;
-    let CompiledQuery::Event(matcher) = compiled.query;
+    let pipes = compiled.pipes.clone();
+    let rule = Rule::adhoc(&a.query, compiled);
+    let set = RuleSet {
+        rules: vec![rule],
+        library: Library::default(),
+    };
 
     let mut reader = LineReader::open(&a.paths, DEFAULT_MAX_RECORD)
         .map_err(|e| Failure::input(e.to_string()))?;
     let mut buf = Vec::new();
-    let mut hits: Vec<(i64, String, Vec<u8>, Event)> = Vec::new();
+    let mut records: Vec<(i64, String, Vec<u8>, Event)> = Vec::new();
     let (mut bad, mut no_ts) = (0u64, 0u64);
     while let Some(rec) = reader
         .next_record(&mut buf)
@@ -142,16 +148,13 @@ pub fn hunt(a: HuntArgs) -> Result<(), Failure> {
             },
         };
         ev.set_category(cat);
-        if !matcher.matches(&ev) {
-            continue;
-        }
         let ts = match timestamp(&ev, &a.timestamp_field, a.timestamp_format) {
             Ok(t) => t,
             Err(e) => {
                 no_ts += 1;
                 if no_ts <= 5 {
                     eprintln!(
-                        "warning: {}:{}: {e}; match skipped (no event time)",
+                        "warning: {}:{}: {e}; record skipped (no event time)",
                         rec.source, rec.line
                     );
                 }
@@ -161,16 +164,41 @@ pub fn hunt(a: HuntArgs) -> Result<(), Failure> {
         let tie = match &a.tiebreaker_field {
             Some(f) => match ev.get(f) {
                 FieldValue::Str(s) => s.to_owned(),
-                FieldValue::Int(i) => format!("{i:020}"),
+                FieldValue::Int(i) => format!("{:020}", i128::from(i) - i128::from(i64::MIN)),
                 FieldValue::Missing => String::new(),
                 other => format!("{other:?}"),
             },
             None => String::new(),
         };
-        hits.push((ts, tie, buf.clone(), ev));
+        records.push((ts, tie, buf.clone(), ev));
     }
-    hits.sort_by(|x, y| x.0.cmp(&y.0).then_with(|| x.1.cmp(&y.1)));
-    for p in &compiled.pipes {
+    // EQL orders by timestamp, then tiebreaker; arrival breaks the remaining ties.
+    records.sort_by(|x, y| x.0.cmp(&y.0).then_with(|| x.1.cmp(&y.1)));
+    let mut engine = Engine::new(&set);
+    let mut alerts = Vec::new();
+    for (i, (ts, _, _, ev)) in records.iter_mut().enumerate() {
+        // Core slots are invisible to a schemaless query: use them to carry order and identity.
+        ev.set_timestamp_nanos(*ts);
+        ev.set_str(CoreField::EventId, format!("r{i:012}"));
+        engine.observe(ev, &mut alerts);
+    }
+    engine.finish(&mut alerts);
+    let mut hits: Vec<(Vec<usize>, Vec<usize>)> = alerts
+        .iter()
+        .map(|al| {
+            let idx = al
+                .events
+                .iter()
+                .filter_map(|e| {
+                    e.id()
+                        .and_then(|id| id.strip_prefix('r'))
+                        .and_then(|n| n.parse().ok())
+                })
+                .collect();
+            (idx, al.missing_steps.clone())
+        })
+        .collect();
+    for p in &pipes {
         match *p {
             Pipe::Head(n) => hits.truncate(n as usize),
             Pipe::Tail(n) => {
@@ -182,28 +210,39 @@ pub fn hunt(a: HuntArgs) -> Result<(), Failure> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let io = |e: std::io::Error| Failure::input(format!("stdout: {e}"));
-    for (_, _, raw, ev) in &hits {
-        match &a.print {
-            Some(f) => {
-                let line = match ev.get(f) {
-                    FieldValue::Missing => String::new(),
-                    FieldValue::Str(s) => s.to_owned(),
-                    FieldValue::Int(i) => i.to_string(),
-                    FieldValue::Float(x) => x.to_string(),
-                    FieldValue::Bool(b) => b.to_string(),
-                    FieldValue::Fingerprints(l) => serde_json::to_string(
-                        &l.iter()
-                            .map(|f| cordon_ingest::fingerprint::to_hex(*f))
-                            .collect::<Vec<_>>(),
-                    )
-                    .unwrap_or_default(),
-                    FieldValue::Json(j) => j.to_string(),
-                };
-                writeln!(out, "{line}").map_err(io)?;
+    for (events, missing) in &hits {
+        let steps = events.len() + missing.len();
+        let mut it = events.iter();
+        for pos in 0..steps {
+            if missing.contains(&pos) {
+                if a.print.is_some() {
+                    writeln!(out, "-1").map_err(io)?;
+                }
+                continue;
             }
-            None => {
-                out.write_all(raw).map_err(io)?;
-                out.write_all(b"\n").map_err(io)?;
+            let Some(&i) = it.next() else { break };
+            let (_, _, raw, ev) = &records[i];
+            match &a.print {
+                Some(f) => {
+                    let line = match ev
+                        .get_extra(f)
+                        .map(FieldValue::from_json)
+                        .unwrap_or(FieldValue::Missing)
+                    {
+                        FieldValue::Missing => String::new(),
+                        FieldValue::Str(s) => s.to_owned(),
+                        FieldValue::Int(i) => i.to_string(),
+                        FieldValue::Float(x) => x.to_string(),
+                        FieldValue::Bool(b) => b.to_string(),
+                        FieldValue::Fingerprints(l) => format!("{l:?}"),
+                        FieldValue::Json(j) => j.to_string(),
+                    };
+                    writeln!(out, "{line}").map_err(io)?;
+                }
+                None => {
+                    out.write_all(raw).map_err(io)?;
+                    out.write_all(b"\n").map_err(io)?;
+                }
             }
         }
     }

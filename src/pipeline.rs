@@ -20,6 +20,10 @@ pub struct PipelineStats {
     pub alerts: u64,
     /// Events older than an event seen before them.
     pub out_of_order: u64,
+    /// Events behind the watermark (dead-lettered; counted in `dead_lettered` too).
+    pub late: u64,
+    /// Events that arrived out of order within the allowed lateness and were reordered.
+    pub reordered: u64,
 }
 
 /// Runs the pipeline over the inputs; calls `on_alert` for each alert in order.
@@ -27,6 +31,7 @@ pub fn run_files(
     inputs: &[PathBuf],
     format: Format,
     max_record: usize,
+    lateness: std::time::Duration,
     engine: &mut Engine,
     dead: &mut DeadLetterSink,
     mut on_alert: impl FnMut(Alert) -> Result<()>,
@@ -49,7 +54,15 @@ pub fn run_files(
         match decoded {
             Ok(ev) => {
                 stats.events += 1;
-                engine.observe(&ev, &mut alerts);
+                if let Err(late) = engine.push(ev, &mut alerts) {
+                    let reason = late.reason(lateness);
+                    if warned < 5 {
+                        tracing::warn!(source = %rec.source, line = rec.line, %reason, "record dead-lettered");
+                        warned += 1;
+                    }
+                    dead.record(&rec.source, rec.line, &reason, &buf)?;
+                    stats.late += 1;
+                }
                 for a in alerts.drain(..) {
                     stats.alerts += 1;
                     on_alert(a)?;
@@ -73,5 +86,6 @@ pub fn run_files(
     dead.flush()?;
     stats.dead_lettered = dead.count();
     stats.out_of_order = engine.stats().out_of_order;
+    stats.reordered = engine.stats().reordered;
     Ok(stats)
 }

@@ -50,6 +50,8 @@ pub struct Alert {
     pub events: Vec<Event>,
     /// One line for humans.
     pub message: String,
+    /// Step positions of `![…]` steps (they have no event), for multi-event rules.
+    pub missing_steps: Vec<usize>,
 }
 
 impl Alert {
@@ -89,6 +91,7 @@ impl Alert {
             last_seen_ms,
             message: format!("{}: {agent} called {what}{target}", rule.title),
             events,
+            missing_steps: Vec::new(),
         }
     }
 

@@ -5,13 +5,19 @@
 //! [`FilterDetector`] runs single-event rules; sequence, threshold and baseline detectors plug
 //! in beside it through the same trait.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
-use cordon_ingest::{CoreField, Event, FieldValue};
-use cordon_rules::{Rule, RuleSet, Verdict};
+use cordon_ingest::{CoreField, Event};
+use cordon_rules::{CompiledQuery, Rule, RuleSet, Verdict};
 use rustc_hash::FxHashMap;
 
 use crate::alert::Alert;
+use crate::sample::SampleDetector;
+use crate::sequence::SequenceDetector;
+use crate::stateful::{Finding, StateStats, Stateful};
+use crate::suppress::Suppressor;
+use crate::threshold::ThresholdDetector;
 
 /// A streaming detector.
 pub trait Detector {
@@ -38,10 +44,6 @@ pub struct RuleStats {
     pub excepted: u64,
 }
 
-/// Cap on remembered suppression keys; beyond it, expired keys are pruned and, if still too
-/// many, the oldest are evicted (counted).
-const MAX_SUPPRESS_KEYS: usize = 100_000;
-
 /// Rules indexed by their guard (a field value they require): an event is tested only
 /// against the rules whose guard its values satisfy, plus the rules without a guard.
 struct RuleIndex {
@@ -62,7 +64,10 @@ impl RuleIndex {
             fields: Vec::new(),
         };
         for (i, r) in rules.iter().enumerate() {
-            let Some(g) = r.event_matcher().pred.guard() else {
+            let Some(m) = r.event_matcher() else {
+                continue;
+            };
+            let Some(g) = m.pred.guard() else {
                 idx.unguarded.push(i);
                 continue;
             };
@@ -108,162 +113,154 @@ impl RuleIndex {
     }
 }
 
-/// Runs single-event (filter) rules with per-rule suppression.
-pub struct FilterDetector {
-    rules: Vec<Rule>,
-    index: RuleIndex,
-    candidates: Vec<usize>,
-    stats: Vec<RuleStats>,
-    last_alert: HashMap<(usize, String), i64>,
-    evicted: u64,
-}
-
-impl FilterDetector {
-    /// A detector for the event rules of a rule set.
-    pub fn new(set: &RuleSet) -> FilterDetector {
-        let rules = set.rules.clone();
-        let stats = vec![RuleStats::default(); rules.len()];
-        FilterDetector {
-            index: RuleIndex::build(&rules),
-            candidates: Vec::new(),
-            rules,
-            stats,
-            last_alert: HashMap::new(),
-            evicted: 0,
-        }
-    }
-
-    /// The rules, in the order of [`FilterDetector::stats`].
-    pub fn rules(&self) -> &[Rule] {
-        &self.rules
-    }
-
-    /// Per-rule counters.
-    pub fn stats(&self) -> &[RuleStats] {
-        &self.stats
-    }
-
-    /// Suppression keys evicted because the table was full.
-    pub fn evicted_keys(&self) -> u64 {
-        self.evicted
-    }
-
-    fn suppressed(&mut self, idx: usize, ev: &Event) -> bool {
-        let Some(s) = &self.rules[idx].suppress else {
-            return false;
-        };
-        let now = ev.timestamp_nanos().unwrap_or(0);
-        let window = s.window.as_nanos() as i64;
-        let mut key = String::new();
-        for f in &s.key {
-            match ev.field(f) {
-                FieldValue::Missing => key.push('\u{0}'),
-                FieldValue::Str(v) => key.push_str(v),
-                FieldValue::Int(i) => key.push_str(&i.to_string()),
-                FieldValue::Float(x) => key.push_str(&x.to_string()),
-                FieldValue::Bool(b) => key.push_str(if b { "true" } else { "false" }),
-                FieldValue::Fingerprints(l) => {
-                    for fp in l {
-                        key.push_str(&format!("{fp:016x},"));
-                    }
-                }
-                FieldValue::Json(j) => key.push_str(&j.to_string()),
-            }
-            key.push('\u{1f}');
-        }
-        let k = (idx, key);
-        if let Some(&last) = self.last_alert.get(&k) {
-            if now >= last && now - last < window {
-                return true;
-            }
-        }
-        if self.last_alert.len() >= MAX_SUPPRESS_KEYS {
-            self.prune(now);
-        }
-        self.last_alert.insert(k, now);
-        false
-    }
-
-    fn prune(&mut self, now: i64) {
-        let rules = &self.rules;
-        self.last_alert.retain(|(idx, _), last| {
-            let w = rules[*idx]
-                .suppress
-                .as_ref()
-                .map(|s| s.window.as_nanos() as i64)
-                .unwrap_or(0);
-            now - *last < w
-        });
-        if self.last_alert.len() >= MAX_SUPPRESS_KEYS {
-            let mut by_age: Vec<_> = self
-                .last_alert
-                .iter()
-                .map(|(k, v)| (*v, k.clone()))
-                .collect();
-            by_age.sort_unstable_by_key(|(t, _)| *t);
-            let excess = self.last_alert.len() - MAX_SUPPRESS_KEYS / 2;
-            for (_, k) in by_age.into_iter().take(excess) {
-                self.last_alert.remove(&k);
-                self.evicted += 1;
-            }
-        }
-    }
-}
-
-impl Detector for FilterDetector {
-    fn observe(&mut self, ev: &Event, out: &mut Vec<Alert>) {
-        let mut candidates = std::mem::take(&mut self.candidates);
-        self.index.candidates(ev, &mut candidates);
-        for &idx in &candidates {
-            match self.rules[idx].check(ev) {
-                Verdict::NoMatch => {}
-                Verdict::Excepted => {
-                    self.stats[idx].matched += 1;
-                    self.stats[idx].excepted += 1;
-                }
-                Verdict::Match => {
-                    self.stats[idx].matched += 1;
-                    if self.suppressed(idx, ev) {
-                        self.stats[idx].suppressed += 1;
-                    } else {
-                        self.stats[idx].alerts += 1;
-                        out.push(Alert::from_rule(&self.rules[idx], vec![ev.clone()]));
-                    }
-                }
-            }
-        }
-        self.candidates = candidates;
-    }
-}
-
 /// Engine-wide counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EngineStats {
-    /// Events observed.
+    /// Events processed by the detectors.
     pub events: u64,
     /// Alerts raised.
     pub alerts: u64,
-    /// Events older than the watermark at arrival (accepted; counted).
+    /// Events that arrived behind the watermark and were refused (see [`Engine::push`]).
+    pub late: u64,
+    /// Events that arrived out of order but within the allowed lateness (reordered).
+    pub reordered: u64,
+    /// Events passed to [`Engine::observe`] older than one already processed.
     pub out_of_order: u64,
 }
 
-/// All detectors over one stream.
+/// An event refused because it arrived behind the watermark.
+#[derive(Debug)]
+pub struct Late {
+    /// The event.
+    pub event: Box<Event>,
+    /// Its time (ns).
+    pub time: i64,
+    /// The watermark it missed (ns).
+    pub watermark: i64,
+}
+
+impl Late {
+    /// A dead-letter reason naming both times.
+    pub fn reason(&self, allowed: std::time::Duration) -> String {
+        let fmt = |n: i64| {
+            jiff::Timestamp::from_nanosecond(n as i128)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| n.to_string())
+        };
+        format!(
+            "late event: its time {} is behind the watermark {} (allowed lateness {})",
+            fmt(self.time),
+            fmt(self.watermark),
+            humantime::format_duration(allowed)
+        )
+    }
+}
+
+/// Counters of one rule.
+pub type RuleCounters = RuleStats;
+
+/// The detector of one multi-event rule, with the index of its rule.
+struct StatefulRule {
+    rule: usize,
+    detector: Box<dyn Stateful>,
+}
+
+/// Sweep stateful detectors for expired spans at most this often (event time).
+const SWEEP_EVERY: i64 = 1_000_000_000;
+
+/// All rules over one stream: filter rules through the index, multi-event rules through their
+/// detectors, external detectors beside them; exceptions, suppression and counters applied
+/// uniformly; events put in event order by a reorder buffer with an allowed lateness.
 pub struct Engine {
-    filters: FilterDetector,
+    rules: Vec<Rule>,
+    index: RuleIndex,
+    candidates: Vec<usize>,
+    stateful: Vec<StatefulRule>,
     others: Vec<Box<dyn Detector + Send>>,
+    rule_stats: Vec<RuleStats>,
+    suppressor: Suppressor,
     stats: EngineStats,
-    watermark: i64,
+    findings: Vec<Finding>,
+    /// Latest event time processed.
+    processed: i64,
+    last_sweep: i64,
+    // Reorder buffer.
+    lateness: i64,
+    max_seen: i64,
+    released: i64,
+    buffer: BinaryHeap<Reverse<Pending>>,
+    seq: u64,
+}
+
+struct Pending {
+    ts: i64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, o: &Pending) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Pending) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Pending {
+    /// Event time, then event id (EQL's tiebreaker), then arrival.
+    fn cmp(&self, o: &Pending) -> std::cmp::Ordering {
+        self.ts
+            .cmp(&o.ts)
+            .then_with(|| self.event.id().cmp(&o.event.id()))
+            .then_with(|| self.seq.cmp(&o.seq))
+    }
 }
 
 impl Engine {
-    /// An engine running the rule set's rules.
+    /// An engine running the rule set's rules, with no allowed lateness.
     pub fn new(set: &RuleSet) -> Engine {
+        let rules = set.rules.clone();
+        let stateful = rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let detector: Box<dyn Stateful> = match &r.query.query {
+                    CompiledQuery::Event(_) => return None,
+                    CompiledQuery::Sequence(s) => Box::new(SequenceDetector::new(s.clone())),
+                    CompiledQuery::Sample(s) => Box::new(SampleDetector::new(s.clone())),
+                    CompiledQuery::Threshold(t) => Box::new(ThresholdDetector::new(t.clone())),
+                };
+                Some(StatefulRule { rule: i, detector })
+            })
+            .collect();
         Engine {
-            filters: FilterDetector::new(set),
+            index: RuleIndex::build(&rules),
+            candidates: Vec::new(),
+            rule_stats: vec![RuleStats::default(); rules.len()],
+            rules,
+            stateful,
             others: Vec::new(),
+            suppressor: Suppressor::default(),
             stats: EngineStats::default(),
-            watermark: i64::MIN,
+            findings: Vec::new(),
+            processed: i64::MIN,
+            last_sweep: i64::MIN,
+            lateness: 0,
+            max_seen: i64::MIN,
+            released: i64::MIN,
+            buffer: BinaryHeap::new(),
+            seq: 0,
         }
+    }
+
+    /// Sets how far behind the latest event time an event may arrive and still be put in
+    /// order ([`Engine::push`]).
+    pub fn with_allowed_lateness(mut self, lateness: std::time::Duration) -> Engine {
+        self.lateness = lateness.as_nanos().min(i64::MAX as u128) as i64;
+        self
     }
 
     /// Adds a detector.
@@ -271,9 +268,27 @@ impl Engine {
         self.others.push(d);
     }
 
-    /// The filter-rule detector (for its per-rule counters).
-    pub fn filters(&self) -> &FilterDetector {
-        &self.filters
+    /// The rules, in the order of [`Engine::rule_stats`].
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Per-rule counters.
+    pub fn rule_stats(&self) -> &[RuleStats] {
+        &self.rule_stats
+    }
+
+    /// State counters of each multi-event rule, by rule id.
+    pub fn state_stats(&self) -> Vec<(&str, StateStats)> {
+        self.stateful
+            .iter()
+            .map(|s| (self.rules[s.rule].id.as_str(), s.detector.state()))
+            .collect()
+    }
+
+    /// Suppression keys evicted because the table was full.
+    pub fn suppression_evictions(&self) -> u64 {
+        self.suppressor.evicted()
     }
 
     /// Engine-wide counters.
@@ -281,33 +296,173 @@ impl Engine {
         &self.stats
     }
 
-    /// Observes one event.
+    /// The watermark: events with an earlier time are late.
+    pub fn watermark(&self) -> i64 {
+        self.released
+    }
+
+    /// Accepts an event that may arrive out of order: it is held until the latest event time
+    /// seen passes it by the allowed lateness, then processed in event order. An event behind
+    /// the watermark is refused and returned (the caller dead-letters it); it is counted.
+    pub fn push(&mut self, ev: Event, out: &mut Vec<Alert>) -> Result<(), Late> {
+        let Some(ts) = ev.timestamp_nanos() else {
+            self.observe(&ev, out);
+            return Ok(());
+        };
+        if ts < self.released {
+            self.stats.late += 1;
+            return Err(Late {
+                event: Box::new(ev),
+                time: ts,
+                watermark: self.released,
+            });
+        }
+        if ts < self.max_seen {
+            self.stats.reordered += 1;
+        }
+        self.max_seen = self.max_seen.max(ts);
+        self.seq += 1;
+        self.buffer.push(Reverse(Pending {
+            ts,
+            seq: self.seq,
+            event: ev,
+        }));
+        let horizon = self.max_seen.saturating_sub(self.lateness);
+        while self.buffer.peek().is_some_and(|p| p.0.ts <= horizon) {
+            if let Some(Reverse(p)) = self.buffer.pop() {
+                self.released = p.ts;
+                self.observe(&p.event, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes one event now (the caller guarantees event order; see [`Engine::push`]).
     pub fn observe(&mut self, ev: &Event, out: &mut Vec<Alert>) {
         let before = out.len();
         self.stats.events += 1;
         if let Some(ts) = ev.timestamp_nanos() {
-            if ts < self.watermark {
+            if ts < self.processed {
                 self.stats.out_of_order += 1;
             } else {
-                self.watermark = ts;
+                self.processed = ts;
             }
         }
-        self.filters.observe(ev, out);
+        // Filter rules.
+        let mut candidates = std::mem::take(&mut self.candidates);
+        self.index.candidates(ev, &mut candidates);
+        for &idx in &candidates {
+            match self.rules[idx].check(ev) {
+                Verdict::NoMatch => {}
+                Verdict::Excepted => {
+                    self.rule_stats[idx].matched += 1;
+                    self.rule_stats[idx].excepted += 1;
+                }
+                Verdict::Match => {
+                    self.rule_stats[idx].matched += 1;
+                    self.raise(idx, vec![ev.clone()], Vec::new(), out);
+                }
+            }
+        }
+        self.candidates = candidates;
+        // Multi-event rules.
+        let mut findings = std::mem::take(&mut self.findings);
+        let sweep = self.processed.saturating_sub(self.last_sweep) >= SWEEP_EVERY;
+        if sweep {
+            self.last_sweep = self.processed;
+        }
+        for i in 0..self.stateful.len() {
+            let wm = self.processed;
+            let s = &mut self.stateful[i];
+            if sweep {
+                s.detector.on_watermark(wm, &mut findings);
+            }
+            s.detector.observe(ev, &mut findings);
+            let rule = s.rule;
+            for f in findings.drain(..) {
+                self.finding(rule, f, out);
+            }
+        }
+        self.findings = findings;
         for d in &mut self.others {
             d.observe(ev, out);
         }
         self.stats.alerts += (out.len() - before) as u64;
     }
 
-    /// End of input.
+    fn finding(&mut self, rule: usize, f: Finding, out: &mut Vec<Alert>) {
+        self.rule_stats[rule].matched += 1;
+        if f.events.iter().any(|e| self.rules[rule].excepted(e)) {
+            self.rule_stats[rule].excepted += 1;
+            return;
+        }
+        self.raise(rule, f.events, f.missing, out);
+    }
+
+    fn raise(
+        &mut self,
+        rule: usize,
+        events: Vec<Event>,
+        missing: Vec<usize>,
+        out: &mut Vec<Alert>,
+    ) {
+        let Some(last) = events.last() else { return };
+        if self
+            .suppressor
+            .suppressed(rule, self.rules[rule].suppress.as_ref(), last)
+        {
+            self.rule_stats[rule].suppressed += 1;
+            return;
+        }
+        self.rule_stats[rule].alerts += 1;
+        let mut a = Alert::from_rule(&self.rules[rule], events);
+        a.missing_steps = missing;
+        out.push(a);
+    }
+
+    /// End of input: releases every buffered event, then closes every window.
     pub fn finish(&mut self, out: &mut Vec<Alert>) {
+        let before_release = out.len();
+        while let Some(Reverse(p)) = self.buffer.pop() {
+            self.released = p.ts;
+            self.observe(&p.event, out);
+        }
         let before = out.len();
-        self.filters.finish(out);
+        let mut findings = Vec::new();
+        for i in 0..self.stateful.len() {
+            let wm = self.processed;
+            let s = &mut self.stateful[i];
+            s.detector.on_watermark(wm, &mut findings);
+            s.detector.finish(&mut findings);
+            let rule = s.rule;
+            for f in findings.drain(..) {
+                self.finding(rule, f, out);
+            }
+        }
         for d in &mut self.others {
             d.finish(out);
         }
+        let _ = before_release;
         self.stats.alerts += (out.len() - before) as u64;
     }
+}
+
+/// Runs every inline test of a rule (filter or multi-event) through a one-rule engine;
+/// returns one message per failure.
+pub fn run_rule_tests(rule: &Rule) -> Vec<String> {
+    rule.run_tests_with(&|r, case| {
+        let set = RuleSet {
+            rules: vec![r.clone()],
+            library: Default::default(),
+        };
+        let mut e = Engine::new(&set);
+        let mut out = Vec::new();
+        for ev in case {
+            e.observe(ev, &mut out);
+        }
+        e.finish(&mut out);
+        !out.is_empty()
+    })
 }
 
 #[cfg(test)]
@@ -336,7 +491,7 @@ mod tests {
         e.observe(&ev("2026-11-20T10:05:00Z", "b"), &mut out);
         e.observe(&ev("2026-11-20T10:10:00Z", "a"), &mut out);
         assert_eq!(out.len(), 3);
-        let s = &e.filters().stats()[0];
+        let s = &e.rule_stats()[0];
         assert_eq!((s.matched, s.alerts, s.suppressed), (4, 3, 1));
     }
 
@@ -350,7 +505,7 @@ mod tests {
             duration_nanos: 6 * 3_600_000_000_000,
             ..Default::default()
         });
-        let det = FilterDetector::new(&set);
+        let det = Engine::new(&set);
         let mut cands = Vec::new();
         let mut matched = 0;
         for ev in &g.events {
@@ -363,6 +518,7 @@ mod tests {
         }
         assert!(matched > 10);
         assert!(det.index.unguarded.len() < set.rules.len() / 2);
+        let _ = CoreField::ToolName;
     }
 
     #[test]

@@ -9,6 +9,13 @@
 
 pub mod alert;
 pub mod engine;
+pub mod keys;
+pub mod sample;
+pub mod sequence;
+pub mod stateful;
+pub mod suppress;
+pub mod threshold;
 
 pub use alert::{Alert, AnalyticType};
-pub use engine::{Detector, Engine, EngineStats, FilterDetector, RuleStats};
+pub use engine::{run_rule_tests, Detector, Engine, EngineStats, Late, RuleStats};
+pub use stateful::{Finding, StateStats, Stateful};

@@ -539,6 +539,31 @@ impl Event {
         }
     }
 
+    /// Approximate heap and inline bytes held by the event (for state-size metrics).
+    pub fn heap_bytes(&self) -> usize {
+        fn json(v: &Json) -> usize {
+            match v {
+                Json::String(s) => 24 + s.len(),
+                Json::Array(a) => 24 + a.iter().map(json).sum::<usize>(),
+                Json::Object(m) => {
+                    48 + m.iter().map(|(k, v)| 24 + k.len() + json(v)).sum::<usize>()
+                }
+                _ => 16,
+            }
+        }
+        std::mem::size_of::<Event>()
+            + self.text.capacity()
+            + self.arguments.as_ref().map(json).unwrap_or(0)
+            + self.tool_description_sha256.as_ref().map(json).unwrap_or(0)
+            + 8 * (self.result_fp.as_ref().map_or(0, |f| f.len())
+                + self.args_fp.as_ref().map_or(0, |f| f.len()))
+            + self
+                .extra
+                .iter()
+                .map(|(k, v)| 16 + k.len() + json(v))
+                .sum::<usize>()
+    }
+
     /// The event as a flat JSON object with dotted keys.
     pub fn to_json(&self) -> Json {
         serde_json::to_value(self).unwrap_or(Json::Null)

@@ -168,6 +168,22 @@ pub enum Expr {
         /// Where the operator is.
         span: Span,
     },
+    /// A field of an earlier sequence step's event: `$1.audit.target`.
+    StepField {
+        /// The step, 1-based as written.
+        step: usize,
+        /// Dotted field name.
+        name: String,
+        /// Where.
+        span: Span,
+    },
+    /// An earlier step itself, as `lineage($1)` takes it.
+    StepRef {
+        /// The step, 1-based as written.
+        step: usize,
+        /// Where.
+        span: Span,
+    },
     /// `f(a, b)` or `f~(a, b)`.
     Call {
         /// Function name.
@@ -186,6 +202,7 @@ impl Expr {
     pub fn span(&self) -> Span {
         match self {
             Expr::Lit(_, s) => *s,
+            Expr::StepField { span, .. } | Expr::StepRef { span, .. } => *span,
             Expr::Field { span, .. }
             | Expr::Unary { span, .. }
             | Expr::Binary { span, .. }
@@ -235,13 +252,43 @@ pub struct Sequence {
     pub until: Option<Step>,
 }
 
-/// `sample by … [q] [q]…` (unordered).
+/// `sample by … [with maxspan=T] [q] [q]…` (unordered; with `maxspan`, all within that
+/// time — Sigma's temporal correlation).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
     /// Join keys shared by every step.
     pub by: Vec<Expr>,
+    /// Maximum time between the first and the last event.
+    pub maxspan: Option<Duration>,
     /// The steps.
     pub steps: Vec<Step>,
+}
+
+/// What a threshold counts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Measure {
+    /// Matching events.
+    Count,
+    /// Distinct values of a field among matching events.
+    Distinct(Expr),
+}
+
+/// `threshold [by k…] with window=T, count > N [q]` or `…, distinct(field) >= N [q]`:
+/// per key, in a sliding window of event time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Threshold {
+    /// Keys.
+    pub by: Vec<Expr>,
+    /// Window length.
+    pub window: Duration,
+    /// What is counted.
+    pub measure: Measure,
+    /// Comparison (`>`, `>=`, `==`).
+    pub op: BinOp,
+    /// The bound.
+    pub value: u64,
+    /// The events counted.
+    pub step: Step,
 }
 
 /// A query's body.
@@ -253,6 +300,8 @@ pub enum QueryBody {
     Sequence(Sequence),
     /// An unordered set.
     Sample(Sample),
+    /// A count per key in a sliding window.
+    Threshold(Threshold),
 }
 
 /// A pipe after the query.

@@ -60,6 +60,12 @@ impl EventMatcher {
 pub enum CompiledQuery {
     /// A single-event query.
     Event(EventMatcher),
+    /// An ordered chain.
+    Sequence(crate::stateful::SequenceSpec),
+    /// An unordered set (optionally within a span).
+    Sample(crate::stateful::SampleSpec),
+    /// A count per key in a sliding window.
+    Threshold(crate::stateful::ThresholdSpec),
 }
 
 /// A compiled query and its pipes.
@@ -74,8 +80,10 @@ pub struct Compiled {
 /// Compiles queries against a library, with or without the event schema.
 pub struct Compiler<'l> {
     lib: &'l Library,
-    schema: bool,
+    pub(crate) schema: bool,
     expanding: Vec<String>,
+    /// Inside step N (0-based) of a sequence: `$1`…`$N` may be referenced.
+    pub(crate) step: Option<usize>,
 }
 
 impl<'l> Compiler<'l> {
@@ -86,6 +94,7 @@ impl<'l> Compiler<'l> {
             lib,
             schema,
             expanding: Vec::new(),
+            step: None,
         }
     }
 
@@ -93,20 +102,9 @@ impl<'l> Compiler<'l> {
     pub fn query(&mut self, q: &Query) -> Result<Compiled, QueryError> {
         let query = match &q.body {
             QueryBody::Event(e) => CompiledQuery::Event(self.event_query(e)?),
-            QueryBody::Sequence(s) => {
-                let span = s.steps.first().map(|st| st.span).unwrap_or_default();
-                return Err(QueryError::new(
-                    span,
-                    "`sequence` queries are parsed but this version of Cordon runs event queries only",
-                ));
-            }
-            QueryBody::Sample(s) => {
-                let span = s.steps.first().map(|st| st.span).unwrap_or_default();
-                return Err(QueryError::new(
-                    span,
-                    "`sample` queries are parsed but this version of Cordon runs event queries only",
-                ));
-            }
+            QueryBody::Sequence(s) => CompiledQuery::Sequence(self.sequence(s)?),
+            QueryBody::Sample(s) => CompiledQuery::Sample(self.sample(s)?),
+            QueryBody::Threshold(t) => CompiledQuery::Threshold(self.threshold(t)?),
         };
         Ok(Compiled {
             query,
@@ -194,6 +192,10 @@ impl<'l> Compiler<'l> {
                     }
                 }
             },
+            Expr::StepField { span, .. } | Expr::StepRef { span, .. } => Err(QueryError::new(
+                *span,
+                "a step reference is a value, not a condition: compare it, e.g. `$1.audit.target != audit.target`",
+            )),
             Expr::Unary {
                 not: true, expr, ..
             } => Ok(Pred::Not(Box::new(self.pred(expr)?))),
@@ -479,6 +481,36 @@ impl<'l> Compiler<'l> {
                 };
                 Ok((CExpr::Arith(aop, Box::new(l), Box::new(r)), Ty::Num))
             }
+            Expr::StepField { step, name, span } => {
+                let k = self.step_index(*step, *span)?;
+                let (c, ty) = match self.field(name, false, false, *span)? {
+                    FieldOrMacro::Field(CExpr::Field(r), ty) => (r, ty),
+                    _ => {
+                        return Err(QueryError::new(
+                            *span,
+                            format!("`${step}.{name}`: `{name}` is a macro, not a field"),
+                        ))
+                    }
+                };
+                Ok((CExpr::StepField(k, c), ty))
+            }
+            Expr::StepRef { step, span } => Err(QueryError::new(
+                *span,
+                format!(
+                    "`${step}` alone is not a value: write `${step}.FIELD`, or `lineage(${step})`"
+                ),
+            )),
+            Expr::Call {
+                name, args, span, ..
+            } if name == "lineage" => match args.as_slice() {
+                [Expr::StepRef { step, span }] => {
+                    Ok((CExpr::Lineage(self.step_index(*step, *span)?), Ty::Num))
+                }
+                _ => Err(QueryError::new(
+                    *span,
+                    "`lineage` takes one earlier step, as in `lineage($1) > 0`",
+                )),
+            },
             Expr::Call {
                 name,
                 insensitive,
@@ -727,6 +759,7 @@ fn describe(e: &Expr) -> String {
         Expr::Lit(l, _) => describe_lit(l),
         Expr::Field { name, .. } => format!("`{name}`"),
         Expr::Call { name, .. } => format!("`{name}(…)`"),
+        Expr::StepField { step, name, .. } => format!("`${step}.{name}`"),
         _ => "the expression".into(),
     }
 }

@@ -348,27 +348,64 @@ pub enum CExpr {
     Arith(ArithOp, Box<CExpr>, Box<CExpr>),
     /// A function call.
     Call(Func, Box<[CExpr]>),
+    /// A field of an earlier sequence step's event (`$1.audit.target`; index 0 is `$1`).
+    StepField(usize, FieldRef),
+    /// How many of this event's argument fingerprints an earlier step's result carried
+    /// (`lineage($1)`).
+    Lineage(usize),
     /// A condition used as a value.
     Pred(Box<Pred>),
+}
+
+/// Size of the intersection of two sorted, deduplicated lists.
+pub fn sorted_overlap(a: &[u64], b: &[u64]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            Ordering::Less => i += 1,
+            Ordering::Greater => j += 1,
+            Ordering::Equal => {
+                n += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    n
 }
 
 impl CExpr {
     /// Evaluates the expression against an event.
     pub fn eval<'a>(&'a self, ev: &'a Event) -> Val<'a> {
+        self.eval_in(ev, &[])
+    }
+
+    /// Evaluates the expression against an event, with the events of earlier sequence steps
+    /// (`$1` is `ctx[0]`).
+    pub fn eval_in<'a>(&'a self, ev: &'a Event, ctx: &[&'a Event]) -> Val<'a> {
         match self {
             CExpr::Const(v) => v.view(),
             CExpr::Field(f) => Val::from_field(ev.field(f)),
-            CExpr::Neg(e) => match e.eval(ev) {
+            CExpr::Neg(e) => match e.eval_in(ev, ctx) {
                 Val::Int(i) => i.checked_neg().map(Val::Int).unwrap_or(Val::Null),
                 Val::Float(f) => Val::Float(-f),
                 _ => Val::Null,
             },
-            CExpr::Arith(op, a, b) => arith(*op, &a.eval(ev), &b.eval(ev)),
+            CExpr::Arith(op, a, b) => arith(*op, &a.eval_in(ev, ctx), &b.eval_in(ev, ctx)),
             CExpr::Call(f, args) => {
-                let vals: SmallVec<[Val<'a>; 4]> = args.iter().map(|a| a.eval(ev)).collect();
+                let vals: SmallVec<[Val<'a>; 4]> =
+                    args.iter().map(|a| a.eval_in(ev, ctx)).collect();
                 f.call(&vals)
             }
-            CExpr::Pred(p) => match p.eval(ev) {
+            CExpr::StepField(k, f) => match ctx.get(*k) {
+                Some(step) => Val::from_field(step.field(f)),
+                None => Val::Null,
+            },
+            CExpr::Lineage(k) => match (ev.args_fp(), ctx.get(*k).and_then(|s| s.result_fp())) {
+                (Some(args), Some(result)) => Val::Int(sorted_overlap(args, result) as i64),
+                _ => Val::Int(0),
+            },
+            CExpr::Pred(p) => match p.eval_in(ev, ctx) {
                 Some(b) => Val::Bool(b),
                 None => Val::Null,
             },
@@ -467,6 +504,18 @@ impl Guard {
 }
 
 impl CExpr {
+    /// Whether the expression references earlier sequence steps.
+    pub fn refers_to_steps(&self) -> bool {
+        match self {
+            CExpr::StepField(..) | CExpr::Lineage(_) => true,
+            CExpr::Const(_) | CExpr::Field(_) => false,
+            CExpr::Neg(e) => e.refers_to_steps(),
+            CExpr::Arith(_, a, b) => a.refers_to_steps() || b.refers_to_steps(),
+            CExpr::Call(_, args) => args.iter().any(CExpr::refers_to_steps),
+            CExpr::Pred(p) => p.refers_to_steps(),
+        }
+    }
+
     /// A rough static cost of evaluating the expression (for ordering conjuncts).
     pub fn cost(&self) -> u32 {
         match self {
@@ -476,6 +525,8 @@ impl CExpr {
             CExpr::Neg(e) => 1 + e.cost(),
             CExpr::Arith(_, a, b) => 1 + a.cost() + b.cost(),
             CExpr::Call(_, args) => 6 + args.iter().map(CExpr::cost).sum::<u32>(),
+            CExpr::StepField(..) => 2,
+            CExpr::Lineage(_) => 6,
             CExpr::Pred(p) => p.cost(),
         }
     }
@@ -604,12 +655,17 @@ impl Pred {
     /// Evaluates the condition: `Some(true)` matches, `Some(false)` does not, `None` is null
     /// (which does not match either).
     pub fn eval(&self, ev: &Event) -> Option<bool> {
+        self.eval_in(ev, &[])
+    }
+
+    /// Evaluates the condition with the events of earlier sequence steps (`$1` is `ctx[0]`).
+    pub fn eval_in(&self, ev: &Event, ctx: &[&Event]) -> Option<bool> {
         match self {
             Pred::Const(c) => *c,
             Pred::And(ps) => {
                 let mut null = false;
                 for p in ps.iter() {
-                    match p.eval(ev) {
+                    match p.eval_in(ev, ctx) {
                         Some(false) => return Some(false),
                         None => null = true,
                         Some(true) => {}
@@ -624,7 +680,7 @@ impl Pred {
             Pred::Or(ps) => {
                 let mut null = false;
                 for p in ps.iter() {
-                    match p.eval(ev) {
+                    match p.eval_in(ev, ctx) {
                         Some(true) => return Some(true),
                         None => null = true,
                         Some(false) => {}
@@ -636,15 +692,17 @@ impl Pred {
                     Some(false)
                 }
             }
-            Pred::Not(p) => p.eval(ev).map(|b| !b),
-            Pred::Cmp { op, lhs, rhs } => compare(*op, &lhs.eval(ev), &rhs.eval(ev)),
+            Pred::Not(p) => p.eval_in(ev, ctx).map(|b| !b),
+            Pred::Cmp { op, lhs, rhs } => {
+                compare(*op, &lhs.eval_in(ev, ctx), &rhs.eval_in(ev, ctx))
+            }
             Pred::StrEq {
                 field,
                 value,
                 negate,
             } => ev.str(*field).map(|v| (v == &**value) != *negate),
             Pred::IsNull { expr, negate } => {
-                let v = expr.eval(ev);
+                let v = expr.eval_in(ev, ctx);
                 let null = match &v {
                     Val::Null => true,
                     Val::Fps(l) => l.is_empty(),
@@ -652,7 +710,7 @@ impl Pred {
                 };
                 Some(null != *negate)
             }
-            Pred::Match { lhs, matchers } => lhs.eval(ev).any(&mut |v| match v {
+            Pred::Match { lhs, matchers } => lhs.eval_in(ev, ctx).any(&mut |v| match v {
                 Val::Str(s) => Some(matchers.iter().any(|m| m.matches(s))),
                 Val::Null => None,
                 // Patterns apply to strings; numbers are matched on their text.
@@ -661,10 +719,10 @@ impl Pred {
                     .map(|s| matchers.iter().any(|m| m.matches(&s))),
             }),
             Pred::In { lhs, set, negated } => {
-                let v = lhs.eval(ev);
+                let v = lhs.eval_in(ev, ctx);
                 set.contains(&v).map(|b| b != *negated)
             }
-            Pred::Truthy(e) => match e.eval(ev) {
+            Pred::Truthy(e) => match e.eval_in(ev, ctx) {
                 Val::Bool(b) => Some(b),
                 Val::Null => None,
                 _ => None,
@@ -676,6 +734,20 @@ impl Pred {
     #[inline]
     pub fn matches(&self, ev: &Event) -> bool {
         self.eval(ev) == Some(true)
+    }
+
+    /// Whether the condition references earlier sequence steps (`$N`, `lineage`).
+    pub fn refers_to_steps(&self) -> bool {
+        match self {
+            Pred::Const(_) | Pred::StrEq { .. } => false,
+            Pred::And(ps) | Pred::Or(ps) => ps.iter().any(Pred::refers_to_steps),
+            Pred::Not(p) => p.refers_to_steps(),
+            Pred::Cmp { lhs, rhs, .. } => lhs.refers_to_steps() || rhs.refers_to_steps(),
+            Pred::IsNull { expr: e, .. }
+            | Pred::Match { lhs: e, .. }
+            | Pred::In { lhs: e, .. }
+            | Pred::Truthy(e) => e.refers_to_steps(),
+        }
     }
 }
 

@@ -91,13 +91,15 @@ pub struct Exception {
     pub pred: Pred,
 }
 
-/// A rule's inline tests.
+/// A rule's inline tests. Each case is a list of events: one event for a filter rule (written
+/// as a mapping), or a scenario in order for a stateful rule (written as a list of mappings;
+/// `@timestamp` defaults to one second apart, `event.id` to `t0000`, `t0001`, …).
 #[derive(Clone, Debug, Default)]
 pub struct RuleTests {
-    /// Events that must match.
-    pub should_match: Vec<Event>,
-    /// Events that must not match.
-    pub should_not_match: Vec<Event>,
+    /// Cases that must raise an alert.
+    pub should_match: Vec<Vec<Event>>,
+    /// Cases that must not.
+    pub should_not_match: Vec<Vec<Event>>,
 }
 
 /// Where a rule was defined.
@@ -152,43 +154,74 @@ pub enum Verdict {
 }
 
 impl Rule {
-    /// The single-event matcher of this rule.
-    pub fn event_matcher(&self) -> &EventMatcher {
+    /// A rule for an ad-hoc query (`cordon hunt`): no suppression, exceptions or tests.
+    pub fn adhoc(query_text: &str, query: Compiled) -> Rule {
+        Rule {
+            id: "hunt".into(),
+            version: 1,
+            title: "hunt".into(),
+            description: String::new(),
+            severity: Severity::Informational,
+            tags: Vec::new(),
+            playbook: None,
+            suppress: None,
+            query_text: query_text.to_owned(),
+            query,
+            exceptions: Vec::new(),
+            tests: RuleTests::default(),
+            origin: Origin {
+                file: PathBuf::from("<hunt>"),
+                line: 0,
+            },
+        }
+    }
+
+    /// The single-event matcher of a filter rule (`None` for stateful rules).
+    pub fn event_matcher(&self) -> Option<&EventMatcher> {
         match &self.query.query {
-            CompiledQuery::Event(m) => m,
+            CompiledQuery::Event(m) => Some(m),
+            _ => None,
         }
     }
 
-    /// Evaluates the rule on one event.
+    /// Whether the rule spans several events (sequence, sample, threshold).
+    pub fn is_stateful(&self) -> bool {
+        self.event_matcher().is_none()
+    }
+
+    /// Whether an exception applies to the event.
+    pub fn excepted(&self, ev: &Event) -> bool {
+        self.exceptions.iter().any(|e| e.pred.matches(ev))
+    }
+
+    /// Evaluates a filter rule on one event (a stateful rule never matches one event alone).
     pub fn check(&self, ev: &Event) -> Verdict {
-        if !self.event_matcher().matches(ev) {
-            Verdict::NoMatch
-        } else if self.exceptions.iter().any(|e| e.pred.matches(ev)) {
-            Verdict::Excepted
-        } else {
-            Verdict::Match
+        match self.event_matcher() {
+            Some(m) if m.matches(ev) => {
+                if self.excepted(ev) {
+                    Verdict::Excepted
+                } else {
+                    Verdict::Match
+                }
+            }
+            _ => Verdict::NoMatch,
         }
     }
 
-    /// Runs the inline tests; returns one message per failure.
-    pub fn run_tests(&self) -> Vec<String> {
+    /// Runs the inline tests with `alerts(rule, events)` telling whether a case raises an
+    /// alert; returns one message per failure.
+    pub fn run_tests_with(&self, alerts: &dyn Fn(&Rule, &[Event]) -> bool) -> Vec<String> {
         let mut failures = Vec::new();
-        for (i, ev) in self.tests.should_match.iter().enumerate() {
-            let v = self.check(ev);
-            if v != Verdict::Match {
+        for (i, case) in self.tests.should_match.iter().enumerate() {
+            if !alerts(self, case) {
                 failures.push(format!(
-                    "{}: tests.match[{i}] should match but {}",
-                    self.id,
-                    if v == Verdict::Excepted {
-                        "an exception applies"
-                    } else {
-                        "does not"
-                    }
+                    "{}: tests.match[{i}] should match but does not",
+                    self.id
                 ));
             }
         }
-        for (i, ev) in self.tests.should_not_match.iter().enumerate() {
-            if self.check(ev) == Verdict::Match {
+        for (i, case) in self.tests.should_not_match.iter().enumerate() {
+            if alerts(self, case) {
                 failures.push(format!(
                     "{}: tests.no_match[{i}] should not match but does",
                     self.id
@@ -196,6 +229,20 @@ impl Rule {
             }
         }
         failures
+    }
+
+    /// Runs the inline tests of a filter rule; a stateful rule's tests need the engine
+    /// (`cordon_detect::run_rule_tests`) and are skipped here.
+    pub fn run_tests(&self) -> Vec<String> {
+        if self.is_stateful() {
+            return Vec::new();
+        }
+        self.run_tests_with(&|r, case| case.iter().any(|e| r.check(e) == Verdict::Match))
+    }
+
+    /// Number of test cases.
+    pub fn test_cases(&self) -> usize {
+        self.tests.should_match.len() + self.tests.should_not_match.len()
     }
 }
 
@@ -425,6 +472,25 @@ fn json_literal(v: &serde_json::Value) -> Option<Literal> {
         serde_json::Value::String(s) => Literal::Str(s.clone()),
         _ => return None,
     })
+}
+
+/// Decodes the `k`-th event of a test scenario: `@timestamp` defaults to `k` seconds after
+/// 2026-01-01T00:00:00Z and `event.id` to `t000k`.
+pub fn scenario_event(v: &serde_json::Value, k: usize) -> Result<Event, String> {
+    let mut v = v.clone();
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| "a test event must be a mapping of fields".to_owned())?;
+    obj.entry("event.id")
+        .or_insert_with(|| serde_json::Value::from(format!("t{k:04}")));
+    if !obj.contains_key("@timestamp") {
+        let ts = 1_767_225_600i64 + k as i64;
+        let text = jiff::Timestamp::from_second(ts)
+            .map(|t| t.to_string())
+            .map_err(|e| e.to_string())?;
+        obj.insert("@timestamp".into(), serde_json::Value::from(text));
+    }
+    test_event(&v)
 }
 
 /// Decodes a test event written in YAML; `@timestamp` and `event.id` default.
@@ -806,8 +872,18 @@ fn build_rule(doc: &Doc<'_>, raw: RawDoc, lib: &Library) -> Result<Option<Rule>,
             (&t.no_match, &mut tests.should_not_match, "no_match"),
         ] {
             for (i, v) in list.iter().enumerate() {
-                match test_event(v) {
-                    Ok(ev) => out.push(ev),
+                let case: Result<Vec<Event>, String> = match v {
+                    serde_json::Value::Array(items) => items
+                        .iter()
+                        .enumerate()
+                        .map(|(k, item)| {
+                            scenario_event(item, k).map_err(|e| format!("event {k}: {e}"))
+                        })
+                        .collect(),
+                    single => test_event(single).map(|e| vec![e]),
+                };
+                match case {
+                    Ok(evs) => out.push(evs),
                     Err(e) => {
                         errors.push(doc.err(line, 1, Some(&id), format!("tests.{name}[{i}]: {e}")))
                     }

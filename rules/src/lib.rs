@@ -14,7 +14,7 @@
 //! use cordon_rules::{parse_query, Compiler, Library, CompiledQuery};
 //! let q = parse_query(r#"tool where gen_ai.tool.name : "send_*" and audit.decision == "allow""#).unwrap();
 //! let compiled = Compiler::new(&Library::default(), true).query(&q).unwrap();
-//! let CompiledQuery::Event(m) = compiled.query;
+//! let CompiledQuery::Event(m) = compiled.query else { unreachable!() };
 //! let ev = cordon_ingest::decode_native(br#"{"@timestamp":"2026-11-20T10:00:00Z","mcp.method.name":"tools/call","gen_ai.tool.name":"send_email","audit.decision":"allow"}"#).unwrap();
 //! assert!(m.matches(&ev));
 //! ```
@@ -28,6 +28,7 @@ pub mod eval;
 pub mod file;
 pub mod functions;
 pub mod parser;
+pub mod stateful;
 pub mod wildcard;
 
 pub use compile::{Compiled, CompiledQuery, Compiler, EventMatcher, Library};

@@ -13,6 +13,7 @@ use crate::error::QueryError;
 #[derive(Clone, Debug, PartialEq)]
 enum Tok {
     Ident(String, bool),
+    Step(usize, Option<String>),
     Quoted(String),
     Str(String),
     Int(i64),
@@ -47,6 +48,8 @@ impl Tok {
         match self {
             Tok::Ident(s, t) => format!("`{s}{}`", if *t { "~" } else { "" }),
             Tok::Quoted(s) => format!("`{s}`"),
+            Tok::Step(n, Some(f)) => format!("`${n}.{f}`"),
+            Tok::Step(n, None) => format!("`${n}`"),
             Tok::Str(s) => format!("the string {s:?}"),
             Tok::Int(i) => format!("the number {i}"),
             Tok::Float(f) => format!("the number {f}"),
@@ -196,6 +199,38 @@ impl<'a> Lexer<'a> {
                         return Err(self.err(start, "empty backtick-quoted field name"));
                     }
                     Tok::Quoted(s)
+                }
+                '$' => {
+                    self.bump();
+                    let d0 = self.pos;
+                    while matches!(self.peek(), Some(c) if c.is_ascii_digit()) {
+                        self.bump();
+                    }
+                    let n: usize = self.src[d0..self.pos].parse().map_err(|_| {
+                        self.err(
+                            start,
+                            "expected a step number after `$`, as in `$1.audit.target`",
+                        )
+                    })?;
+                    if n == 0 {
+                        return Err(self.err(start, "steps are numbered from `$1`"));
+                    }
+                    if self.peek() == Some('.') {
+                        self.bump();
+                        let f0 = self.pos;
+                        while matches!(self.peek(), Some(c) if ident_char(c)) {
+                            self.bump();
+                        }
+                        let name = self.src[f0..self.pos].to_owned();
+                        if name.is_empty() || name.ends_with('.') {
+                            return Err(
+                                self.err(start, format!("expected a field name after `${n}.`"))
+                            );
+                        }
+                        Tok::Step(n, Some(name))
+                    } else {
+                        Tok::Step(n, None)
+                    }
                 }
                 c if c.is_ascii_digit() => self.number(start)?,
                 c if ident_start(c) => {
@@ -462,6 +497,8 @@ impl Parser {
             QueryBody::Sequence(self.sequence()?)
         } else if self.eat_kw("sample") {
             QueryBody::Sample(self.sample()?)
+        } else if self.eat_kw("threshold") {
+            QueryBody::Threshold(self.threshold()?)
         } else {
             QueryBody::Event(self.event_query()?)
         };
@@ -681,12 +718,112 @@ impl Parser {
         })
     }
 
+    fn threshold(&mut self) -> Result<Threshold, QueryError> {
+        let by = if self.eat_kw("by") {
+            self.by_list()?
+        } else {
+            Vec::new()
+        };
+        if !self.eat_kw("with") {
+            return Err(self.unexpected("`with window=…, count > N` after `threshold`"));
+        }
+        let (mut window, mut measure) = (None, None);
+        loop {
+            let (tok, span) = self.next();
+            match tok {
+                Tok::Ident(k, false) if k == "window" => {
+                    self.expect(Tok::Eq, "`=` after `window`")?;
+                    window = Some(self.duration()?);
+                }
+                Tok::Ident(k, false) if k == "count" || k == "distinct" => {
+                    let m = if k == "count" {
+                        Measure::Count
+                    } else {
+                        self.expect(Tok::LParen, "`(` after `distinct`")?;
+                        let f = self.additive()?;
+                        self.expect(Tok::RParen, "`)` after the field")?;
+                        Measure::Distinct(f)
+                    };
+                    let (op_tok, op_span) = self.next();
+                    let op = match op_tok {
+                        Tok::Gt => BinOp::Gt,
+                        Tok::Ge => BinOp::Ge,
+                        Tok::EqEq => BinOp::Eq,
+                        other => {
+                            return Err(QueryError::new(
+                                op_span,
+                                format!(
+                                    "expected `>`, `>=` or `==` after `{k}`, found {}",
+                                    other.describe()
+                                ),
+                            ))
+                        }
+                    };
+                    let n = match self.next() {
+                        (Tok::Int(n), _) if n >= 1 => n as u64,
+                        (other, s) => {
+                            return Err(QueryError::new(
+                                s,
+                                format!("expected a positive count, found {}", other.describe()),
+                            ))
+                        }
+                    };
+                    measure = Some((m, op, n));
+                }
+                other => {
+                    return Err(QueryError::new(
+                        span,
+                        format!(
+                            "expected `window=…`, `count > N` or `distinct(field) > N`, found {}",
+                            other.describe()
+                        ),
+                    ))
+                }
+            }
+            if *self.peek() != Tok::Comma {
+                break;
+            }
+            self.next();
+        }
+        let here = self.span();
+        let window = window.ok_or_else(|| QueryError::new(here, "a threshold needs `window=…`"))?;
+        let (measure, op, value) = measure.ok_or_else(|| {
+            QueryError::new(
+                here,
+                "a threshold needs `count > N` or `distinct(field) > N`",
+            )
+        })?;
+        let step = self.step()?;
+        if step.missing {
+            return Err(QueryError::new(
+                step.span,
+                "a threshold counts events: `![…]` makes no sense here",
+            ));
+        }
+        Ok(Threshold {
+            by,
+            window,
+            measure,
+            op,
+            value,
+            step,
+        })
+    }
+
     fn sample(&mut self) -> Result<Sample, QueryError> {
         let by = if self.eat_kw("by") {
             self.by_list()?
         } else {
             Vec::new()
         };
+        let mut maxspan = None;
+        if self.eat_kw("with") {
+            let (m, runs) = self.with_params()?;
+            if runs.is_some() {
+                return Err(QueryError::new(self.span(), "`runs` belongs to sequences"));
+            }
+            maxspan = m;
+        }
         let mut steps = Vec::new();
         while *self.peek() == Tok::LBracket {
             steps.push(self.step()?);
@@ -694,7 +831,7 @@ impl Parser {
         if steps.len() < 2 {
             return Err(self.unexpected("at least two `[…]` steps in the sample"));
         }
-        Ok(Sample { by, steps })
+        Ok(Sample { by, maxspan, steps })
     }
 
     /// `or` (lowest precedence).
@@ -969,6 +1106,8 @@ impl Parser {
                 quoted: true,
                 span,
             }),
+            Tok::Step(step, Some(name)) => Ok(Expr::StepField { step, name, span }),
+            Tok::Step(step, None) => Ok(Expr::StepRef { step, span }),
             Tok::Ident(name, tilde) => {
                 if *self.peek() == Tok::LParen {
                     let args = if matches!(self.toks.get(self.i + 1), Some((Tok::RParen, _))) {

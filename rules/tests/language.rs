@@ -25,7 +25,9 @@ fn run(query: &str, e: &Event) -> bool {
     let c = Compiler::new(&Library::default(), true)
         .query(&q)
         .unwrap_or_else(|err| panic!("{query}: {}", err.render(query)));
-    let CompiledQuery::Event(m) = c.query;
+    let CompiledQuery::Event(m) = c.query else {
+        panic!("not an event query: {query}")
+    };
     m.matches(e)
 }
 
@@ -189,7 +191,10 @@ fn hunts_over_arbitrary_json_need_no_schema() {
     let CompiledQuery::Event(m) = Compiler::new(&Library::default(), false)
         .query(&q)
         .unwrap()
-        .query;
+        .query
+    else {
+        panic!("not an event query")
+    };
     assert!(m.matches(&e));
 }
 

@@ -47,7 +47,7 @@ proptest! {
             let lib = Library::default();
             for schema in [true, false] {
                 if let Ok(c) = Compiler::new(&lib, schema).query(&q) {
-                    let CompiledQuery::Event(m) = c.query;
+                    let CompiledQuery::Event(m) = c.query else { continue };
                     let ev = cordon_ingest::decode_native(br#"{"@timestamp":"2026-11-20T10:00:00Z","mcp.method.name":"tools/call","gen_ai.tool.name":"send_x","audit.result_bytes":40}"#).unwrap();
                     let _ = m.matches(&ev);
                 }

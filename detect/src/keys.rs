@@ -1,0 +1,37 @@
+//! Join keys: the values of a step's `by` fields, as one string (fields separated by U+001F).
+//! A missing value excludes the event unless the key was written `?field`, in which case it
+//! joins as null (U+0000).
+
+use cordon_ingest::{Event, FieldValue};
+use cordon_rules::stateful::JoinKey;
+
+/// The join key of an event for a step, or `None` if a required key field is missing.
+pub fn join_key(ev: &Event, keys: &[JoinKey]) -> Option<String> {
+    let mut out = String::new();
+    for k in keys {
+        match ev.field(&k.field) {
+            FieldValue::Missing if k.optional => out.push('\u{0}'),
+            FieldValue::Missing => return None,
+            v => push_value(&mut out, v),
+        }
+        out.push('\u{1f}');
+    }
+    Some(out)
+}
+
+/// Appends a value's text form.
+pub fn push_value(out: &mut String, v: FieldValue<'_>) {
+    match v {
+        FieldValue::Missing => out.push('\u{0}'),
+        FieldValue::Str(s) => out.push_str(s),
+        FieldValue::Int(i) => out.push_str(&i.to_string()),
+        FieldValue::Float(x) => out.push_str(&x.to_string()),
+        FieldValue::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+        FieldValue::Fingerprints(l) => {
+            for fp in l {
+                out.push_str(&format!("{fp:016x},"));
+            }
+        }
+        FieldValue::Json(j) => out.push_str(&j.to_string()),
+    }
+}

@@ -1,0 +1,379 @@
+//! Streaming EQL sequences, in event time.
+//!
+//! Per join key, a sequence keeps its open partial matches by stage: a partial at stage `s`
+//! has matched the first `s` positive steps and waits for the next. Events arrive in event
+//! order (the engine's reorder buffer sees to it), so a partial's events are ordered by
+//! construction.
+//!
+//! Choices, each tested:
+//! - **Repeated first steps do not reset a chain.** A new step-1 event opens a new partial
+//!   beside the existing ones; it never replaces them. Per key and stage at most
+//!   [`PER_KEY_STAGE_CAP`] partials are kept — the earliest ones — and further ones are
+//!   rejected and counted, so replaying step 1 can neither reset nor starve an open chain.
+//! - When a later step's event arrives, it extends the *earliest* open partial that is still
+//!   within `maxspan` and satisfies the step's cross-step conditions; each event extends at
+//!   most one partial per stage, and a partial advances at most one stage per event.
+//! - `until` closes every partial of its key. A middle `![q]` closes the partials waiting
+//!   after the step before it; a leading `![q]` prevents a start when such an event for the key
+//!   happened within `maxspan` before; a trailing `![q]` holds completed matches until the span
+//!   closes on the watermark (or the input ends) and drops them if such an event arrives.
+//! - Memory is bounded globally ([`SequenceDetector::with_caps`]): beyond the cap, expired
+//!   partials are dropped, then the oldest are evicted, and every eviction is counted.
+
+use std::collections::HashMap;
+
+use cordon_ingest::Event;
+use cordon_rules::stateful::SequenceSpec;
+
+use crate::keys::join_key;
+use crate::stateful::{Finding, StateStats, Stateful};
+
+/// Open partials kept per key and stage.
+pub const PER_KEY_STAGE_CAP: usize = 8;
+/// Default cap on open partials of one sequence rule.
+pub const DEFAULT_GLOBAL_CAP: usize = 200_000;
+
+#[derive(Clone, Debug)]
+struct Partial {
+    start: i64,
+    events: Vec<Event>,
+}
+
+#[derive(Default)]
+struct KeyState {
+    /// `stages[s]`: partials that matched `s` positive steps (index 0 unused).
+    stages: Vec<Vec<Partial>>,
+    /// Complete matches waiting for a trailing `![…]` span to close.
+    pending: Vec<Partial>,
+}
+
+impl KeyState {
+    fn open(&self) -> usize {
+        self.stages.iter().map(Vec::len).sum::<usize>() + self.pending.len()
+    }
+}
+
+/// Runs one sequence rule.
+pub struct SequenceDetector {
+    spec: SequenceSpec,
+    positive: Vec<usize>,
+    /// For stage `s` (waiting for positive step `s`): the missing positions that close it.
+    guards: Vec<Vec<usize>>,
+    leading: Vec<usize>,
+    trailing: Vec<usize>,
+    keys: HashMap<String, KeyState>,
+    last_leading: HashMap<(usize, String), i64>,
+    open: usize,
+    global_cap: usize,
+    stats: StateStats,
+    empty: Event,
+    matched: Vec<bool>,
+}
+
+impl SequenceDetector {
+    /// A detector with the default caps.
+    pub fn new(spec: SequenceSpec) -> SequenceDetector {
+        SequenceDetector::with_caps(spec, DEFAULT_GLOBAL_CAP)
+    }
+
+    /// A detector keeping at most `global_cap` open partials.
+    pub fn with_caps(spec: SequenceSpec, global_cap: usize) -> SequenceDetector {
+        let positive: Vec<usize> = (0..spec.steps.len())
+            .filter(|&i| !spec.steps[i].missing)
+            .collect();
+        let first = positive.first().copied().unwrap_or(0);
+        let last = positive.last().copied().unwrap_or(0);
+        let leading = (0..first).collect();
+        let trailing = (last + 1..spec.steps.len()).collect();
+        let mut guards = vec![Vec::new(); positive.len()];
+        for (s, w) in positive.windows(2).enumerate() {
+            guards[s + 1] = (w[0] + 1..w[1]).collect();
+        }
+        SequenceDetector {
+            matched: vec![false; spec.steps.len()],
+            spec,
+            positive,
+            guards,
+            leading,
+            trailing,
+            keys: HashMap::new(),
+            last_leading: HashMap::new(),
+            open: 0,
+            global_cap: global_cap.max(1),
+            stats: StateStats::default(),
+            empty: Event::new(),
+        }
+    }
+
+    fn within(&self, start: i64, t: i64) -> bool {
+        self.spec
+            .maxspan
+            .is_none_or(|m| t.saturating_sub(start) <= m)
+    }
+
+    fn finding(&self, p: Partial) -> Finding {
+        let missing = (0..self.spec.steps.len())
+            .filter(|&i| self.spec.steps[i].missing)
+            .collect();
+        Finding {
+            events: p.events,
+            missing,
+        }
+    }
+
+    fn complete(&mut self, key: &str, p: Partial, out: &mut Vec<Finding>) {
+        if self.trailing.is_empty() {
+            out.push(self.finding(p));
+        } else {
+            self.open += 1;
+            self.keys.entry(key.to_owned()).or_default().pending.push(p);
+        }
+    }
+
+    /// Stores a partial at stage `s`, unless the key's stage is full.
+    fn store(&mut self, key: &str, s: usize, p: Partial) {
+        let n = self.positive.len();
+        let ks = self.keys.entry(key.to_owned()).or_default();
+        if ks.stages.len() < n {
+            ks.stages.resize_with(n, Vec::new);
+        }
+        if ks.stages[s].len() >= PER_KEY_STAGE_CAP {
+            self.stats.rejected += 1;
+            return;
+        }
+        ks.stages[s].push(p);
+        self.open += 1;
+        if self.open > self.global_cap {
+            self.shed();
+        }
+    }
+
+    /// Brings the open partials back under the cap: the oldest go first.
+    fn shed(&mut self) {
+        let target = self.global_cap - self.global_cap / 10;
+        let mut starts: Vec<i64> = self
+            .keys
+            .values()
+            .flat_map(|k| k.stages.iter().flatten().chain(&k.pending).map(|p| p.start))
+            .collect();
+        if starts.len() <= target {
+            return;
+        }
+        let cut = starts.len() - target;
+        let (_, cutoff, _) = starts.select_nth_unstable(cut - 1);
+        let cutoff = *cutoff;
+        let mut removed = 0usize;
+        for ks in self.keys.values_mut() {
+            for list in ks.stages.iter_mut().chain(std::iter::once(&mut ks.pending)) {
+                list.retain(|p| {
+                    let keep = removed >= cut || p.start > cutoff;
+                    if !keep {
+                        removed += 1;
+                    }
+                    keep
+                });
+            }
+        }
+        self.keys.retain(|_, k| k.open() > 0);
+        self.open -= removed;
+        self.stats.evicted += removed as u64;
+    }
+
+    fn close_key(&mut self, key: &str) {
+        if let Some(ks) = self.keys.remove(key) {
+            let n = ks.open();
+            self.open -= n;
+            self.stats.closed += n as u64;
+        }
+    }
+
+    fn advance(&mut self, ev: &Event, t: i64, s: usize, out: &mut Vec<Finding>) {
+        let pos = self.positive[s];
+        let step = &self.spec.steps[pos];
+        let Some(key) = join_key(ev, &step.keys) else {
+            return;
+        };
+        if s == 0 {
+            for &p in &self.leading {
+                let k = (p, key.clone());
+                if let Some(&seen) = self.last_leading.get(&k) {
+                    if self.within(seen, t) {
+                        return;
+                    }
+                }
+            }
+            let p = Partial {
+                start: t,
+                events: vec![ev.clone()],
+            };
+            if self.positive.len() == 1 {
+                self.complete(&key, p, out);
+            } else {
+                self.store(&key, 1, p);
+            }
+            return;
+        }
+        let Some(ks) = self.keys.get(&key) else {
+            return;
+        };
+        let Some(list) = ks.stages.get(s) else { return };
+        let mut best: Option<usize> = None;
+        for (i, p) in list.iter().enumerate() {
+            if !self.within(p.start, t) || best.is_some_and(|b| list[b].start <= p.start) {
+                continue;
+            }
+            if let Some(cross) = &step.cross {
+                let mut ctx: Vec<&Event> = Vec::with_capacity(pos);
+                let mut it = p.events.iter();
+                for q in 0..pos {
+                    if self.spec.steps[q].missing {
+                        ctx.push(&self.empty);
+                    } else if let Some(e) = it.next() {
+                        ctx.push(e);
+                    }
+                }
+                if cross.eval_in(ev, &ctx) != Some(true) {
+                    continue;
+                }
+            }
+            best = Some(i);
+        }
+        let Some(i) = best else { return };
+        let mut p = match self.keys.get_mut(&key) {
+            Some(ks) => ks.stages[s].swap_remove(i),
+            None => return,
+        };
+        self.open -= 1;
+        p.events.push(ev.clone());
+        if s + 1 == self.positive.len() {
+            self.complete(&key, p, out);
+        } else {
+            self.store(&key, s + 1, p);
+        }
+    }
+}
+
+impl Stateful for SequenceDetector {
+    fn observe(&mut self, ev: &Event, out: &mut Vec<Finding>) {
+        let Some(t) = ev.timestamp_nanos() else {
+            return;
+        };
+        let mut any = false;
+        for (i, st) in self.spec.steps.iter().enumerate() {
+            self.matched[i] = st.matches(ev);
+            any |= self.matched[i];
+        }
+        if let Some(u) = &self.spec.until {
+            if u.matches(ev) {
+                if let Some(key) = join_key(ev, &u.keys) {
+                    self.close_key(&key);
+                }
+            }
+        }
+        if !any {
+            return;
+        }
+        // `![…]` steps first: an event that is both a forbidden and a wanted step closes the
+        // partials it forbids before it could extend them.
+        for p in 0..self.spec.steps.len() {
+            if !(self.matched[p] && self.spec.steps[p].missing) {
+                continue;
+            }
+            let Some(key) = join_key(ev, &self.spec.steps[p].keys) else {
+                continue;
+            };
+            if self.leading.contains(&p) {
+                if self.last_leading.len() >= self.global_cap {
+                    self.last_leading.clear();
+                    self.stats.evicted += 1;
+                }
+                self.last_leading.insert((p, key), t);
+            } else if self.trailing.contains(&p) {
+                if let Some(ks) = self.keys.get_mut(&key) {
+                    let n = ks.pending.len();
+                    ks.pending.clear();
+                    self.open -= n;
+                    self.stats.closed += n as u64;
+                }
+            } else if let Some(s) = self.guards.iter().position(|g| g.contains(&p)) {
+                if let Some(list) = self.keys.get_mut(&key).and_then(|ks| ks.stages.get_mut(s)) {
+                    let n = list.len();
+                    list.clear();
+                    self.open -= n;
+                    self.stats.closed += n as u64;
+                }
+            }
+        }
+        for s in (0..self.positive.len()).rev() {
+            if self.matched[self.positive[s]] {
+                self.advance(ev, t, s, out);
+            }
+        }
+    }
+
+    fn on_watermark(&mut self, wm: i64, out: &mut Vec<Finding>) {
+        let Some(maxspan) = self.spec.maxspan else {
+            return;
+        };
+        let mut expired = 0usize;
+        let mut ready = Vec::new();
+        for ks in self.keys.values_mut() {
+            for list in ks.stages.iter_mut() {
+                let before = list.len();
+                list.retain(|p| wm.saturating_sub(p.start) <= maxspan);
+                expired += before - list.len();
+            }
+            let (done, wait): (Vec<Partial>, Vec<Partial>) = std::mem::take(&mut ks.pending)
+                .into_iter()
+                .partition(|p| wm.saturating_sub(p.start) > maxspan);
+            ks.pending = wait;
+            ready.extend(done);
+        }
+        self.open -= expired + ready.len();
+        self.stats.expired += expired as u64;
+        ready.sort_by_key(|p| p.start);
+        for p in ready {
+            out.push(self.finding(p));
+        }
+        self.keys.retain(|_, k| k.open() > 0);
+        self.last_leading
+            .retain(|_, seen| wm.saturating_sub(*seen) <= maxspan);
+    }
+
+    fn finish(&mut self, out: &mut Vec<Finding>) {
+        let mut ready: Vec<Partial> = self
+            .keys
+            .values_mut()
+            .flat_map(|k| std::mem::take(&mut k.pending))
+            .collect();
+        ready.sort_by_key(|p| p.start);
+        for p in ready {
+            out.push(self.finding(p));
+        }
+        self.keys.clear();
+        self.open = 0;
+    }
+
+    fn state(&self) -> StateStats {
+        let mut s = self.stats.clone();
+        s.open = self.open;
+        s.bytes = self
+            .keys
+            .iter()
+            .map(|(k, ks)| {
+                k.len()
+                    + std::mem::size_of::<KeyState>()
+                    + ks.stages
+                        .iter()
+                        .flatten()
+                        .chain(&ks.pending)
+                        .map(|p| {
+                            std::mem::size_of::<Partial>()
+                                + p.events.iter().map(Event::heap_bytes).sum::<usize>()
+                        })
+                        .sum::<usize>()
+            })
+            .sum();
+        s
+    }
+}

@@ -1,0 +1,44 @@
+//! What the detectors of multi-event rules share: their output (a [`Finding`], turned into
+//! an alert by the engine, which applies exceptions and suppression uniformly) and their
+//! state counters.
+
+use cordon_ingest::Event;
+
+/// A match of a multi-event rule: its events in step order, and which step positions were
+/// `![…]` steps (they have no event).
+#[derive(Clone, Debug)]
+pub struct Finding {
+    /// The events, in step order.
+    pub events: Vec<Event>,
+    /// Positions of missing-event steps.
+    pub missing: Vec<usize>,
+}
+
+/// State counters of a stateful detector.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateStats {
+    /// Open partial matches (or keyed windows).
+    pub open: usize,
+    /// Approximate bytes held.
+    pub bytes: usize,
+    /// New partials refused because their key and stage were full.
+    pub rejected: u64,
+    /// Partials evicted to respect the global cap.
+    pub evicted: u64,
+    /// Partials dropped because their span passed.
+    pub expired: u64,
+    /// Partials closed by `until` or a `![…]` step.
+    pub closed: u64,
+}
+
+/// A detector of one multi-event rule.
+pub trait Stateful: Send {
+    /// Observes one event (events arrive in event-time order).
+    fn observe(&mut self, ev: &Event, out: &mut Vec<Finding>);
+    /// Event time has reached `wm`: spans that ended before it close.
+    fn on_watermark(&mut self, wm: i64, out: &mut Vec<Finding>);
+    /// End of input: every window closes.
+    fn finish(&mut self, out: &mut Vec<Finding>);
+    /// Counters.
+    fn state(&self) -> StateStats;
+}

@@ -1,0 +1,67 @@
+//! Per-rule alert suppression: one alert per rule and key value per window of event time.
+//! The table is bounded: past its cap, expired keys are pruned and then the oldest evicted
+//! (counted), so a flood of distinct keys cannot exhaust memory.
+
+use std::collections::HashMap;
+
+use cordon_ingest::Event;
+use cordon_rules::Suppress;
+
+use crate::keys::push_value;
+
+/// Cap on remembered suppression keys.
+pub const MAX_SUPPRESS_KEYS: usize = 100_000;
+
+/// The suppression table of an engine.
+#[derive(Default)]
+pub struct Suppressor {
+    last_alert: HashMap<(usize, String), (i64, i64)>,
+    evicted: u64,
+}
+
+impl Suppressor {
+    /// Whether rule `rule`'s alert on `ev` is suppressed; records it if not.
+    pub fn suppressed(&mut self, rule: usize, s: Option<&Suppress>, ev: &Event) -> bool {
+        let Some(s) = s else { return false };
+        let now = ev.timestamp_nanos().unwrap_or(0);
+        let window = s.window.as_nanos().min(i64::MAX as u128) as i64;
+        let mut key = String::new();
+        for f in &s.key {
+            push_value(&mut key, ev.field(f));
+            key.push('\u{1f}');
+        }
+        let k = (rule, key);
+        if let Some(&(last, _)) = self.last_alert.get(&k) {
+            if now >= last && now - last < window {
+                return true;
+            }
+        }
+        if self.last_alert.len() >= MAX_SUPPRESS_KEYS {
+            self.prune(now);
+        }
+        self.last_alert.insert(k, (now, window));
+        false
+    }
+
+    fn prune(&mut self, now: i64) {
+        self.last_alert.retain(|_, (last, w)| now - *last < *w);
+        if self.last_alert.len() >= MAX_SUPPRESS_KEYS {
+            let mut by_age: Vec<_> = self
+                .last_alert
+                .iter()
+                .map(|(k, v)| (v.0, k.clone()))
+                .collect();
+            by_age.sort_unstable_by_key(|(t, _)| *t);
+            let excess = self.last_alert.len() - MAX_SUPPRESS_KEYS / 2;
+            for (_, k) in by_age.into_iter().take(excess) {
+                self.last_alert.remove(&k);
+                self.evicted += 1;
+            }
+        }
+    }
+
+    /// Keys evicted because the table was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+}
