@@ -331,7 +331,8 @@ impl Stateful for SequenceDetector {
         }
         self.open -= expired + ready.len();
         self.stats.expired += expired as u64;
-        ready.sort_by_key(|p| p.start);
+        // Keys are hashed: order by time, then event id, so runs are reproducible.
+        ready.sort_by(|a, b| (a.start, a.events[0].id()).cmp(&(b.start, b.events[0].id())));
         for p in ready {
             out.push(self.finding(p));
         }
@@ -346,7 +347,8 @@ impl Stateful for SequenceDetector {
             .values_mut()
             .flat_map(|k| std::mem::take(&mut k.pending))
             .collect();
-        ready.sort_by_key(|p| p.start);
+        // Keys are hashed: order by time, then event id, so runs are reproducible.
+        ready.sort_by(|a, b| (a.start, a.events[0].id()).cmp(&(b.start, b.events[0].id())));
         for p in ready {
             out.push(self.finding(p));
         }
