@@ -153,7 +153,8 @@ fn gateway_formats_are_normalised() {
         [
             "cordon.mcp.credential_file_read",
             "cordon.mcp.privileged_tool_denied",
-            "cordon.mcp.egress_unapproved_url"
+            "cordon.mcp.egress_unapproved_url",
+            "cordon.mcp.chain.credential_then_new_destination"
         ]
     );
     assert_eq!(found[0]["unmapped"]["gen_ai.agent.id"], "agent-coder-1");
@@ -440,8 +441,7 @@ fn eval_reports_per_scenario() {
     assert_eq!(r["scenarios"]["probing_after_denials"]["flagged"], 2);
     assert_eq!(r["precision"], 1.0);
     assert_eq!(r["scenarios"]["benign"]["flagged"], 0);
-    let recall = r["recall"].as_f64().unwrap();
-    assert!(recall > 0.3 && recall < 1.0, "{recall}");
+    assert_eq!(r["recall"], 1.0);
 }
 
 #[test]
@@ -477,4 +477,43 @@ fn readme_rule_example_works() {
     let o = cordon(&["rules", "test", f.to_str().unwrap()]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("2 passed, 0 failed"), "{}", stdout(&o));
+}
+
+/// The contract of the built-in pack: on `cordon generate --seed 1 --agents 200 --duration 24h`
+/// it catches every generated attack scenario with no false positive on benign sessions.
+#[test]
+fn builtin_pack_catches_every_scenario_without_false_positives() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("g");
+    let o = cordon(&[
+        "generate",
+        "--seed",
+        "1",
+        "--agents",
+        "200",
+        "--duration",
+        "24h",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cordon(&[
+        "eval",
+        "--events",
+        out.join("events.jsonl").to_str().unwrap(),
+        "--labels",
+        out.join("labels.json").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    for (name, s) in r["scenarios"].as_object().unwrap() {
+        if name == "benign" {
+            assert_eq!(s["flagged"], 0, "false positives: {s}");
+            assert!(s["sessions"].as_u64().unwrap() > 5000);
+        } else {
+            assert_eq!(s["missed"], 0, "{name} missed: {s}");
+        }
+    }
+    assert_eq!(r["scenarios"].as_object().unwrap().len(), 9);
 }

@@ -49,6 +49,7 @@ pub(crate) fn finish_native(mut ev: Event, bytes: &[u8]) -> Result<Event, Decode
     if ev.id().is_none() {
         ev.set_str(CoreField::EventId, content_id(bytes));
     }
+    crate::catalogue::label(&mut ev);
     if ev.args_fp().is_none() {
         if let Some(args) = ev.arguments() {
             let fps = crate::fingerprint::fingerprints_of_args(args);

@@ -92,26 +92,48 @@ core_fields! {
     ResultFp => "audit.result_fp", Fingerprints, "Content fingerprints of the result.";
     ArgsFp => "audit.args_fp", Fingerprints, "Content fingerprints of the arguments.";
     ToolDescriptionSha256 => "audit.tool.description_sha256", Json, "On `tools/list`: hash of each tool's definition.";
+    Capability => "audit.tool.capability", Str, "What the call does: read, write, delete, egress, credential, exec or admin (the enforcement point's label, else derived from the tool catalogue).";
 }
 
+/// Slot of each core field among the string slots (`u8::MAX` for other kinds), computed
+/// from the schema at compile time.
+const STR_SLOTS: [u8; CoreField::ALL.len()] = {
+    let mut out = [u8::MAX; CoreField::ALL.len()];
+    let mut next = 0u8;
+    let mut i = 0;
+    while i < CoreField::ALL.len() {
+        if matches!(
+            CoreField::ALL[i].kind(),
+            FieldKind::Str | FieldKind::Timestamp
+        ) {
+            out[i] = next;
+            next += 1;
+        }
+        i += 1;
+    }
+    out
+};
+
 /// Number of string-typed slots (strings and the timestamp text).
-const N_STR: usize = 19;
+const N_STR: usize = {
+    let mut n = 0;
+    let mut i = 0;
+    while i < STR_SLOTS.len() {
+        if STR_SLOTS[i] != u8::MAX {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+};
 
 impl CoreField {
     /// The index of a string-typed field in the string slots, if it is one.
+    #[inline]
     const fn str_slot(self) -> Option<usize> {
-        let i = self as usize;
-        match self.kind() {
-            FieldKind::Str | FieldKind::Timestamp => Some(if i < 16 {
-                i
-            } else if i < 19 {
-                // Arguments (16) is not a string: shift the ones after it.
-                i - 1
-            } else {
-                // ErrorType (21): after Arguments, ResultBytes, DurationMs.
-                i - 3
-            }),
-            _ => None,
+        match STR_SLOTS[self as usize] {
+            u8::MAX => None,
+            s => Some(s as usize),
         }
     }
 

@@ -390,6 +390,7 @@ impl SessionBuilder<'_> {
             ev.set_str(CoreField::ErrorType, "-32001");
             ev.set_result_bytes(0);
         }
+        crate::catalogue::label(&mut ev);
         self.out.push(ev);
     }
 

@@ -10,6 +10,7 @@
 
 #![deny(missing_docs)]
 
+pub mod catalogue;
 pub mod deadletter;
 pub mod decode;
 pub mod error;

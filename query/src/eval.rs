@@ -1,5 +1,5 @@
 //! Scoring detections against labelled traffic, at session level: a session is flagged when
-//! any alert's evidence belongs to it. Per scenario, how many attack sessions were flagged or
+//! an alert names it (the session of the alert's last evidence event). Per scenario, how many attack sessions were flagged or
 //! missed; overall, precision (flagged sessions that are attacks) and recall (attack sessions
 //! flagged) and the false-positive rate over benign sessions.
 

@@ -97,11 +97,14 @@ impl AlertIndex {
         m.into_iter().rev().collect()
     }
 
-    /// Sessions that at least one alert's evidence belongs to.
+    /// Sessions that alerts name: the session of each alert's last evidence event (its
+    /// `unmapped.mcp.session.id`) — where the chain completed. Earlier steps of a chain may
+    /// lie in other sessions (a baseline listing, a read days before); they are context, not
+    /// the flagged activity.
     pub fn flagged_sessions(&self) -> HashSet<String> {
         self.alerts
             .iter()
-            .flat_map(|a| a.events.iter().filter_map(|e| e.session_id()))
+            .filter_map(|a| a.session_id())
             .map(str::to_owned)
             .collect()
     }

@@ -40,6 +40,8 @@ pub enum Val<'a> {
     Fps(&'a [u64]),
     /// A multi-valued field: JSON array.
     Array(&'a [Json]),
+    /// A JSON object (compared whole by `==` and `!=`).
+    Object(&'a Json),
 }
 
 impl<'a> Val<'a> {
@@ -52,7 +54,7 @@ impl<'a> Val<'a> {
             FieldValue::Bool(b) => Val::Bool(b),
             FieldValue::Fingerprints(l) => Val::Fps(l),
             FieldValue::Json(Json::Array(a)) => Val::Array(a),
-            FieldValue::Json(_) => Val::Null,
+            FieldValue::Json(o) => Val::Object(o),
         }
     }
 
@@ -71,6 +73,7 @@ impl<'a> Val<'a> {
             Val::Float(f) => Val::Float(*f),
             Val::Fps(l) => Val::Fps(l),
             Val::Array(a) => Val::Array(a),
+            Val::Object(o) => Val::Object(o),
         }
     }
 
@@ -137,6 +140,7 @@ impl<'a> Val<'a> {
                     .join(", ")
             ))),
             Val::Array(a) => Some(Cow::Owned(Json::Array(a.to_vec()).to_string())),
+            Val::Object(o) => Some(Cow::Owned(o.to_string())),
         }
     }
 }
@@ -452,6 +456,9 @@ fn compare(op: CmpOp, a: &Val<'_>, b: &Val<'_>) -> Option<bool> {
     }
     let ord = match (a, b) {
         (Val::Null, _) | (_, Val::Null) => return None,
+        (Val::Object(x), Val::Object(y)) if op == CmpOp::Eq => return Some(x == y),
+        (Val::Object(x), Val::Object(y)) if op == CmpOp::Ne => return Some(x != y),
+        (Val::Object(_), _) | (_, Val::Object(_)) => return None,
         // Equality needs no ordering: slices of different lengths differ without a memcmp.
         (Val::Str(x), Val::Str(y)) if op == CmpOp::Eq => return Some(x == y),
         (Val::Str(x), Val::Str(y)) if op == CmpOp::Ne => return Some(x != y),

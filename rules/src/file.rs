@@ -19,15 +19,16 @@ use crate::error::{QueryError, RuleError, RuleErrors};
 use crate::eval::Pred;
 use crate::parser::{parse_duration, parse_expr, parse_query};
 
-/// The built-in rule pack, embedded in the binary.
+/// The built-in MCP rule pack (`rules/packs/`), embedded in the binary.
 pub const BUILTIN: &[(&str, &str)] = &[
+    ("packs/library.yaml", include_str!("../packs/library.yaml")),
     (
-        "builtin/library.yaml",
-        include_str!("../builtin/library.yaml"),
+        "packs/mcp_filters.yaml",
+        include_str!("../packs/mcp_filters.yaml"),
     ),
     (
-        "builtin/mcp_filters.yaml",
-        include_str!("../builtin/mcp_filters.yaml"),
+        "packs/mcp_chains.yaml",
+        include_str!("../packs/mcp_chains.yaml"),
     ),
 ];
 

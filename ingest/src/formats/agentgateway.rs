@@ -118,6 +118,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     };
     ev.set_str(CoreField::EventId, id);
     super::keep_unmapped(&mut ev, &raw, "agentgateway");
+    crate::catalogue::label(&mut ev);
     Ok(ev)
 }
 

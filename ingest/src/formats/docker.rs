@@ -56,6 +56,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     }
     ev.set_str(CoreField::EventId, content_id(bytes));
     super::keep_unmapped(&mut ev, &raw, "docker");
+    crate::catalogue::label(&mut ev);
     Ok(ev)
 }
 
