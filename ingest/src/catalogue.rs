@@ -350,8 +350,11 @@ pub fn installed() -> &'static Catalogue {
     INSTALLED.get_or_init(Catalogue::builtin)
 }
 
+/// Capabilities by (server, tool), as the catalogue and tool name give them.
+type Cache = HashMap<(Box<str>, Box<str>), Option<Capability>>;
+
 thread_local! {
-    static CACHE: RefCell<HashMap<(Box<str>, Box<str>), Option<Capability>>> = RefCell::new(HashMap::new());
+    static CACHE: RefCell<Cache> = RefCell::new(HashMap::new());
 }
 
 /// Cap on cached (server, tool) pairs per thread.
