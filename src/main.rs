@@ -16,6 +16,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "cordon", version, about, long_about = None)]
 struct Cli {
+    /// Tool catalogue (YAML) extending the built-in one: what each server's tools do.
+    #[arg(long, global = true)]
+    catalogue: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -89,6 +92,15 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    if let Some(path) = &cli.catalogue {
+        match cordon_ingest::catalogue::Catalogue::load(path) {
+            Ok(c) => cordon_ingest::catalogue::install(c),
+            Err(e) => {
+                eprintln!("error: --catalogue {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let result = match cli.command {
         Command::Run(a) => commands::run(a),
         Command::Rules { action } => commands::rules(action),

@@ -517,3 +517,89 @@ fn builtin_pack_catches_every_scenario_without_false_positives() {
     }
     assert_eq!(r["scenarios"].as_object().unwrap().len(), 9);
 }
+
+#[test]
+fn a_catalogue_file_teaches_unknown_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("e.jsonl");
+    std::fs::write(
+        &events,
+        concat!(
+            r#"{"@timestamp":"2026-11-20T10:00:00Z","mcp.method.name":"tools/call","gen_ai.agent.id":"a","mcp.session.id":"s","audit.target":"acme","gen_ai.tool.name":"read_file","audit.data_class":"secret","audit.decision":"allow"}"#, "\n",
+            r#"{"@timestamp":"2026-11-20T10:00:05Z","mcp.method.name":"tools/call","gen_ai.agent.id":"a","mcp.session.id":"s","audit.target":"acme","gen_ai.tool.name":"zap","audit.decision":"allow"}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let chain = "cordon.mcp.chain.secret_read_then_egress";
+    let o = cordon(&["run", "--input", events.to_str().unwrap()]);
+    assert!(!stdout(&o).contains(chain), "zap is unknown: no egress");
+    let cat = dir.path().join("catalogue.yaml");
+    std::fs::write(&cat, "servers:\n  acme:\n    zap: egress\n").unwrap();
+    let o = cordon(&[
+        "run",
+        "--catalogue",
+        cat.to_str().unwrap(),
+        "--input",
+        events.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(chain), "{}", stdout(&o));
+    std::fs::write(&cat, "servers:\n  acme:\n    zap: teleport\n").unwrap();
+    let o = cordon(&[
+        "run",
+        "--catalogue",
+        cat.to_str().unwrap(),
+        "--input",
+        events.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("teleport"), "{}", stderr(&o));
+}
+
+#[test]
+fn hunt_runs_sequences_and_prints_missing_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("s.jsonl");
+    std::fs::write(
+        &f,
+        concat!(
+            r#"{"t": 1, "event": {"category": "process"}, "user": "u1", "name": "a", "n": 1}"#,
+            "\n",
+            r#"{"t": 2, "event": {"category": "process"}, "user": "u2", "name": "a", "n": 2}"#,
+            "\n",
+            r#"{"t": 3, "event": {"category": "process"}, "user": "u2", "name": "x", "n": 3}"#,
+            "\n",
+            r#"{"t": 4, "event": {"category": "process"}, "user": "u1", "name": "b", "n": 4}"#,
+            "\n",
+            r#"{"t": 5, "event": {"category": "process"}, "user": "u2", "name": "b", "n": 5}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let hunt = |q: &str| {
+        cordon(&[
+            "hunt",
+            q,
+            f.to_str().unwrap(),
+            "--timestamp-field",
+            "t",
+            "--timestamp-format",
+            "epoch_s",
+            "--print",
+            "n",
+        ])
+    };
+    let o = hunt(r#"sequence by user [process where name == "a"] [process where name == "b"]"#);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "1\n4\n2\n5\n");
+    let o = hunt(
+        r#"sequence by user [process where name == "a"] ![process where name == "x"] [process where name == "b"]"#,
+    );
+    assert_eq!(stdout(&o), "1\n-1\n4\n");
+    let o = hunt(
+        r#"sequence by user [process where name == "a"] [process where name == "b"] | tail 1"#,
+    );
+    assert_eq!(stdout(&o), "2\n5\n");
+    let o = hunt(r#"sample by user [process where name == "b"] [process where name == "a"]"#);
+    assert_eq!(stdout(&o), "4\n1\n5\n2\n");
+}
