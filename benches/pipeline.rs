@@ -223,9 +223,120 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// The full built-in pack on traffic of 10 000 agents, against the raw parse of the same
+/// bytes; the state it holds; and an adversarial stream that opens a partial match on every
+/// event (a secret read by a new agent each time).
+fn pack(c: &mut Criterion) {
+    let g = generate(&GenConfig {
+        seed: 3,
+        agents: 10_000,
+        duration_nanos: 20 * 60_000_000_000,
+        start_nanos: 1_793_613_600_000_000_000,
+        ..GenConfig::default()
+    });
+    let lines: Vec<Vec<u8>> = g
+        .events
+        .iter()
+        .take(100_000)
+        .map(|e| serde_json::to_vec(e).expect("serialise"))
+        .collect();
+    let n = lines.len() as u64;
+    let set = RuleSet::builtin().expect("builtin rules");
+    let stateful = set.rules.iter().filter(|r| r.is_stateful()).count();
+    eprintln!(
+        "pack: {} rules ({stateful} multi-event), {n} events of 10k agents, {} bytes per event",
+        set.rules.len(),
+        lines.iter().map(Vec::len).sum::<usize>() / lines.len()
+    );
+    let mut grp = c.benchmark_group("pack");
+    grp.throughput(Throughput::Elements(n));
+    grp.bench_function("raw_parse", |b| {
+        b.iter(|| {
+            for l in &lines {
+                black_box(serde_json::from_slice::<Plain>(l).expect("parse"));
+            }
+        })
+    });
+    grp.bench_function("decode_full_pack", |b| {
+        b.iter(|| {
+            let mut engine = Engine::new(&set);
+            let mut out = Vec::new();
+            for l in &lines {
+                let ev = decode_native(l).expect("decode");
+                engine.observe(&ev, &mut out);
+            }
+            black_box(out.len())
+        })
+    });
+    grp.finish();
+
+    // State held after the stream, per open partial.
+    let mut engine = Engine::new(&set);
+    let mut out = Vec::new();
+    for l in &lines {
+        engine.observe(&decode_native(l).expect("decode"), &mut out);
+    }
+    for (id, s) in engine.state_stats() {
+        if s.open > 0 {
+            eprintln!(
+                "pack state {id}: {} open, {} bytes, {} bytes each, rejected {}, evicted {}",
+                s.open,
+                s.bytes,
+                s.bytes / s.open,
+                s.rejected,
+                s.evicted
+            );
+        }
+    }
+
+    // Adversarial: every event opens a partial of several chain rules.
+    let adversarial: Vec<Event> = (0..200_000u64)
+        .map(|i| {
+            let text = format!(
+                r#"{{"event.id":"adv{i:08}","@timestamp":"2026-11-20T10:{:02}:{:02}Z","mcp.method.name":"tools/call","gen_ai.agent.id":"agent-{i}","mcp.session.id":"s-{i}","audit.target":"filesystem","gen_ai.tool.name":"read_file","audit.data_class":"secret","audit.decision":"allow","audit.result_fp":["{:016x}","{:016x}"],"gen_ai.tool.call.arguments":{{"path":"/srv/.env"}}}}"#,
+                (i / 3000) % 60,
+                (i / 50) % 60,
+                i,
+                i + 1
+            );
+            decode_native(text.as_bytes()).expect("decode")
+        })
+        .collect();
+    let mut grp = c.benchmark_group("adversarial");
+    grp.throughput(Throughput::Elements(adversarial.len() as u64));
+    grp.sample_size(10);
+    grp.bench_function("open_partials_full_pack", |b| {
+        b.iter(|| {
+            let mut engine = Engine::new(&set);
+            let mut out = Vec::new();
+            for ev in &adversarial {
+                engine.observe(ev, &mut out);
+            }
+            black_box(out.len())
+        })
+    });
+    grp.finish();
+    let mut engine = Engine::new(&set);
+    let mut out = Vec::new();
+    for ev in &adversarial {
+        engine.observe(ev, &mut out);
+    }
+    for (id, s) in engine.state_stats() {
+        if s.open > 0 {
+            eprintln!(
+                "adversarial state {id}: {} open, {} bytes, {} bytes each, evicted {}",
+                s.open,
+                s.bytes,
+                s.bytes / s.open,
+                s.evicted
+            );
+        }
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(4));
-    targets = bench
+    targets = bench, pack
 }
 criterion_main!(benches);

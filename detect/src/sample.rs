@@ -18,6 +18,7 @@ pub struct SampleDetector {
     spec: SampleSpec,
     keys: HashMap<String, Vec<Option<Event>>>,
     stats: StateStats,
+    last_sweep: i64,
 }
 
 impl SampleDetector {
@@ -27,6 +28,7 @@ impl SampleDetector {
             spec,
             keys: HashMap::new(),
             stats: StateStats::default(),
+            last_sweep: i64::MIN,
         }
     }
 }
@@ -89,6 +91,11 @@ impl Stateful for SampleDetector {
 
     fn on_watermark(&mut self, wm: i64, _out: &mut Vec<Finding>) {
         let Some(m) = self.spec.maxspan else { return };
+        // A full sweep once per span keeps the cost per event constant.
+        if wm.saturating_sub(self.last_sweep) < m {
+            return;
+        }
+        self.last_sweep = wm;
         for slots in self.keys.values_mut() {
             for s in slots.iter_mut() {
                 if ts(s).is_some_and(|x| wm.saturating_sub(x) > m) {

@@ -20,7 +20,7 @@
 //! - Memory is bounded globally ([`SequenceDetector::with_caps`]): beyond the cap, expired
 //!   partials are dropped, then the oldest are evicted, and every eviction is counted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use cordon_ingest::Event;
 use cordon_rules::stateful::SequenceSpec;
@@ -62,7 +62,11 @@ pub struct SequenceDetector {
     leading: Vec<usize>,
     trailing: Vec<usize>,
     keys: HashMap<String, KeyState>,
+    /// Keys in the order their partials started (event order, so starts never decrease): the
+    /// watermark expires partials from the front without visiting every key.
+    expiry: VecDeque<(i64, String)>,
     last_leading: HashMap<(usize, String), i64>,
+    leading_sweep: i64,
     open: usize,
     global_cap: usize,
     stats: StateStats,
@@ -97,7 +101,9 @@ impl SequenceDetector {
             leading,
             trailing,
             keys: HashMap::new(),
+            expiry: VecDeque::new(),
             last_leading: HashMap::new(),
+            leading_sweep: i64::MIN,
             open: 0,
             global_cap: global_cap.max(1),
             stats: StateStats::default(),
@@ -206,6 +212,9 @@ impl SequenceDetector {
                 start: t,
                 events: vec![ev.clone()],
             };
+            if self.spec.maxspan.is_some() {
+                self.expiry.push_back((t, key.clone()));
+            }
             if self.positive.len() == 1 {
                 self.complete(&key, p, out);
             } else {
@@ -317,17 +326,38 @@ impl Stateful for SequenceDetector {
         };
         let mut expired = 0usize;
         let mut ready = Vec::new();
-        for ks in self.keys.values_mut() {
+        // Only keys with a partial old enough to expire are visited: cost follows what
+        // expires, not how many keys are open.
+        while self
+            .expiry
+            .front()
+            .is_some_and(|(start, _)| wm.saturating_sub(*start) > maxspan)
+        {
+            let Some((_, key)) = self.expiry.pop_front() else {
+                break;
+            };
+            let Some(ks) = self.keys.get_mut(&key) else {
+                continue;
+            };
             for list in ks.stages.iter_mut() {
                 let before = list.len();
                 list.retain(|p| wm.saturating_sub(p.start) <= maxspan);
                 expired += before - list.len();
             }
-            let (done, wait): (Vec<Partial>, Vec<Partial>) = std::mem::take(&mut ks.pending)
-                .into_iter()
-                .partition(|p| wm.saturating_sub(p.start) > maxspan);
-            ks.pending = wait;
-            ready.extend(done);
+            if ks
+                .pending
+                .iter()
+                .any(|p| wm.saturating_sub(p.start) > maxspan)
+            {
+                let (done, wait): (Vec<Partial>, Vec<Partial>) = std::mem::take(&mut ks.pending)
+                    .into_iter()
+                    .partition(|p| wm.saturating_sub(p.start) > maxspan);
+                ks.pending = wait;
+                ready.extend(done);
+            }
+            if ks.open() == 0 {
+                self.keys.remove(&key);
+            }
         }
         self.open -= expired + ready.len();
         self.stats.expired += expired as u64;
@@ -336,9 +366,11 @@ impl Stateful for SequenceDetector {
         for p in ready {
             out.push(self.finding(p));
         }
-        self.keys.retain(|_, k| k.open() > 0);
-        self.last_leading
-            .retain(|_, seen| wm.saturating_sub(*seen) <= maxspan);
+        if wm.saturating_sub(self.leading_sweep) > maxspan {
+            self.leading_sweep = wm;
+            self.last_leading
+                .retain(|_, seen| wm.saturating_sub(*seen) <= maxspan);
+        }
     }
 
     fn finish(&mut self, out: &mut Vec<Finding>) {
@@ -353,6 +385,7 @@ impl Stateful for SequenceDetector {
             out.push(self.finding(p));
         }
         self.keys.clear();
+        self.expiry.clear();
         self.open = 0;
     }
 

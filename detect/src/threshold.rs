@@ -32,6 +32,7 @@ pub struct ThresholdDetector {
     keys: HashMap<String, Window>,
     key_cap: usize,
     stats: StateStats,
+    last_sweep: i64,
 }
 
 impl ThresholdDetector {
@@ -42,6 +43,7 @@ impl ThresholdDetector {
             keys: HashMap::new(),
             key_cap: DEFAULT_KEY_CAP,
             stats: StateStats::default(),
+            last_sweep: i64::MIN,
         }
     }
 
@@ -127,6 +129,12 @@ impl Stateful for ThresholdDetector {
 
     fn on_watermark(&mut self, wm: i64, _out: &mut Vec<Finding>) {
         let w = self.spec.window;
+        // A full sweep once per window length keeps the cost per event constant; windows are
+        // also trimmed on each event of their key.
+        if wm.saturating_sub(self.last_sweep) < w {
+            return;
+        }
+        self.last_sweep = wm;
         let before = self.keys.len();
         self.keys.retain(|_, win| wm.saturating_sub(win.last) <= w);
         self.stats.expired += (before - self.keys.len()) as u64;

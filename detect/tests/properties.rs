@@ -1,5 +1,5 @@
 //! Invariants of the engine over generated traffic: a replay yields the same alerts with the
-//! same ids, and shifting every timestamp by the same amount changes nothing but the times.
+//! same ids, and shifting every timestamp by whole days changes nothing but the times.
 
 #![allow(clippy::unwrap_used)]
 
@@ -33,7 +33,10 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(12))]
 
     #[test]
-    fn replay_and_time_shift_invariance(seed in 0u64..10_000, shift_s in -400_000_000i64..400_000_000) {
+    fn replay_and_time_shift_invariance(seed in 0u64..10_000, shift_days in -4_000i64..4_000) {
+        // Whole days: the pack has a time-of-day rule (off-hours administration), whose
+        // verdicts rightly change with the hour.
+        let shift_s = shift_days * 86_400;
         let set = RuleSet::builtin().unwrap();
         let g = generate(&GenConfig { seed, agents: 6, duration_nanos: 3 * 3_600_000_000_000, ..GenConfig::default() });
         let first = run(&set, &g.events);
