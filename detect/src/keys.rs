@@ -8,15 +8,22 @@ use cordon_rules::stateful::JoinKey;
 /// The join key of an event for a step, or `None` if a required key field is missing.
 pub fn join_key(ev: &Event, keys: &[JoinKey]) -> Option<String> {
     let mut out = String::new();
+    join_key_into(ev, keys, &mut out).then_some(out)
+}
+
+/// Writes the join key into `out` (cleared first); false if a required key field is missing.
+/// Lets a hot path reuse one buffer and allocate only when it stores a new key.
+pub fn join_key_into(ev: &Event, keys: &[JoinKey], out: &mut String) -> bool {
+    out.clear();
     for k in keys {
         match ev.field(&k.field) {
             FieldValue::Missing if k.optional => out.push('\u{0}'),
-            FieldValue::Missing => return None,
-            v => push_value(&mut out, v),
+            FieldValue::Missing => return false,
+            v => push_value(out, v),
         }
         out.push('\u{1f}');
     }
-    Some(out)
+    true
 }
 
 /// Appends a value's text form.

@@ -2,7 +2,7 @@
 //! that span of event time (Sigma's temporal correlation). A completed sample is emitted in
 //! step order and the key starts afresh.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use cordon_ingest::Event;
 use cordon_rules::stateful::SampleSpec;
@@ -26,7 +26,7 @@ impl SampleDetector {
     pub fn new(spec: SampleSpec) -> SampleDetector {
         SampleDetector {
             spec,
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             stats: StateStats::default(),
             last_sweep: i64::MIN,
         }

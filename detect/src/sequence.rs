@@ -20,7 +20,9 @@
 //! - Memory is bounded globally ([`SequenceDetector::with_caps`]): beyond the cap, expired
 //!   partials are dropped, then the oldest are evicted, and every eviction is counted.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use cordon_ingest::Event;
 use cordon_rules::stateful::SequenceSpec;
@@ -100,9 +102,9 @@ impl SequenceDetector {
             guards,
             leading,
             trailing,
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             expiry: VecDeque::new(),
-            last_leading: HashMap::new(),
+            last_leading: HashMap::default(),
             leading_sweep: i64::MIN,
             open: 0,
             global_cap: global_cap.max(1),

@@ -1,14 +1,20 @@
 //! Thresholds: per key, the number of matching events — or of distinct values of a field —
-//! in a sliding window of event time. When the threshold is reached an alert carries the most
-//! recent events (up to [`EVIDENCE`]) and the key's window starts afresh, so one burst gives
-//! one alert rather than one per further event.
+//! in a sliding window of event time. When the threshold is reached an alert carries evidence
+//! and the key's window starts afresh, so one burst gives one alert rather than one per
+//! further event.
+//!
+//! Evidence is what makes a window expensive, so it is kept sparingly: for a count, the last
+//! events only once the count is within [`EVIDENCE`] of the bound; for a distinct count, the
+//! latest event of each distinct value. Timestamps and values cost a few bytes each.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use cordon_ingest::Event;
 use cordon_rules::stateful::{MeasureSpec, ThresholdSpec};
 
-use crate::keys::{join_key, push_value};
+use crate::keys::{join_key_into, push_value};
 use crate::stateful::{Finding, StateStats, Stateful};
 
 /// Evidence events kept per key.
@@ -21,7 +27,8 @@ pub const PER_KEY_CAP: usize = 100_000;
 #[derive(Default)]
 struct Window {
     times: VecDeque<i64>,
-    distinct: HashMap<String, i64>,
+    /// Distinct value → (last seen, its latest event).
+    distinct: HashMap<String, (i64, Option<Event>)>,
     recent: VecDeque<Event>,
     last: i64,
 }
@@ -33,6 +40,8 @@ pub struct ThresholdDetector {
     key_cap: usize,
     stats: StateStats,
     last_sweep: i64,
+    key_buf: String,
+    value_buf: String,
 }
 
 impl ThresholdDetector {
@@ -40,7 +49,9 @@ impl ThresholdDetector {
     pub fn new(spec: ThresholdSpec) -> ThresholdDetector {
         ThresholdDetector {
             spec,
-            keys: HashMap::new(),
+            keys: HashMap::default(),
+            key_buf: String::new(),
+            value_buf: String::new(),
             key_cap: DEFAULT_KEY_CAP,
             stats: StateStats::default(),
             last_sweep: i64::MIN,
@@ -70,15 +81,25 @@ impl Stateful for ThresholdDetector {
         if !self.spec.step.matches(ev) {
             return;
         }
-        let (Some(t), Some(key)) = (ev.timestamp_nanos(), join_key(ev, &self.spec.step.keys))
-        else {
+        let Some(t) = ev.timestamp_nanos() else {
             return;
         };
-        if !self.keys.contains_key(&key) && self.keys.len() >= self.key_cap {
-            self.shed(t);
+        let mut key = std::mem::take(&mut self.key_buf);
+        if !join_key_into(ev, &self.spec.step.keys, &mut key) {
+            self.key_buf = key;
+            return;
+        }
+        if !self.keys.contains_key(key.as_str()) {
+            if self.keys.len() >= self.key_cap {
+                self.shed(t);
+            }
+            self.keys.insert(key.clone(), Window::default());
         }
         let horizon = t.saturating_sub(self.spec.window);
-        let win = self.keys.entry(key.clone()).or_default();
+        let Some(win) = self.keys.get_mut(key.as_str()) else {
+            self.key_buf = key;
+            return;
+        };
         win.last = t;
         while win.times.front().is_some_and(|&x| x < horizon) {
             win.times.pop_front();
@@ -100,13 +121,18 @@ impl Stateful for ThresholdDetector {
                 win.times.len()
             }
             MeasureSpec::Distinct(f) => {
-                win.distinct.retain(|_, seen| *seen >= horizon);
+                win.distinct.retain(|_, (seen, _)| *seen >= horizon);
                 let v = ev.field(f);
                 if v != cordon_ingest::FieldValue::Missing {
-                    let mut s = String::new();
-                    push_value(&mut s, v);
-                    if win.distinct.len() < PER_KEY_CAP || win.distinct.contains_key(&s) {
-                        win.distinct.insert(s, t);
+                    let s = &mut self.value_buf;
+                    s.clear();
+                    push_value(s, v);
+                    if let Some(seen) = win.distinct.get_mut(s.as_str()) {
+                        // A value seen before: refresh its time, keep its first event.
+                        seen.0 = t;
+                    } else if win.distinct.len() < PER_KEY_CAP {
+                        let keep = (win.distinct.len() < EVIDENCE).then(|| ev.clone());
+                        win.distinct.insert(s.clone(), (t, keep));
                     } else {
                         self.stats.rejected += 1;
                     }
@@ -114,17 +140,32 @@ impl Stateful for ThresholdDetector {
                 win.distinct.len()
             }
         };
-        if win.recent.len() >= EVIDENCE {
-            win.recent.pop_front();
+        let bound = self.spec.value as usize;
+        if matches!(self.spec.measure, MeasureSpec::Count) && n + EVIDENCE > bound {
+            if win.recent.len() >= EVIDENCE {
+                win.recent.pop_front();
+            }
+            win.recent.push_back(ev.clone());
         }
-        win.recent.push_back(ev.clone());
         if self.spec.reached(n as u64) {
-            let win = self.keys.remove(&key).unwrap_or_default();
+            let win = self.keys.remove(key.as_str()).unwrap_or_default();
+            let events = match self.spec.measure {
+                MeasureSpec::Count => win.recent.into_iter().collect(),
+                MeasureSpec::Distinct(_) => {
+                    let mut evs: Vec<Event> =
+                        win.distinct.into_values().filter_map(|(_, e)| e).collect();
+                    evs.sort_by(|a, b| {
+                        (a.timestamp_nanos(), a.id()).cmp(&(b.timestamp_nanos(), b.id()))
+                    });
+                    evs
+                }
+            };
             out.push(Finding {
-                events: win.recent.into_iter().collect(),
+                events,
                 missing: Vec::new(),
             });
         }
+        self.key_buf = key;
     }
 
     fn on_watermark(&mut self, wm: i64, _out: &mut Vec<Finding>) {
@@ -154,7 +195,10 @@ impl Stateful for ThresholdDetector {
                 k.len()
                     + std::mem::size_of::<Window>()
                     + w.times.len() * 8
-                    + w.distinct.keys().map(|d| d.len() + 32).sum::<usize>()
+                    + w.distinct
+                        .iter()
+                        .map(|(d, (_, e))| d.len() + 32 + e.as_ref().map_or(0, Event::heap_bytes))
+                        .sum::<usize>()
                     + w.recent.iter().map(Event::heap_bytes).sum::<usize>()
             })
             .sum();
