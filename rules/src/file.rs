@@ -607,16 +607,9 @@ impl RuleSet {
         let mut defined: HashMap<String, (PathBuf, bool)> = HashMap::new();
         for (doc, raw) in &parsed {
             for (name, items) in &raw.lists {
-                if let Some((other, false)) = defined.get(&format!("list:{name}")) {
-                    if !doc.builtin {
-                        errors.push(doc.err(
-                            doc.first_line,
-                            1,
-                            Some(name),
-                            format!("list defined twice (also in {})", other.display()),
-                        ));
-                        continue;
-                    }
+                if let Some(e) = redefinition(&defined, doc, "list", name) {
+                    errors.push(e);
+                    continue;
                 }
                 let mut lits = Vec::new();
                 for v in items {
@@ -634,16 +627,9 @@ impl RuleSet {
                 defined.insert(format!("list:{name}"), (doc.file.to_owned(), doc.builtin));
             }
             for (name, body) in &raw.macros {
-                if let Some((other, false)) = defined.get(&format!("macro:{name}")) {
-                    if !doc.builtin {
-                        errors.push(doc.err(
-                            doc.first_line,
-                            1,
-                            Some(name),
-                            format!("macro defined twice (also in {})", other.display()),
-                        ));
-                        continue;
-                    }
+                if let Some(e) = redefinition(&defined, doc, "macro", name) {
+                    errors.push(e);
+                    continue;
                 }
                 match parse_expr(body) {
                     Ok(expr) => {
@@ -706,6 +692,24 @@ impl RuleSet {
     /// Runs every rule's inline tests; returns the failures.
     pub fn run_tests(&self) -> Vec<String> {
         self.rules.iter().flat_map(Rule::run_tests).collect()
+    }
+}
+
+/// A user file may redefine a built-in list or macro; two user files may not define one name.
+fn redefinition(
+    defined: &HashMap<String, (PathBuf, bool)>,
+    doc: &Doc<'_>,
+    kind: &str,
+    name: &str,
+) -> Option<RuleError> {
+    match defined.get(&format!("{kind}:{name}")) {
+        Some((other, false)) if !doc.builtin => Some(doc.err(
+            doc.first_line,
+            1,
+            Some(name),
+            format!("{kind} defined twice (also in {})", other.display()),
+        )),
+        _ => None,
     }
 }
 

@@ -312,3 +312,20 @@ fn regexes_match_whole_values() {
     assert!(run(r#"tool where gen_ai.tool.name regex ".*_sql""#, &e));
     assert!(!run(r#"tool where gen_ai.tool.name regex ".*_sq""#, &e));
 }
+
+#[test]
+fn user_files_may_redefine_builtin_names_but_not_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.yaml");
+    let b = dir.path().join("b.yaml");
+    std::fs::write(&a, "lists:\n  egress_allowed_urls: [\"https://only.example/*\"]\nmacros:\n  mine: 'audit.decision == \"deny\"'\n").unwrap();
+    let set = RuleSet::load(&[a.clone()]).unwrap();
+    assert_eq!(
+        set.library.lists["egress_allowed_urls"].len(),
+        1,
+        "the user's list replaces the built-in one"
+    );
+    std::fs::write(&b, "macros:\n  mine: 'audit.decision == \"allow\"'\n").unwrap();
+    let err = RuleSet::load(&[a, b]).unwrap_err().to_string();
+    assert!(err.contains("macro defined twice"), "{err}");
+}
