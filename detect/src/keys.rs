@@ -26,6 +26,42 @@ pub fn join_key_into(ev: &Event, keys: &[JoinKey], out: &mut String) -> bool {
     true
 }
 
+/// Most keys one event may fan out to.
+pub const MAX_FAN_OUT: usize = 64;
+
+/// The join keys of an event for a step. A key on a multi-valued field (content
+/// fingerprints) fans out: the event joins under each of its values (at most
+/// [`MAX_FAN_OUT`]), so a step `by audit.result_fp` meets a later step `by audit.args_fp` on
+/// any shared fingerprint. Empty if a required key field is missing.
+pub fn join_keys(ev: &Event, keys: &[JoinKey]) -> Vec<String> {
+    let mut out = vec![String::new()];
+    for k in keys {
+        match ev.field(&k.field) {
+            FieldValue::Missing if k.optional => out.iter_mut().for_each(|o| o.push('\u{0}')),
+            FieldValue::Missing => return Vec::new(),
+            FieldValue::Fingerprints(l) if !l.is_empty() => {
+                let mut next = Vec::with_capacity(out.len() * l.len());
+                'outer: for prefix in &out {
+                    for fp in l {
+                        if next.len() >= MAX_FAN_OUT {
+                            break 'outer;
+                        }
+                        next.push(format!("{prefix}{fp:016x}"));
+                    }
+                }
+                out = next;
+            }
+            v => {
+                let mut text = String::new();
+                push_value(&mut text, v);
+                out.iter_mut().for_each(|o| o.push_str(&text));
+            }
+        }
+        out.iter_mut().for_each(|o| o.push('\u{1f}'));
+    }
+    out
+}
+
 /// Appends a value's text form.
 pub fn push_value(out: &mut String, v: FieldValue<'_>) {
     match v {

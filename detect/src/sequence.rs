@@ -27,7 +27,7 @@ use rustc_hash::FxHashMap as HashMap;
 use cordon_ingest::Event;
 use cordon_rules::stateful::SequenceSpec;
 
-use crate::keys::join_key;
+use crate::keys::join_keys;
 use crate::stateful::{Finding, StateStats, Stateful};
 
 /// Open partials kept per key and stage.
@@ -196,38 +196,68 @@ impl SequenceDetector {
     }
 
     fn advance(&mut self, ev: &Event, t: i64, s: usize, out: &mut Vec<Finding>) {
+        if s > 0 && self.open == 0 {
+            // Nothing to extend: skip building the keys (the common case for most events).
+            return;
+        }
         let pos = self.positive[s];
         let step = &self.spec.steps[pos];
-        let Some(key) = join_key(ev, &step.keys) else {
-            return;
-        };
+        let keys = join_keys(ev, &step.keys);
         if s == 0 {
-            for &p in &self.leading {
-                let k = (p, key.clone());
-                if let Some(&seen) = self.last_leading.get(&k) {
-                    if self.within(seen, t) {
-                        return;
+            'keys: for key in keys {
+                for &p in &self.leading {
+                    let k = (p, key.clone());
+                    if let Some(&seen) = self.last_leading.get(&k) {
+                        if self.within(seen, t) {
+                            continue 'keys;
+                        }
                     }
                 }
-            }
-            let p = Partial {
-                start: t,
-                events: vec![ev.clone()],
-            };
-            if self.spec.maxspan.is_some() {
-                self.expiry.push_back((t, key.clone()));
-            }
-            if self.positive.len() == 1 {
-                self.complete(&key, p, out);
-            } else {
-                self.store(&key, 1, p);
+                let p = Partial {
+                    start: t,
+                    events: vec![ev.clone()],
+                };
+                if self.spec.maxspan.is_some() {
+                    self.expiry.push_back((t, key.clone()));
+                }
+                if self.positive.len() == 1 {
+                    self.complete(&key, p, out);
+                } else {
+                    self.store(&key, 1, p);
+                }
             }
             return;
         }
-        let Some(ks) = self.keys.get(&key) else {
-            return;
+        // The earliest valid partial under any of the event's keys.
+        let mut best: Option<(i64, usize, usize)> = None;
+        for (k, key) in keys.iter().enumerate() {
+            let Some(list) = self.keys.get(key).and_then(|ks| ks.stages.get(s)) else {
+                continue;
+            };
+            if let Some((i, start)) = self.earliest(list, ev, t, pos) {
+                if best.is_none_or(|(b, _, _)| start < b) {
+                    best = Some((start, k, i));
+                }
+            }
+        }
+        let Some((_, k, i)) = best else { return };
+        let key = &keys[k];
+        let mut p = match self.keys.get_mut(key) {
+            Some(ks) => ks.stages[s].swap_remove(i),
+            None => return,
         };
-        let Some(list) = ks.stages.get(s) else { return };
+        self.open -= 1;
+        p.events.push(ev.clone());
+        if s + 1 == self.positive.len() {
+            self.complete(key, p, out);
+        } else {
+            self.store(key, s + 1, p);
+        }
+    }
+
+    /// The earliest partial of `list` that `ev` (at step position `pos`) may extend.
+    fn earliest(&self, list: &[Partial], ev: &Event, t: i64, pos: usize) -> Option<(usize, i64)> {
+        let step = &self.spec.steps[pos];
         let mut best: Option<usize> = None;
         for (i, p) in list.iter().enumerate() {
             if !self.within(p.start, t) || best.is_some_and(|b| list[b].start <= p.start) {
@@ -249,18 +279,7 @@ impl SequenceDetector {
             }
             best = Some(i);
         }
-        let Some(i) = best else { return };
-        let mut p = match self.keys.get_mut(&key) {
-            Some(ks) => ks.stages[s].swap_remove(i),
-            None => return,
-        };
-        self.open -= 1;
-        p.events.push(ev.clone());
-        if s + 1 == self.positive.len() {
-            self.complete(&key, p, out);
-        } else {
-            self.store(&key, s + 1, p);
-        }
+        best.map(|i| (i, list[i].start))
     }
 }
 
@@ -276,7 +295,7 @@ impl Stateful for SequenceDetector {
         }
         if let Some(u) = &self.spec.until {
             if u.matches(ev) {
-                if let Some(key) = join_key(ev, &u.keys) {
+                for key in join_keys(ev, &u.keys) {
                     self.close_key(&key);
                 }
             }
@@ -290,28 +309,28 @@ impl Stateful for SequenceDetector {
             if !(self.matched[p] && self.spec.steps[p].missing) {
                 continue;
             }
-            let Some(key) = join_key(ev, &self.spec.steps[p].keys) else {
-                continue;
-            };
-            if self.leading.contains(&p) {
-                if self.last_leading.len() >= self.global_cap {
-                    self.last_leading.clear();
-                    self.stats.evicted += 1;
-                }
-                self.last_leading.insert((p, key), t);
-            } else if self.trailing.contains(&p) {
-                if let Some(ks) = self.keys.get_mut(&key) {
-                    let n = ks.pending.len();
-                    ks.pending.clear();
-                    self.open -= n;
-                    self.stats.closed += n as u64;
-                }
-            } else if let Some(s) = self.guards.iter().position(|g| g.contains(&p)) {
-                if let Some(list) = self.keys.get_mut(&key).and_then(|ks| ks.stages.get_mut(s)) {
-                    let n = list.len();
-                    list.clear();
-                    self.open -= n;
-                    self.stats.closed += n as u64;
+            for key in join_keys(ev, &self.spec.steps[p].keys) {
+                if self.leading.contains(&p) {
+                    if self.last_leading.len() >= self.global_cap {
+                        self.last_leading.clear();
+                        self.stats.evicted += 1;
+                    }
+                    self.last_leading.insert((p, key), t);
+                } else if self.trailing.contains(&p) {
+                    if let Some(ks) = self.keys.get_mut(&key) {
+                        let n = ks.pending.len();
+                        ks.pending.clear();
+                        self.open -= n;
+                        self.stats.closed += n as u64;
+                    }
+                } else if let Some(s) = self.guards.iter().position(|g| g.contains(&p)) {
+                    if let Some(list) = self.keys.get_mut(&key).and_then(|ks| ks.stages.get_mut(s))
+                    {
+                        let n = list.len();
+                        list.clear();
+                        self.open -= n;
+                        self.stats.closed += n as u64;
+                    }
                 }
             }
         }

@@ -469,3 +469,33 @@ fn state_is_bounded_and_counted() {
     );
     assert!(s.bytes > 0);
 }
+
+#[test]
+fn multi_valued_keys_join_on_any_shared_value() {
+    let set = rule(
+        r#"sequence with maxspan=1h [tool where gen_ai.tool.name == "read"] by audit.result_fp [tool where gen_ai.tool.name == "send" and gen_ai.agent.id != $1.gen_ai.agent.id] by audit.args_fp"#,
+    );
+    let read = ev(
+        1,
+        "read",
+        "x",
+        r#""audit.result_fp":["0000000000000001","0000000000000002"]"#,
+    );
+    let other = ev(2, "read", "y", r#""audit.result_fp":["0000000000000005"]"#);
+    let send = ev(
+        3,
+        "send",
+        "z",
+        r#""audit.args_fp":["0000000000000002","0000000000000007"]"#,
+    );
+    let m = run(&set, &[read.clone(), other, send]);
+    assert_eq!(
+        names(&m),
+        [["read00001", "send00003"]],
+        "one match, though the read fanned out under two keys"
+    );
+    let same_agent = ev(3, "send", "x", r#""audit.args_fp":["0000000000000002"]"#);
+    assert!(run(&set, &[read.clone(), same_agent]).is_empty());
+    let unrelated = ev(3, "send", "z", r#""audit.args_fp":["0000000000000009"]"#);
+    assert!(run(&set, &[read, unrelated]).is_empty());
+}
