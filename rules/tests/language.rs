@@ -319,7 +319,7 @@ fn user_files_may_redefine_builtin_names_but_not_each_other() {
     let a = dir.path().join("a.yaml");
     let b = dir.path().join("b.yaml");
     std::fs::write(&a, "lists:\n  egress_allowed_urls: [\"https://only.example/*\"]\nmacros:\n  mine: 'audit.decision == \"deny\"'\n").unwrap();
-    let set = RuleSet::load(&[a.clone()]).unwrap();
+    let set = RuleSet::load(std::slice::from_ref(&a)).unwrap();
     assert_eq!(
         set.library.lists["egress_allowed_urls"].len(),
         1,
