@@ -35,11 +35,14 @@ pub const MAX_FAN_OUT: usize = 64;
 /// any shared fingerprint. Empty if a required key field is missing.
 pub fn join_keys(ev: &Event, keys: &[JoinKey]) -> Vec<String> {
     let mut out = vec![String::new()];
+    let mut fanned = false;
     for k in keys {
         match ev.field(&k.field) {
             FieldValue::Missing if k.optional => out.iter_mut().for_each(|o| o.push('\u{0}')),
             FieldValue::Missing => return Vec::new(),
-            FieldValue::Fingerprints(l) if !l.is_empty() => {
+            // Only the first fingerprint field fans out (as `join_keys_into` does).
+            FieldValue::Fingerprints(l) if !l.is_empty() && !fanned => {
+                fanned = true;
                 let mut next = Vec::with_capacity(out.len() * l.len());
                 'outer: for prefix in &out {
                     for fp in l {
@@ -60,6 +63,49 @@ pub fn join_keys(ev: &Event, keys: &[JoinKey]) -> Vec<String> {
         out.iter_mut().for_each(|o| o.push('\u{1f}'));
     }
     out
+}
+
+/// Like [`join_keys`], but writes into a pool of reused strings and returns how many keys
+/// `pool[..n]` holds: a hot path that only looks keys up allocates nothing.
+pub fn join_keys_into(ev: &Event, keys: &[JoinKey], pool: &mut Vec<String>) -> usize {
+    // Values per key field: one, or a fingerprint list.
+    let mut fanned: Option<(usize, &[u64])> = None;
+    let mut fixed: [Option<FieldValue<'_>>; 8] = [None; 8];
+    if keys.len() > fixed.len() {
+        let all = join_keys(ev, keys);
+        let n = all.len();
+        pool.clear();
+        pool.extend(all);
+        return n;
+    }
+    for (i, k) in keys.iter().enumerate() {
+        match ev.field(&k.field) {
+            FieldValue::Missing if !k.optional => return 0,
+            FieldValue::Fingerprints(l) if !l.is_empty() && fanned.is_none() => {
+                fanned = Some((i, l))
+            }
+            v => fixed[i] = Some(v),
+        }
+    }
+    let n = fanned.map_or(1, |(_, l)| l.len().min(MAX_FAN_OUT));
+    while pool.len() < n {
+        pool.push(String::new());
+    }
+    for (c, out) in pool.iter_mut().take(n).enumerate() {
+        out.clear();
+        for (i, value) in fixed.iter().enumerate().take(keys.len()) {
+            match (fanned, *value) {
+                (Some((f, l)), _) if f == i => {
+                    use std::fmt::Write;
+                    let _ = write!(out, "{:016x}", l[c]);
+                }
+                (_, Some(v)) => push_value(out, v),
+                (_, None) => out.push('\u{0}'),
+            }
+            out.push('\u{1f}');
+        }
+    }
+    n
 }
 
 /// Appends a value's text form.

@@ -27,7 +27,7 @@ use rustc_hash::FxHashMap as HashMap;
 use cordon_ingest::Event;
 use cordon_rules::stateful::SequenceSpec;
 
-use crate::keys::join_keys;
+use crate::keys::{join_keys, join_keys_into};
 use crate::stateful::{Finding, StateStats, Stateful};
 
 /// Open partials kept per key and stage.
@@ -74,6 +74,8 @@ pub struct SequenceDetector {
     stats: StateStats,
     empty: Event,
     matched: Vec<bool>,
+    /// Reused key strings for lookups.
+    pool: Vec<String>,
 }
 
 impl SequenceDetector {
@@ -110,6 +112,7 @@ impl SequenceDetector {
             global_cap: global_cap.max(1),
             stats: StateStats::default(),
             empty: Event::new(),
+            pool: Vec::new(),
         }
     }
 
@@ -202,8 +205,8 @@ impl SequenceDetector {
         }
         let pos = self.positive[s];
         let step = &self.spec.steps[pos];
-        let keys = join_keys(ev, &step.keys);
         if s == 0 {
+            let keys = join_keys(ev, &step.keys);
             'keys: for key in keys {
                 for &p in &self.leading {
                     let k = (p, key.clone());
@@ -212,6 +215,17 @@ impl SequenceDetector {
                             continue 'keys;
                         }
                     }
+                }
+                let full = self.positive.len() > 1
+                    && self
+                        .keys
+                        .get(&key)
+                        .and_then(|ks| ks.stages.get(1))
+                        .is_some_and(|l| l.len() >= PER_KEY_STAGE_CAP);
+                if full {
+                    // Refused before the event is copied.
+                    self.stats.rejected += 1;
+                    continue;
                 }
                 let p = Partial {
                     start: t,
@@ -229,8 +243,10 @@ impl SequenceDetector {
             return;
         }
         // The earliest valid partial under any of the event's keys.
+        let mut keys = std::mem::take(&mut self.pool);
+        let n = join_keys_into(ev, &step.keys, &mut keys);
         let mut best: Option<(i64, usize, usize)> = None;
-        for (k, key) in keys.iter().enumerate() {
+        for (k, key) in keys.iter().take(n).enumerate() {
             let Some(list) = self.keys.get(key).and_then(|ks| ks.stages.get(s)) else {
                 continue;
             };
@@ -240,18 +256,22 @@ impl SequenceDetector {
                 }
             }
         }
-        let Some((_, k, i)) = best else { return };
-        let key = &keys[k];
-        let mut p = match self.keys.get_mut(key) {
+        let Some((_, k, i)) = best else {
+            self.pool = keys;
+            return;
+        };
+        let key = keys[k].clone();
+        self.pool = keys;
+        let mut p = match self.keys.get_mut(&key) {
             Some(ks) => ks.stages[s].swap_remove(i),
             None => return,
         };
         self.open -= 1;
         p.events.push(ev.clone());
         if s + 1 == self.positive.len() {
-            self.complete(key, p, out);
+            self.complete(&key, p, out);
         } else {
-            self.store(key, s + 1, p);
+            self.store(&key, s + 1, p);
         }
     }
 

@@ -499,3 +499,29 @@ fn multi_valued_keys_join_on_any_shared_value() {
     let unrelated = ev(3, "send", "z", r#""audit.args_fp":["0000000000000009"]"#);
     assert!(run(&set, &[read, unrelated]).is_empty());
 }
+
+#[test]
+fn the_global_cap_evicts_the_oldest_partials_and_counts_them() {
+    use cordon_detect::sequence::SequenceDetector;
+    use cordon_detect::Stateful;
+    use cordon_rules::CompiledQuery;
+    let set = rule(
+        r#"sequence by gen_ai.agent.id with maxspan=1h [tool where gen_ai.tool.name == "a"] [tool where gen_ai.tool.name == "b"]"#,
+    );
+    let CompiledQuery::Sequence(spec) = set.rules[0].query.query.clone() else {
+        panic!("a sequence")
+    };
+    let mut d = SequenceDetector::with_caps(spec, 100);
+    let mut out = Vec::new();
+    for i in 0..1000 {
+        d.observe(&ev(i, "a", &format!("agent{i}"), ""), &mut out);
+    }
+    let s = d.state();
+    assert!(s.open <= 100, "{s:?}");
+    assert!(s.evicted >= 900, "{s:?}");
+    // The newest partials survive: the last agent's chain still completes, the first's not.
+    d.observe(&ev(1001, "b", "agent999", ""), &mut out);
+    d.observe(&ev(1002, "b", "agent0", ""), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].events[0].agent_id(), Some("agent999"));
+}
