@@ -6,6 +6,7 @@ mod commands;
 mod demo;
 mod hunt;
 mod pipeline;
+mod score;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ enum Command {
     Eval(commands::EvalArgs),
     /// Generate traffic and run the built-in rules on it, showing alerts as they fire.
     Demo(demo::DemoArgs),
+    /// Score every event with the rate or volume model: CSV `timestamp,key,value,score`.
+    Score(score::ScoreArgs),
 }
 
 /// An error with its exit code.
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         Command::Fingerprint { text } => commands::fingerprint(&text),
         Command::Eval(a) => commands::eval(a),
         Command::Demo(a) => demo::demo(a),
+        Command::Score(a) => score::score(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -603,3 +603,73 @@ fn hunt_runs_sequences_and_prints_missing_steps() {
     let o = hunt(r#"sample by user [process where name == "b"] [process where name == "a"]"#);
     assert_eq!(stdout(&o), "4\n1\n5\n2\n");
 }
+
+#[test]
+fn score_prints_tail_probabilities_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("g");
+    let o = cordon(&[
+        "generate",
+        "--seed",
+        "5",
+        "--agents",
+        "10",
+        "--duration",
+        "8h",
+        "--attacks",
+        "burst_scraping",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let events = out.join("events.jsonl");
+    let o = cordon(&[
+        "score",
+        "--field",
+        "@rate",
+        "--by",
+        "gen_ai.agent.id",
+        events.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("timestamp,key,value,score"));
+    let labels: Value =
+        serde_json::from_slice(&std::fs::read(out.join("labels.json")).unwrap()).unwrap();
+    let evs: Vec<Value> = json_lines(&std::fs::read_to_string(&events).unwrap());
+    let (mut attack_hi, mut benign_hi, mut n) = (0, 0, 0);
+    for (line, ev) in lines.zip(&evs) {
+        n += 1;
+        let score: f64 = line.rsplit(',').next().unwrap().parse().unwrap();
+        assert!((0.0..=1.0).contains(&score), "{line}");
+        let session = ev["mcp.session.id"].as_str().unwrap();
+        if score > 0.9999 {
+            if labels[session]["label"] == "attack" {
+                attack_hi += 1;
+            } else {
+                benign_hi += 1;
+            }
+        }
+    }
+    assert_eq!(n, evs.len(), "one line per event");
+    assert!(
+        attack_hi > 100,
+        "the scraping burst scores near 1: {attack_hi}"
+    );
+    assert_eq!(benign_hi, 0);
+
+    let o = cordon(&[
+        "score",
+        "--field",
+        "audit.result_bytes",
+        "--by",
+        "gen_ai.agent.id",
+        events.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    assert!(
+        stderr(&o).contains("records skipped"),
+        "events without result bytes are reported"
+    );
+}

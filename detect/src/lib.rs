@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod alert;
+pub mod baseline;
 pub mod engine;
 pub mod keys;
 pub mod sample;
