@@ -317,7 +317,7 @@ impl<'l> Compiler<'l> {
                 list,
                 insensitive,
                 negated,
-                span,
+                ..
             } => {
                 let (lhs_c, ty) = self.value(lhs)?;
                 let mut set = ValueSet {
@@ -348,7 +348,6 @@ impl<'l> Compiler<'l> {
                         }
                     }
                 }
-                let _ = span;
                 set.seal();
                 Ok(Pred::In {
                     lhs: lhs_c,

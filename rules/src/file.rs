@@ -776,6 +776,7 @@ fn build_rule(doc: &Doc<'_>, raw: RawDoc, lib: &Library) -> Result<Option<Rule>,
     if !raw.lists.is_empty() || !raw.macros.is_empty() {
         errors.push(doc.err(doc.first_line, 1, Some(&id), "a rule document cannot also define `lists` or `macros`: put them in their own document"));
     }
+    // Documentation-only keys: accepted and checked for type, not used by the engine.
     let _ = (&raw.references, &raw.author);
     let severity = match raw.severity.as_deref() {
         None => {

@@ -652,7 +652,7 @@ impl Parser {
         loop {
             if self.eat_kw("by") {
                 by = self.by_list()?;
-            } else if self.is_kw("with") && !self.next_is_sequence_with() {
+            } else if self.is_kw("with") {
                 self.next();
                 let (maxspan, r) = self.with_params()?;
                 if maxspan.is_some() {
@@ -673,10 +673,6 @@ impl Parser {
             runs,
             span: start,
         })
-    }
-
-    fn next_is_sequence_with(&self) -> bool {
-        false
     }
 
     fn sequence(&mut self) -> Result<Sequence, QueryError> {
