@@ -87,7 +87,9 @@ pub fn demo(a: DemoArgs) -> Result<(), Failure> {
     let mut alerts = Vec::new();
     let progress_every = (g.events.len() / 10).max(1);
     for (i, ev) in g.events.iter().enumerate() {
-        engine.observe(ev, &mut alerts);
+        if let Err(late) = engine.push(ev.clone(), &mut alerts) {
+            engine.observe(&late.event, &mut alerts);
+        }
         for al in alerts.drain(..) {
             if a.json {
                 writeln!(out, "{}", al.to_ocsf()).map_err(io)?;

@@ -13,6 +13,7 @@ use cordon_rules::{CompiledQuery, Rule, RuleSet, Verdict};
 use rustc_hash::FxHashMap;
 
 use crate::alert::Alert;
+use crate::profile::Profiles;
 use crate::sample::SampleDetector;
 use crate::sequence::SequenceDetector;
 use crate::stateful::{Finding, StateStats, Stateful};
@@ -190,6 +191,7 @@ pub struct Engine {
     released: i64,
     buffer: BinaryHeap<Reverse<Pending>>,
     seq: u64,
+    profiles: Profiles,
 }
 
 struct Pending {
@@ -253,6 +255,7 @@ impl Engine {
             released: i64::MIN,
             buffer: BinaryHeap::new(),
             seq: 0,
+            profiles: Profiles::default(),
         }
     }
 
@@ -330,14 +333,28 @@ impl Engine {
         let horizon = self.max_seen.saturating_sub(self.lateness);
         while self.buffer.peek().is_some_and(|p| p.0.ts <= horizon) {
             if let Some(Reverse(p)) = self.buffer.pop() {
-                self.released = p.ts;
-                self.observe(&p.event, out);
+                self.release(p, out);
             }
         }
         Ok(())
     }
 
-    /// Processes one event now (the caller guarantees event order; see [`Engine::push`]).
+    /// An event leaves the reorder buffer: its agent's baseline features are set (the profile
+    /// then learns it), and the rules run.
+    fn release(&mut self, p: Pending, out: &mut Vec<Alert>) {
+        self.released = p.ts;
+        let mut ev = p.event;
+        self.profiles.annotate(&mut ev);
+        self.observe(&ev, out);
+    }
+
+    /// The per-agent profiles.
+    pub fn profiles(&self) -> &Profiles {
+        &self.profiles
+    }
+
+    /// Processes one event now, without baseline features (the caller guarantees event order;
+    /// [`Engine::push`] sets the features and orders events).
     pub fn observe(&mut self, ev: &Event, out: &mut Vec<Alert>) {
         let before = out.len();
         self.stats.events += 1;
@@ -424,8 +441,7 @@ impl Engine {
     pub fn finish(&mut self, out: &mut Vec<Alert>) {
         // Released events count their own alerts in `observe`.
         while let Some(Reverse(p)) = self.buffer.pop() {
-            self.released = p.ts;
-            self.observe(&p.event, out);
+            self.release(p, out);
         }
         let before = out.len();
         let mut findings = Vec::new();
@@ -457,7 +473,10 @@ pub fn run_rule_tests(rule: &Rule) -> Vec<String> {
         let mut e = Engine::new(&set);
         let mut out = Vec::new();
         for ev in case {
-            e.observe(ev, &mut out);
+            if let Err(late) = e.push(ev.clone(), &mut out) {
+                // Test events out of order: run them as written.
+                e.observe(&late.event, &mut out);
+            }
         }
         e.finish(&mut out);
         !out.is_empty()

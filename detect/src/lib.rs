@@ -11,6 +11,7 @@ pub mod alert;
 pub mod baseline;
 pub mod engine;
 pub mod keys;
+pub mod profile;
 pub mod sample;
 pub mod sequence;
 pub mod stateful;

@@ -139,8 +139,15 @@ impl CoreField {
 
     /// The namespaces that belong to the schema: an unknown field under one of them is
     /// probably a typo of a core field.
-    pub const NAMESPACES: &'static [&'static str] =
-        &["event.", "gen_ai.", "audit.", "mcp.", "server.", "error."];
+    pub const NAMESPACES: &'static [&'static str] = &[
+        "event.",
+        "gen_ai.",
+        "audit.",
+        "mcp.",
+        "server.",
+        "error.",
+        "baseline.",
+    ];
 }
 
 /// The category of an event, derived from `mcp.method.name` (EQL's event category).
@@ -249,6 +256,55 @@ pub enum FieldRef {
     Extra(Box<str>),
     /// The event's category.
     Category,
+    /// A baseline feature the engine computed for the event (`baseline.rate`, …).
+    Baseline(BaselineField),
+}
+
+/// What the engine's per-agent baselines say about an event, set before rules see it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BaselineFeatures {
+    /// Tail probability of the agent's calls in this minute (`baseline.rate`).
+    pub rate: Option<f64>,
+    /// Tail probability of this call's result size for the agent (`baseline.volume`).
+    pub volume: Option<f64>,
+    /// The agent had never called this tool (`baseline.first_tool`).
+    pub first_tool: Option<bool>,
+    /// The agent had never called this MCP server (`baseline.first_server`).
+    pub first_server: Option<bool>,
+    /// A recipient or destination in the arguments the agent had never used
+    /// (`baseline.first_recipient`).
+    pub first_recipient: Option<bool>,
+}
+
+/// The baseline features rules can read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BaselineField {
+    /// `baseline.rate`
+    Rate,
+    /// `baseline.volume`
+    Volume,
+    /// `baseline.first_tool`
+    FirstTool,
+    /// `baseline.first_server`
+    FirstServer,
+    /// `baseline.first_recipient`
+    FirstRecipient,
+}
+
+impl BaselineField {
+    /// Every feature with its name.
+    pub const ALL: &'static [(&'static str, BaselineField)] = &[
+        ("baseline.rate", BaselineField::Rate),
+        ("baseline.volume", BaselineField::Volume),
+        ("baseline.first_tool", BaselineField::FirstTool),
+        ("baseline.first_server", BaselineField::FirstServer),
+        ("baseline.first_recipient", BaselineField::FirstRecipient),
+    ];
+
+    /// Whether the feature is a number (a score) rather than a boolean.
+    pub fn is_score(self) -> bool {
+        matches!(self, BaselineField::Rate | BaselineField::Volume)
+    }
 }
 
 impl FieldRef {
@@ -257,6 +313,9 @@ impl FieldRef {
     pub fn resolve(name: &str, schema: bool) -> FieldRef {
         if !schema {
             return FieldRef::Extra(name.into());
+        }
+        if let Some((_, b)) = BaselineField::ALL.iter().find(|(n, _)| *n == name) {
+            return FieldRef::Baseline(*b);
         }
         if let Some(f) = CoreField::from_name(name) {
             return FieldRef::Core(f);
@@ -280,6 +339,13 @@ impl FieldRef {
             FieldRef::CorePath(f, p) => Cow::Owned(format!("{}.{}", f.name(), p.join("."))),
             FieldRef::Extra(n) => Cow::Borrowed(n),
             FieldRef::Category => Cow::Borrowed("event.category"),
+            FieldRef::Baseline(b) => Cow::Borrowed(
+                BaselineField::ALL
+                    .iter()
+                    .find(|(_, x)| x == b)
+                    .map(|(n, _)| *n)
+                    .unwrap_or("baseline"),
+            ),
         }
     }
 }
@@ -318,6 +384,7 @@ pub struct Event {
     args_fp: Option<Box<[u64]>>,
     extra: Vec<(Box<str>, Json)>,
     category: Category,
+    baseline: Option<Box<BaselineFeatures>>,
 }
 
 impl Event {
@@ -466,6 +533,16 @@ impl Event {
         }
     }
 
+    /// The baseline features the engine set, if any.
+    pub fn baseline(&self) -> Option<&BaselineFeatures> {
+        self.baseline.as_deref()
+    }
+
+    /// Sets the baseline features (the engine does, before rules see the event).
+    pub fn set_baseline(&mut self, f: BaselineFeatures) {
+        self.baseline = Some(Box::new(f));
+    }
+
     /// The event's category.
     pub fn category(&self) -> &Category {
         &self.category
@@ -525,6 +602,19 @@ impl Event {
                 None => FieldValue::Missing,
             },
             FieldRef::Category => FieldValue::Str(self.category.as_str()),
+            FieldRef::Baseline(b) => {
+                let Some(f) = self.baseline.as_deref() else {
+                    return FieldValue::Missing;
+                };
+                let v = match b {
+                    BaselineField::Rate => f.rate.map(FieldValue::Float),
+                    BaselineField::Volume => f.volume.map(FieldValue::Float),
+                    BaselineField::FirstTool => f.first_tool.map(FieldValue::Bool),
+                    BaselineField::FirstServer => f.first_server.map(FieldValue::Bool),
+                    BaselineField::FirstRecipient => f.first_recipient.map(FieldValue::Bool),
+                };
+                v.unwrap_or(FieldValue::Missing)
+            }
         }
     }
 

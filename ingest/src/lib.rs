@@ -23,6 +23,8 @@ pub mod sources;
 pub use deadletter::DeadLetterSink;
 pub use decode::{decode_native, decode_with, Schema};
 pub use error::{DecodeError, IngestError};
-pub use event::{Category, CoreField, Event, FieldKind, FieldRef, FieldValue};
+pub use event::{
+    BaselineFeatures, BaselineField, Category, CoreField, Event, FieldKind, FieldRef, FieldValue,
+};
 pub use formats::Format;
 pub use sources::{LineReader, RawRecord};

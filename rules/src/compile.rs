@@ -624,6 +624,13 @@ impl<'l> Compiler<'l> {
                 FieldKind::Json => Ty::Any,
             },
             FieldRef::CorePath(..) | FieldRef::Category => Ty::Any,
+            FieldRef::Baseline(b) => {
+                if b.is_score() {
+                    Ty::Num
+                } else {
+                    Ty::Bool
+                }
+            }
             FieldRef::Extra(_) => {
                 if !optional {
                     self.check_unknown(name, quoted, span)?;
@@ -638,7 +645,11 @@ impl<'l> Compiler<'l> {
         let in_namespace = CoreField::NAMESPACES.iter().any(|ns| name.starts_with(ns));
         if in_namespace {
             let mut e = QueryError::new(span, format!("unknown field `{name}`"));
-            match closest(name, CoreField::ALL.iter().map(|f| f.name())) {
+            let known = CoreField::ALL
+                .iter()
+                .map(|f| f.name())
+                .chain(cordon_ingest::BaselineField::ALL.iter().map(|(n, _)| *n));
+            match closest(name, known) {
                 Some(s) => {
                     e = e.with_help(format!(
                         "did you mean `{s}`? Write `?{name}` for a field outside the schema"
