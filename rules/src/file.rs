@@ -30,6 +30,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "packs/mcp_chains.yaml",
         include_str!("../packs/mcp_chains.yaml"),
     ),
+    (
+        "packs/mcp_baselines.yaml",
+        include_str!("../packs/mcp_baselines.yaml"),
+    ),
 ];
 
 /// Alert severity (OCSF `severity_id`).
@@ -475,23 +479,49 @@ fn json_literal(v: &serde_json::Value) -> Option<Literal> {
     })
 }
 
-/// Decodes the `k`-th event of a test scenario: `@timestamp` defaults to `k` seconds after
-/// 2026-01-01T00:00:00Z and `event.id` to `t000k`.
-pub fn scenario_event(v: &serde_json::Value, k: usize) -> Result<Event, String> {
-    let mut v = v.clone();
-    let obj = v
-        .as_object_mut()
-        .ok_or_else(|| "a test event must be a mapping of fields".to_owned())?;
-    obj.entry("event.id")
-        .or_insert_with(|| serde_json::Value::from(format!("t{k:04}")));
-    if !obj.contains_key("@timestamp") {
-        let ts = 1_767_225_600i64 + k as i64;
-        let text = jiff::Timestamp::from_second(ts)
-            .map(|t| t.to_string())
-            .map_err(|e| e.to_string())?;
-        obj.insert("@timestamp".into(), serde_json::Value::from(text));
+/// Decodes a test scenario. An event may carry `_repeat: N` (N copies) and `_every: "30s"`
+/// (the time between copies, default 1s): baseline and threshold rules need history.
+/// Timestamps run on from 2026-01-01T00:00:00Z unless an event sets its own.
+pub fn scenario(items: &[serde_json::Value]) -> Result<Vec<Event>, String> {
+    let mut out = Vec::new();
+    let mut clock = 1_767_225_600_000_000_000i64;
+    for (k, item) in items.iter().enumerate() {
+        let mut item = item.clone();
+        let obj = item
+            .as_object_mut()
+            .ok_or_else(|| format!("event {k}: a test event must be a mapping of fields"))?;
+        let repeat = match obj.remove("_repeat") {
+            None => 1,
+            Some(v) => v
+                .as_u64()
+                .filter(|n| (1..=100_000).contains(n))
+                .ok_or_else(|| format!("event {k}: `_repeat` must be a count from 1 to 100000"))?,
+        };
+        let every = match obj.remove("_every") {
+            None => 1_000_000_000i64,
+            Some(v) => v
+                .as_str()
+                .and_then(|s| parse_duration(s).or_else(|| humantime::parse_duration(s).ok()))
+                .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
+                .ok_or_else(|| format!("event {k}: `_every` must be a duration like \"30s\""))?,
+        };
+        for j in 0..repeat {
+            let mut copy = item.clone();
+            let obj = copy.as_object_mut().ok_or("not a mapping")?;
+            if !obj.contains_key("event.id") {
+                obj.insert("event.id".into(), format!("t{k:04}-{j:06}").into());
+            }
+            if !obj.contains_key("@timestamp") {
+                let text = jiff::Timestamp::from_nanosecond(clock as i128)
+                    .map(|t| t.to_string())
+                    .map_err(|e| e.to_string())?;
+                obj.insert("@timestamp".into(), text.into());
+                clock += every;
+            }
+            out.push(test_event(&copy).map_err(|e| format!("event {k}: {e}"))?);
+        }
     }
-    test_event(&v)
+    Ok(out)
 }
 
 /// Decodes a test event written in YAML; `@timestamp` and `event.id` default.
@@ -879,13 +909,7 @@ fn build_rule(doc: &Doc<'_>, raw: RawDoc, lib: &Library) -> Result<Option<Rule>,
         ] {
             for (i, v) in list.iter().enumerate() {
                 let case: Result<Vec<Event>, String> = match v {
-                    serde_json::Value::Array(items) => items
-                        .iter()
-                        .enumerate()
-                        .map(|(k, item)| {
-                            scenario_event(item, k).map_err(|e| format!("event {k}: {e}"))
-                        })
-                        .collect(),
+                    serde_json::Value::Array(items) => scenario(items),
                     single => test_event(single).map(|e| vec![e]),
                 };
                 match case {
