@@ -511,6 +511,18 @@ impl Guard {
 }
 
 impl CExpr {
+    /// Whether any field the expression reads satisfies `f`.
+    pub fn reads_field(&self, f: &dyn Fn(&FieldRef) -> bool) -> bool {
+        match self {
+            CExpr::Field(r) | CExpr::StepField(_, r) => f(r),
+            CExpr::Const(_) | CExpr::Lineage(_) => false,
+            CExpr::Neg(e) => e.reads_field(f),
+            CExpr::Arith(_, a, b) => a.reads_field(f) || b.reads_field(f),
+            CExpr::Call(_, args) => args.iter().any(|a| a.reads_field(f)),
+            CExpr::Pred(p) => p.reads_field(f),
+        }
+    }
+
     /// Whether the expression references earlier sequence steps.
     pub fn refers_to_steps(&self) -> bool {
         match self {
@@ -741,6 +753,21 @@ impl Pred {
     #[inline]
     pub fn matches(&self, ev: &Event) -> bool {
         self.eval(ev) == Some(true)
+    }
+
+    /// Whether any field the condition reads satisfies `f`.
+    pub fn reads_field(&self, f: &dyn Fn(&FieldRef) -> bool) -> bool {
+        match self {
+            Pred::Const(_) => false,
+            Pred::StrEq { field, .. } => f(&FieldRef::Core(*field)),
+            Pred::And(ps) | Pred::Or(ps) => ps.iter().any(|p| p.reads_field(f)),
+            Pred::Not(p) => p.reads_field(f),
+            Pred::Cmp { lhs, rhs, .. } => lhs.reads_field(f) || rhs.reads_field(f),
+            Pred::IsNull { expr: e, .. }
+            | Pred::Match { lhs: e, .. }
+            | Pred::In { lhs: e, .. }
+            | Pred::Truthy(e) => e.reads_field(f),
+        }
     }
 
     /// Whether the condition references earlier sequence steps (`$N`, `lineage`).

@@ -236,10 +236,21 @@ impl Rule {
         failures
     }
 
-    /// Runs the inline tests of a filter rule; a stateful rule's tests need the engine
-    /// (`cordon_detect::run_rule_tests`) and are skipped here.
+    /// Whether the rule needs the engine to be evaluated: it spans several events, or reads
+    /// baseline features (set by the engine's per-agent profiles).
+    pub fn needs_engine(&self) -> bool {
+        match self.event_matcher() {
+            None => true,
+            Some(m) => m
+                .pred
+                .reads_field(&|f| matches!(f, cordon_ingest::FieldRef::Baseline(_))),
+        }
+    }
+
+    /// Runs the inline tests of a filter rule; the tests of a rule that needs the engine
+    /// ([`Rule::needs_engine`]) run with `cordon_detect::run_rule_tests` and are skipped here.
     pub fn run_tests(&self) -> Vec<String> {
-        if self.is_stateful() {
+        if self.needs_engine() {
             return Vec::new();
         }
         self.run_tests_with(&|r, case| case.iter().any(|e| r.check(e) == Verdict::Match))
