@@ -260,13 +260,42 @@ fn pack(c: &mut Criterion) {
     });
     grp.bench_function("decode_full_pack", |b| {
         b.iter(|| {
+            // The production path: reorder buffer, per-agent baselines, every rule.
             let mut engine = Engine::new(&set);
             let mut out = Vec::new();
             for l in &lines {
                 let ev = decode_native(l).expect("decode");
-                engine.observe(&ev, &mut out);
+                if engine.push(ev, &mut out).is_err() {
+                    unreachable!("generated events are in order");
+                }
             }
+            engine.finish(&mut out);
             black_box(out.len())
+        })
+    });
+    grp.finish();
+
+    // The per-agent baseline update alone, against the raw parse of the same events.
+    let mut decoded: Vec<Event> = lines
+        .iter()
+        .map(|l| decode_native(l).expect("decode"))
+        .collect();
+    let mut grp = c.benchmark_group("baseline");
+    grp.throughput(Throughput::Elements(n));
+    grp.bench_function("raw_parse", |b| {
+        b.iter(|| {
+            for l in &lines {
+                black_box(serde_json::from_slice::<Plain>(l).expect("parse"));
+            }
+        })
+    });
+    grp.bench_function("profile_update", |b| {
+        b.iter(|| {
+            let mut profiles = cordon_detect::profile::Profiles::default();
+            for ev in decoded.iter_mut() {
+                profiles.annotate(ev);
+            }
+            black_box(profiles.counts())
         })
     });
     grp.finish();

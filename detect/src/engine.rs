@@ -323,6 +323,20 @@ impl Engine {
         if ts < self.max_seen {
             self.stats.reordered += 1;
         }
+        if self.lateness == 0 && ts >= self.max_seen && self.buffer.is_empty() {
+            // In order with nothing held back: no need to go through the heap.
+            self.max_seen = ts;
+            self.seq += 1;
+            self.release(
+                Pending {
+                    ts,
+                    seq: self.seq,
+                    event: ev,
+                },
+                out,
+            );
+            return Ok(());
+        }
         self.max_seen = self.max_seen.max(ts);
         self.seq += 1;
         self.buffer.push(Reverse(Pending {

@@ -384,7 +384,7 @@ pub struct Event {
     args_fp: Option<Box<[u64]>>,
     extra: Vec<(Box<str>, Json)>,
     category: Category,
-    baseline: Option<Box<BaselineFeatures>>,
+    baseline: Option<BaselineFeatures>,
 }
 
 impl Event {
@@ -535,12 +535,12 @@ impl Event {
 
     /// The baseline features the engine set, if any.
     pub fn baseline(&self) -> Option<&BaselineFeatures> {
-        self.baseline.as_deref()
+        self.baseline.as_ref()
     }
 
     /// Sets the baseline features (the engine does, before rules see the event).
     pub fn set_baseline(&mut self, f: BaselineFeatures) {
-        self.baseline = Some(Box::new(f));
+        self.baseline = Some(f);
     }
 
     /// The event's category.
@@ -603,7 +603,7 @@ impl Event {
             },
             FieldRef::Category => FieldValue::Str(self.category.as_str()),
             FieldRef::Baseline(b) => {
-                let Some(f) = self.baseline.as_deref() else {
+                let Some(f) = self.baseline.as_ref() else {
                     return FieldValue::Missing;
                 };
                 let v = match b {
