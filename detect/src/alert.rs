@@ -149,6 +149,48 @@ impl Alert {
             .iter()
             .map(|t| json!({"uid": t, "name": t, "type": "MCP Server"}))
             .collect();
+        // Baseline figures behind the alert: what the agent normally does, what departed.
+        let mut analyses: Vec<Value> = Vec::new();
+        for e in &self.events {
+            let Some(b) = e.baseline() else { continue };
+            let target =
+                json!([{"name": format!("gen_ai.agent.id={}", e.agent_id().unwrap_or("-"))}]);
+            if let (Some(_), Some(expected), Some(observed)) =
+                (b.rate, b.rate_expected, b.rate_observed)
+            {
+                analyses.push(json!({
+                    "analysis_targets": target,
+                    "baselines": [{"observation_parameter": "calls per minute", "observations": [{"value": format!("{expected:.2}"), "timespan": {"duration_minutes": 1}}]}],
+                    "anomalies": [{"observation_parameter": "calls per minute", "observations": [{"value": observed.to_string(), "count": observed}]}],
+                }));
+            }
+            if let (Some(_), Some(expected), Some(bytes)) =
+                (b.volume, b.volume_expected, e.result_bytes())
+            {
+                analyses.push(json!({
+                    "analysis_targets": target,
+                    "baselines": [{"observation_parameter": "result bytes", "observations": [{"value": format!("{expected:.0}")}]}],
+                    "anomalies": [{"observation_parameter": "result bytes", "observations": [{"value": bytes.to_string()}]}],
+                }));
+            }
+            for (name, flag, value) in [
+                ("first use of tool", b.first_tool, e.tool_name()),
+                (
+                    "first use of server",
+                    b.first_server,
+                    e.str(CoreField::Target),
+                ),
+                ("first use of recipient", b.first_recipient, None),
+            ] {
+                if flag == Some(true) {
+                    analyses.push(json!({
+                        "analysis_targets": target,
+                        "baselines": [{"observation_parameter": name, "observations": [{"value": "never seen for this agent"}]}],
+                        "anomalies": [{"observation_parameter": name, "observations": [{"value": value.unwrap_or("see evidence arguments")}]}],
+                    }));
+                }
+            }
+        }
         let risk = match self.severity {
             Severity::Informational => 10,
             Severity::Low => 30,
@@ -204,6 +246,7 @@ impl Alert {
                 "related_events": related,
             },
             "evidences": evidences,
+            "anomaly_analyses": analyses,
             "resources": resources,
             "remediation": {
                 "desc": match &self.playbook {
@@ -219,6 +262,13 @@ impl Alert {
                 "cordon.rule.id": self.rule_id,
                 "cordon.rule.version": self.rule_version,
                 "cordon.playbook": self.playbook,
+                "cordon.baseline": self.events.last().and_then(|e| e.baseline()).map(|b| json!({
+                    "rate": b.rate,
+                    "volume": b.volume,
+                    "first_tool": b.first_tool,
+                    "first_server": b.first_server,
+                    "first_recipient": b.first_recipient,
+                })),
             },
         })
     }

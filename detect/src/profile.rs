@@ -163,9 +163,13 @@ impl Profiles {
         let mut f = BaselineFeatures::default();
         p.last = p.last.max(t);
         if ev.str(CoreField::Method) == Some("tools/call") {
-            f.rate = p.rate.observe(t).1;
+            let (count, score) = p.rate.observe(t);
+            f.rate = score;
+            f.rate_observed = Some(count);
+            f.rate_expected = score.map(|_| p.rate.rate());
             if let Some(b) = ev.result_bytes() {
                 f.volume = p.volume.score(b as f64);
+                f.volume_expected = f.volume.map(|_| p.volume.typical());
                 p.volume.update(b as f64);
             }
             if let Some(tool) = ev.tool_name() {

@@ -274,6 +274,12 @@ pub struct BaselineFeatures {
     /// A recipient or destination in the arguments the agent had never used
     /// (`baseline.first_recipient`).
     pub first_recipient: Option<bool>,
+    /// The agent's calls in this minute so far (what `rate` scored).
+    pub rate_observed: Option<u64>,
+    /// The agent's learnt mean calls per minute.
+    pub rate_expected: Option<f64>,
+    /// The agent's typical result size (what `volume` compared with).
+    pub volume_expected: Option<f64>,
 }
 
 /// The baseline features rules can read.

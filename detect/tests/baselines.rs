@@ -1,0 +1,70 @@
+//! Baselines through the engine: features reach rules only after warm-up, and alerts of rules
+//! that read them carry OCSF `anomaly_analyses` with the baseline and the departing value.
+
+#![allow(clippy::unwrap_used)]
+
+use cordon_detect::Engine;
+use cordon_rules::RuleSet;
+
+#[test]
+fn rate_anomaly_alerts_carry_their_baseline() {
+    let set = RuleSet::builtin().unwrap();
+    let rule = set
+        .rules
+        .iter()
+        .find(|r| r.id == "cordon.mcp.anomaly.call_rate")
+        .unwrap();
+    let one = RuleSet {
+        rules: vec![rule.clone()],
+        library: Default::default(),
+    };
+    let scenario = &rule.tests.should_match[0];
+    let mut engine = Engine::new(&one);
+    let mut out = Vec::new();
+    for ev in scenario {
+        engine.push(ev.clone(), &mut out).unwrap();
+    }
+    engine.finish(&mut out);
+    assert_eq!(out.len(), 1, "one alert (suppressed after)");
+    let o = out[0].to_ocsf();
+    let a = &o["anomaly_analyses"][0];
+    assert_eq!(
+        a["baselines"][0]["observation_parameter"],
+        "calls per minute"
+    );
+    let expected: f64 = a["baselines"][0]["observations"][0]["value"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let observed = a["anomalies"][0]["observations"][0]["count"]
+        .as_u64()
+        .unwrap();
+    assert!(expected < 3.0 && observed as f64 > 5.0 * expected, "{a}");
+    assert!(o["unmapped"]["cordon.baseline"]["rate"].as_f64().unwrap() > 0.999999);
+    let (agents, evicted) = engine.profiles().counts();
+    assert_eq!((agents, evicted), (1, 0));
+}
+
+#[test]
+fn without_history_baseline_rules_stay_silent() {
+    let set = RuleSet::builtin().unwrap();
+    let rule = set
+        .rules
+        .iter()
+        .find(|r| r.id == "cordon.mcp.anomaly.call_rate")
+        .unwrap();
+    let one = RuleSet {
+        rules: vec![rule.clone()],
+        library: Default::default(),
+    };
+    // The burst alone, with no history: warm-up, no alert.
+    let burst = &rule.tests.should_not_match[1];
+    let mut engine = Engine::new(&one);
+    let mut out = Vec::new();
+    for ev in burst {
+        engine.push(ev.clone(), &mut out).unwrap();
+    }
+    engine.finish(&mut out);
+    assert!(out.is_empty());
+}
