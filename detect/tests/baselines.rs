@@ -3,8 +3,34 @@
 
 #![allow(clippy::unwrap_used)]
 
-use cordon_detect::Engine;
+use cordon_detect::{Alert, Engine};
 use cordon_rules::RuleSet;
+
+/// Runs one of the call-rate rule's own test scenarios through the production path.
+fn call_rate(matching: bool, case: usize) -> (Vec<Alert>, Engine) {
+    let set = RuleSet::builtin().unwrap();
+    let rule = set
+        .rules
+        .iter()
+        .find(|r| r.id == "cordon.mcp.anomaly.call_rate")
+        .unwrap();
+    let one = RuleSet {
+        rules: vec![rule.clone()],
+        library: Default::default(),
+    };
+    let cases = if matching {
+        &rule.tests.should_match
+    } else {
+        &rule.tests.should_not_match
+    };
+    let mut engine = Engine::new(&one);
+    let mut out = Vec::new();
+    for ev in &cases[case] {
+        engine.push(ev.clone(), &mut out).unwrap();
+    }
+    engine.finish(&mut out);
+    (out, engine)
+}
 
 #[test]
 fn rate_anomaly_alerts_carry_their_baseline() {

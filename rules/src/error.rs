@@ -78,6 +78,20 @@ pub struct RuleError {
     pub help: Option<String>,
 }
 
+impl RuleError {
+    /// An error about a whole file (it cannot be read, is not UTF-8, …).
+    pub fn file_level(file: impl Into<PathBuf>, message: impl Into<String>) -> RuleError {
+        RuleError {
+            file: file.into(),
+            line: 0,
+            col: 0,
+            item: None,
+            message: message.into(),
+            help: None,
+        }
+    }
+}
+
 impl fmt::Display for RuleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;

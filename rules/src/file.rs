@@ -575,23 +575,12 @@ impl RuleSet {
                         text,
                         builtin: false,
                     }),
-                    Err(e) => errors.push(RuleError {
-                        file: f,
-                        line: 0,
-                        col: 0,
-                        item: None,
-                        message: format!("not UTF-8 text: {}", e.utf8_error()),
-                        help: None,
-                    }),
+                    Err(e) => errors.push(RuleError::file_level(
+                        f,
+                        format!("not UTF-8 text: {}", e.utf8_error()),
+                    )),
                 },
-                Err(e) => errors.push(RuleError {
-                    file: f,
-                    line: 0,
-                    col: 0,
-                    item: None,
-                    message: e.to_string(),
-                    help: None,
-                }),
+                Err(e) => errors.push(RuleError::file_level(f, e.to_string())),
             }
         }
         if !errors.is_empty() {
@@ -781,24 +770,10 @@ fn collect_rule_files(p: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<RuleErr
                     }
                 }
             }
-            Err(e) => errors.push(RuleError {
-                file: p.to_owned(),
-                line: 0,
-                col: 0,
-                item: None,
-                message: e.to_string(),
-                help: None,
-            }),
+            Err(e) => errors.push(RuleError::file_level(p.to_owned(), e.to_string())),
         },
         Ok(_) => out.push(p.to_owned()),
-        Err(e) => errors.push(RuleError {
-            file: p.to_owned(),
-            line: 0,
-            col: 0,
-            item: None,
-            message: e.to_string(),
-            help: None,
-        }),
+        Err(e) => errors.push(RuleError::file_level(p.to_owned(), e.to_string())),
     }
 }
 
