@@ -34,23 +34,7 @@ fn call_rate(matching: bool, case: usize) -> (Vec<Alert>, Engine) {
 
 #[test]
 fn rate_anomaly_alerts_carry_their_baseline() {
-    let set = RuleSet::builtin().unwrap();
-    let rule = set
-        .rules
-        .iter()
-        .find(|r| r.id == "cordon.mcp.anomaly.call_rate")
-        .unwrap();
-    let one = RuleSet {
-        rules: vec![rule.clone()],
-        library: Default::default(),
-    };
-    let scenario = &rule.tests.should_match[0];
-    let mut engine = Engine::new(&one);
-    let mut out = Vec::new();
-    for ev in scenario {
-        engine.push(ev.clone(), &mut out).unwrap();
-    }
-    engine.finish(&mut out);
+    let (out, engine) = call_rate(true, 0);
     assert_eq!(out.len(), 1, "one alert (suppressed after)");
     let o = out[0].to_ocsf();
     let a = &o["anomaly_analyses"][0];
@@ -74,23 +58,7 @@ fn rate_anomaly_alerts_carry_their_baseline() {
 
 #[test]
 fn without_history_baseline_rules_stay_silent() {
-    let set = RuleSet::builtin().unwrap();
-    let rule = set
-        .rules
-        .iter()
-        .find(|r| r.id == "cordon.mcp.anomaly.call_rate")
-        .unwrap();
-    let one = RuleSet {
-        rules: vec![rule.clone()],
-        library: Default::default(),
-    };
     // The burst alone, with no history: warm-up, no alert.
-    let burst = &rule.tests.should_not_match[1];
-    let mut engine = Engine::new(&one);
-    let mut out = Vec::new();
-    for ev in burst {
-        engine.push(ev.clone(), &mut out).unwrap();
-    }
-    engine.finish(&mut out);
+    let (out, _) = call_rate(false, 1);
     assert!(out.is_empty());
 }
