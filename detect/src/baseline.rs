@@ -28,7 +28,7 @@ fn alpha(half_life: f64) -> f64 {
 }
 
 /// A log-normal model of a size, with exponential forgetting.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VolumeModel {
     n: u64,
     mean: f64,
@@ -92,7 +92,7 @@ impl VolumeModel {
 }
 
 /// A Poisson model of events per bucket, with exponential forgetting.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RateModel {
     bucket_ns: i64,
     /// Buckets are counted from the first event, so that shifting every timestamp by any

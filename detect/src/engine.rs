@@ -367,6 +367,12 @@ impl Engine {
         &self.profiles
     }
 
+    /// Starts from restored profiles.
+    pub fn with_profiles(mut self, profiles: Profiles) -> Engine {
+        self.profiles = profiles;
+        self
+    }
+
     /// Processes one event now, without baseline features (the caller guarantees event order;
     /// [`Engine::push`] sets the features and orders events).
     pub fn observe(&mut self, ev: &Event, out: &mut Vec<Alert>) {

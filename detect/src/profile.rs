@@ -47,7 +47,7 @@ const RECIPIENT_ARGS: &[&str] = &[
 ];
 
 /// One agent's profile.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Profile {
     /// Events learnt.
     pub events: u64,
@@ -125,8 +125,20 @@ fn destination<'a>(key: &str, value: &'a str) -> &'a str {
     value
 }
 
+/// Format name and version of profile snapshots.
+pub const SNAPSHOT_FORMAT: &str = "cordon-profiles";
+/// Current snapshot version; another version is refused with a clear error.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Snapshot<'a> {
+    format: std::borrow::Cow<'a, str>,
+    version: u32,
+    agents: std::borrow::Cow<'a, FxHashMap<String, Profile>>,
+}
+
 /// The profiles of every agent.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Profiles {
     agents: FxHashMap<String, Profile>,
     evicted: u64,
@@ -207,6 +219,54 @@ impl Profiles {
         self.evicted += (before - self.agents.len()) as u64;
     }
 
+    /// Writes every profile to `path` atomically (a temporary file, then a rename): a crash
+    /// leaves the previous snapshot whole.
+    pub fn snapshot(&self, path: &std::path::Path) -> Result<(), String> {
+        let snap = Snapshot {
+            format: SNAPSHOT_FORMAT.into(),
+            version: SNAPSHOT_VERSION,
+            agents: std::borrow::Cow::Borrowed(&self.agents),
+        };
+        let tmp = path.with_extension("tmp");
+        let text = serde_json::to_vec(&snap).map_err(|e| e.to_string())?;
+        std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Reads a snapshot. A file of another format or version, or a damaged one, is an error
+    /// that says which; the caller starts fresh.
+    pub fn restore(path: &std::path::Path) -> Result<Profiles, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let head: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{}: not a profile snapshot ({e})", path.display()))?;
+        if head.get("format").and_then(|f| f.as_str()) != Some(SNAPSHOT_FORMAT) {
+            return Err(format!(
+                "{}: not a profile snapshot (no \"format\": \"{SNAPSHOT_FORMAT}\")",
+                path.display()
+            ));
+        }
+        let version = head.get("version").and_then(|v| v.as_u64());
+        if version != Some(u64::from(SNAPSHOT_VERSION)) {
+            return Err(format!(
+                "{}: snapshot version {}, this Cordon reads version {SNAPSHOT_VERSION}",
+                path.display(),
+                version.map_or("unknown".to_owned(), |v| v.to_string())
+            ));
+        }
+        let snap: Snapshot<'static> = serde_json::from_value(head)
+            .map_err(|e| format!("{}: damaged profile snapshot ({e})", path.display()))?;
+        Ok(Profiles {
+            agents: snap.agents.into_owned(),
+            evicted: 0,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Every profiled agent's id.
+    pub fn agents(&self) -> impl Iterator<Item = &str> {
+        self.agents.keys().map(String::as_str)
+    }
+
     /// An agent's profile.
     pub fn get(&self, agent: &str) -> Option<&Profile> {
         self.agents.get(agent)
@@ -255,5 +315,64 @@ mod tests {
         let mut tool = call(102, "share_file", "u1@corp.example");
         p.annotate(&mut tool);
         assert_eq!(tool.baseline().unwrap().first_tool, Some(true));
+    }
+
+    #[test]
+    fn snapshot_restore_continue_equals_an_uninterrupted_run() {
+        let g = cordon_ingest::generate::generate(&cordon_ingest::generate::GenConfig {
+            agents: 6,
+            duration_nanos: 6 * 3_600_000_000_000,
+            ..Default::default()
+        });
+        let mut straight = Profiles::default();
+        let mut a: Vec<Event> = g.events.clone();
+        for ev in a.iter_mut() {
+            straight.annotate(ev);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("profiles.json");
+        let mut first = Profiles::default();
+        let mut b: Vec<Event> = g.events.clone();
+        let half = b.len() / 2;
+        for ev in b[..half].iter_mut() {
+            first.annotate(ev);
+        }
+        first.snapshot(&path).unwrap();
+        let mut second = Profiles::restore(&path).unwrap();
+        for ev in b[half..].iter_mut() {
+            second.annotate(ev);
+        }
+        assert_eq!(a, b, "same features on every event");
+        for agent in straight.agents() {
+            assert_eq!(straight.get(agent), second.get(agent));
+        }
+    }
+
+    #[test]
+    fn damaged_or_foreign_snapshots_are_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        std::fs::write(
+            &path,
+            b"{\"format\":\"cordon-profiles\",\"version\":1,\"agents\":{",
+        )
+        .unwrap();
+        assert!(Profiles::restore(&path)
+            .unwrap_err()
+            .contains("not a profile snapshot"));
+        std::fs::write(
+            &path,
+            b"{\"format\":\"cordon-profiles\",\"version\":9,\"agents\":{}}",
+        )
+        .unwrap();
+        assert!(Profiles::restore(&path).unwrap_err().contains("version 9"));
+        std::fs::write(
+            &path,
+            b"{\"format\":\"cordon-profiles\",\"version\":1,\"agents\":{\"a\":1}}",
+        )
+        .unwrap();
+        assert!(Profiles::restore(&path).unwrap_err().contains("damaged"));
+        std::fs::write(&path, b"[]").unwrap();
+        assert!(Profiles::restore(&path).is_err());
     }
 }
