@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// later ones are dead-lettered.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     allowed_lateness: std::time::Duration,
+    /// Per-agent baseline profiles: restored from this file at start (a damaged or foreign
+    /// one is reported and the run starts fresh), written back at the end.
+    #[arg(long)]
+    state: Option<PathBuf>,
     /// Write the run's counters as JSON here (`-` for stderr): records, events, dead letters,
     /// out-of-order events, and per rule: matched, alerts, suppressed, excepted.
     #[arg(long)]
@@ -71,6 +75,12 @@ pub fn load_rules(paths: &[PathBuf]) -> Result<RuleSet, Failure> {
 pub fn run(a: RunArgs) -> Result<(), Failure> {
     let set = load_rules(&a.rules)?;
     let mut engine = Engine::new(&set).with_allowed_lateness(a.allowed_lateness);
+    if let Some(state) = a.state.as_ref().filter(|p| p.exists()) {
+        match cordon_detect::profile::Profiles::restore(state) {
+            Ok(p) => engine = engine.with_profiles(p),
+            Err(e) => eprintln!("warning: {e}; starting with fresh baselines"),
+        }
+    }
     let mut dead =
         DeadLetterSink::new(a.dead_letter.as_deref()).map_err(|e| Failure::input(e.to_string()))?;
     let mut sink = if a.alerts.as_os_str() == "-" {
@@ -91,6 +101,9 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         },
     )?;
     sink.flush().map_err(|e| Failure::input(e.to_string()))?;
+    if let Some(state) = &a.state {
+        engine.profiles().snapshot(state).map_err(Failure::input)?;
+    }
     if let Some(path) = &a.stats {
         let rules: serde_json::Map<String, serde_json::Value> = engine
             .rules()
@@ -384,6 +397,78 @@ pub fn eval(a: EvalArgs) -> Result<(), Failure> {
             stats.events, stats.dead_lettered, stats.alerts
         );
         print!("{}", report.table());
+    }
+    Ok(())
+}
+
+/// `cordon baseline …`.
+#[derive(Subcommand)]
+pub enum BaselineAction {
+    /// Show an agent's learnt profile.
+    Show {
+        /// The agent id.
+        agent: String,
+        /// The profile snapshot (`cordon run --state FILE`).
+        #[arg(long)]
+        state: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cordon baseline …`.
+pub fn baseline(action: BaselineAction) -> Result<(), Failure> {
+    let BaselineAction::Show { agent, state, json } = action;
+    let profiles = cordon_detect::profile::Profiles::restore(&state).map_err(Failure::input)?;
+    let Some(p) = profiles.get(&agent) else {
+        let mut known: Vec<&str> = profiles.agents().collect();
+        known.sort_unstable();
+        let hint = cordon_rules::compile::closest(&agent, known.iter().copied())
+            .map(|s| format!("; did you mean {s}?"))
+            .unwrap_or_default();
+        return Err(Failure::input(format!(
+            "no profile for agent {agent:?} in {} ({} agents){hint}",
+            state.display(),
+            known.len()
+        )));
+    };
+    let (tools, servers, recipients) = p.seen();
+    if json {
+        let doc = serde_json::json!({
+            "agent": agent,
+            "events": p.events,
+            "calls_per_minute": p.rate.rate(),
+            "typical_result_bytes": p.volume.typical(),
+            "result_sizes_learnt": p.volume.count(),
+            "distinct_tools": tools,
+            "distinct_servers": servers,
+            "distinct_recipients": recipients,
+            "novelty_reported": p.events >= cordon_detect::profile::NOVELTY_WARMUP,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(|e| Failure::input(e.to_string()))?
+        );
+    } else {
+        println!("agent                 {agent}");
+        println!("events learnt         {}", p.events);
+        println!("calls per minute      {:.2} (learnt mean)", p.rate.rate());
+        println!(
+            "typical result size   {:.0} bytes ({} sizes learnt)",
+            p.volume.typical(),
+            p.volume.count()
+        );
+        println!("tools / servers used  {tools} / {servers}");
+        println!("recipients seen       {recipients}");
+        println!(
+            "novelty               {}",
+            if p.events >= cordon_detect::profile::NOVELTY_WARMUP {
+                "reported"
+            } else {
+                "warming up"
+            }
+        );
     }
     Ok(())
 }

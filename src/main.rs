@@ -48,6 +48,11 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Score every event with the rate or volume model: CSV `timestamp,key,value,score`.
     Score(score::ScoreArgs),
+    /// Inspect per-agent baselines.
+    Baseline {
+        #[command(subcommand)]
+        action: commands::BaselineAction,
+    },
 }
 
 /// An error with its exit code.
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval(a),
         Command::Demo(a) => demo::demo(a),
         Command::Score(a) => score::score(a),
+        Command::Baseline { action } => commands::baseline(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

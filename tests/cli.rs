@@ -673,3 +673,88 @@ fn score_prints_tail_probabilities_per_event() {
         "events without result bytes are reported"
     );
 }
+
+#[test]
+fn baselines_persist_across_runs_and_can_be_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = generate(dir.path(), "8");
+    let events = g.join("events.jsonl");
+    let state = dir.path().join("profiles.json");
+    let o = cordon(&[
+        "run",
+        "--input",
+        events.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--alerts",
+        dir.path().join("a.jsonl").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(state.exists());
+    let first = json_lines(&std::fs::read_to_string(&events).unwrap())[0]["gen_ai.agent.id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let o = cordon(&[
+        "baseline",
+        "show",
+        &first,
+        "--state",
+        state.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(p["events"].as_u64().unwrap() > 50, "{p}");
+    assert!(p["distinct_tools"].as_u64().unwrap() >= 3, "{p}");
+    let o = cordon(&[
+        "baseline",
+        "show",
+        &first,
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert!(stdout(&o).contains("calls per minute"));
+    let o = cordon(&[
+        "baseline",
+        "show",
+        "agent-nobody",
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no profile for agent"),
+        "{}",
+        stderr(&o)
+    );
+    // A damaged snapshot: the run reports it, starts fresh, and writes a good one.
+    std::fs::write(
+        &state,
+        b"{\"format\":\"cordon-profiles\",\"version\":1,\"agents\":{",
+    )
+    .unwrap();
+    let o = cordon(&[
+        "run",
+        "--input",
+        events.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--alerts",
+        dir.path().join("b.jsonl").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("starting with fresh baselines"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cordon(&[
+        "baseline",
+        "show",
+        &first,
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
