@@ -38,6 +38,20 @@ fn json_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// `cordon eval --json` over a generated directory.
+fn eval_json(generated: &Path) -> Value {
+    let o = cordon(&[
+        "eval",
+        "--events",
+        generated.join("events.jsonl").to_str().unwrap(),
+        "--labels",
+        generated.join("labels.json").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
 fn generate(dir: &Path, seed: &str) -> PathBuf {
     let out = dir.join(format!("gen-{seed}"));
     let o = cordon(&[
@@ -427,16 +441,7 @@ fn hunt_over_cordon_events_and_arbitrary_json() {
 fn eval_reports_per_scenario() {
     let dir = tempfile::tempdir().unwrap();
     let g = generate(dir.path(), "9");
-    let o = cordon(&[
-        "eval",
-        "--events",
-        g.join("events.jsonl").to_str().unwrap(),
-        "--labels",
-        g.join("labels.json").to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let r = eval_json(&g);
     assert_eq!(r["scenarios"]["read_then_exfiltrate"]["flagged"], 2);
     assert_eq!(r["scenarios"]["probing_after_denials"]["flagged"], 2);
     assert_eq!(r["precision"], 1.0);
@@ -497,16 +502,7 @@ fn builtin_pack_catches_every_scenario_without_false_positives() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = cordon(&[
-        "eval",
-        "--events",
-        out.join("events.jsonl").to_str().unwrap(),
-        "--labels",
-        out.join("labels.json").to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let r = eval_json(&out);
     for (name, s) in r["scenarios"].as_object().unwrap() {
         if name == "benign" {
             assert_eq!(s["flagged"], 0, "false positives: {s}");
