@@ -295,7 +295,7 @@ fn pack(c: &mut Criterion) {
             for ev in decoded.iter_mut() {
                 profiles.annotate(ev);
             }
-            black_box(profiles.counts())
+            black_box(profiles.stats())
         })
     });
     grp.finish();

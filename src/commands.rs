@@ -132,6 +132,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             "suppression_keys_evicted": engine.suppression_evictions(),
             "rules": rules,
             "state": state,
+            "profiles": engine.profiles().stats(),
         });
         let text = serde_json::to_string_pretty(&doc).map_err(|e| Failure::input(e.to_string()))?;
         if path.as_os_str() == "-" {
@@ -357,14 +358,78 @@ pub struct EvalArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Only rules whose id matches one of these patterns (`*` wildcards), e.g.
+    /// `'cordon.mcp.anomaly.*'`.
+    #[arg(long)]
+    only: Vec<String>,
+    /// Leave out sessions that start less than this after their agent's first event (the
+    /// baselines' warm-up), e.g. `2h`; they are counted apart.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    warm_up: Option<std::time::Duration>,
+}
+
+/// Keeps the rules whose id matches one of `patterns` (all when there are none); an
+/// unmatched pattern is an error, since it is most likely a typo.
+pub fn select_rules(set: &mut RuleSet, patterns: &[String]) -> Result<(), Failure> {
+    if patterns.is_empty() {
+        return Ok(());
+    }
+    let globs: Vec<cordon_rules::wildcard::Wildcard> = patterns
+        .iter()
+        .map(|p| cordon_rules::wildcard::Wildcard::new(p, false))
+        .collect();
+    for (p, g) in patterns.iter().zip(&globs) {
+        if !set.rules.iter().any(|r| g.matches(&r.id)) {
+            let hint = cordon_rules::compile::closest(p, set.rules.iter().map(|r| r.id.as_str()))
+                .map(|s| format!("; did you mean {s}?"))
+                .unwrap_or_default();
+            return Err(Failure::input(format!("--only {p}: no rule matches{hint}")));
+        }
+    }
+    set.rules.retain(|r| globs.iter().any(|g| g.matches(&r.id)));
+    Ok(())
+}
+
+/// Sessions that start less than `warm_up` after their agent's first event.
+fn warming_sessions(
+    input: &std::path::Path,
+    format: Format,
+    warm_up: std::time::Duration,
+) -> Result<std::collections::HashSet<String>, Failure> {
+    let warm = i64::try_from(warm_up.as_nanos()).unwrap_or(i64::MAX);
+    let mut reader = cordon_ingest::LineReader::open(&[input.to_path_buf()], DEFAULT_MAX_RECORD)
+        .map_err(|e| Failure::input(e.to_string()))?;
+    let mut buf = Vec::new();
+    let mut first: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let mut out = std::collections::HashSet::new();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(_rec) = reader
+        .next_record(&mut buf)
+        .map_err(|e| Failure::input(e.to_string()))?
+    {
+        let Ok(ev) = format.decode(&buf) else {
+            continue;
+        };
+        let (Some(agent), Some(t), Some(session)) =
+            (ev.agent_id(), ev.timestamp_nanos(), ev.session_id())
+        else {
+            continue;
+        };
+        let start = *first.entry(agent.to_owned()).or_insert(t);
+        if seen.insert(session.to_owned()) && t.saturating_sub(start) < warm {
+            out.insert(session.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// `cordon eval`.
 pub fn eval(a: EvalArgs) -> Result<(), Failure> {
-    let set = load_rules(&a.rules)?;
+    let mut set = load_rules(&a.rules)?;
+    select_rules(&mut set, &a.only)?;
     let text = fs::read_to_string(&a.labels)
         .map_err(|e| Failure::input(format!("{}: {e}", a.labels.display())))?;
-    let labels: Labels = serde_json::from_str(&text).map_err(|e| {
+    let mut labels: Labels = serde_json::from_str(&text).map_err(|e| {
         Failure::input(format!(
             "{}: expected {{session_id: {{\"label\", \"scenario\"}}}}: {e}",
             a.labels.display()
@@ -385,7 +450,17 @@ pub fn eval(a: EvalArgs) -> Result<(), Failure> {
             Ok(())
         },
     )?;
-    let report = evaluate(&labels, &index.flagged_sessions());
+    let mut flagged = index.flagged_sessions();
+    let mut excluded = 0;
+    if let Some(w) = a.warm_up {
+        let warming = warming_sessions(&a.events, a.format, w)?;
+        let before = labels.len();
+        labels.retain(|s, _| !warming.contains(s));
+        excluded = before - labels.len();
+        flagged.retain(|s| !warming.contains(s));
+    }
+    let mut report = evaluate(&labels, &flagged);
+    report.excluded_warm_up = excluded;
     if a.json {
         println!(
             "{}",

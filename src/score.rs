@@ -42,7 +42,7 @@ pub struct ScoreArgs {
 
 enum Model {
     Volume(VolumeModel),
-    Rate(RateModel),
+    Rate(Box<RateModel>),
 }
 
 fn epoch_nanos(x: f64) -> i64 {
@@ -73,7 +73,7 @@ pub fn score(a: ScoreArgs) -> Result<(), Failure> {
     let bucket = a.bucket.as_nanos().min(i64::MAX as u128) as i64;
     let new_model = || {
         if rate {
-            Model::Rate(RateModel::new(bucket, a.half_life))
+            Model::Rate(Box::new(RateModel::new(bucket, a.half_life)))
         } else {
             Model::Volume(VolumeModel::new(a.half_life))
         }

@@ -5,7 +5,7 @@
 //! of the same events (after a crash, from Kafka) yields the same ids, so a store or a receiver
 //! can drop duplicates.
 
-use cordon_ingest::{CoreField, Event};
+use cordon_ingest::{BaselineField, BaselineKind, CoreField, Event};
 use cordon_rules::{Rule, Severity};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -155,40 +155,34 @@ impl Alert {
             let Some(b) = e.baseline() else { continue };
             let target =
                 json!([{"name": format!("gen_ai.agent.id={}", e.agent_id().unwrap_or("-"))}]);
-            if let (Some(_), Some(expected), Some(observed)) =
-                (b.rate, b.rate_expected, b.rate_observed)
-            {
+            for (field, x) in b.iter().filter(|(f, x)| f.departs(x)) {
+                let what = field.what();
+                let (expected, observed) = match field.kind() {
+                    BaselineKind::Flag => (
+                        "never seen for this agent".to_owned(),
+                        match field {
+                            BaselineField::FirstTool => e.tool_name(),
+                            BaselineField::FirstServer => e.str(CoreField::Target),
+                            BaselineField::FirstMethod => e.str(CoreField::Method),
+                            _ => None,
+                        }
+                        .unwrap_or("see evidence arguments")
+                        .to_owned(),
+                    ),
+                    BaselineKind::Frequency => (
+                        "share of the agent's recent calls".to_owned(),
+                        format!("{:.4}", x.value),
+                    ),
+                    BaselineKind::Score => {
+                        (format!("{:.2}", x.expected), format!("{}", x.observed))
+                    }
+                };
                 analyses.push(json!({
                     "analysis_targets": target,
-                    "baselines": [{"observation_parameter": "calls per minute", "observations": [{"value": format!("{expected:.2}"), "timespan": {"duration_minutes": 1}}]}],
-                    "anomalies": [{"observation_parameter": "calls per minute", "observations": [{"value": observed.to_string(), "count": observed}]}],
+                    "baselines": [{"observation_parameter": what, "observations": [{"value": expected}]}],
+                    "anomalies": [{"observation_parameter": what, "observations": [{"value": observed}]}],
+                    "unmapped": {"feature": field.name(), "score": x.value},
                 }));
-            }
-            if let (Some(_), Some(expected), Some(bytes)) =
-                (b.volume, b.volume_expected, e.result_bytes())
-            {
-                analyses.push(json!({
-                    "analysis_targets": target,
-                    "baselines": [{"observation_parameter": "result bytes", "observations": [{"value": format!("{expected:.0}")}]}],
-                    "anomalies": [{"observation_parameter": "result bytes", "observations": [{"value": bytes.to_string()}]}],
-                }));
-            }
-            for (name, flag, value) in [
-                ("first use of tool", b.first_tool, e.tool_name()),
-                (
-                    "first use of server",
-                    b.first_server,
-                    e.str(CoreField::Target),
-                ),
-                ("first use of recipient", b.first_recipient, None),
-            ] {
-                if flag == Some(true) {
-                    analyses.push(json!({
-                        "analysis_targets": target,
-                        "baselines": [{"observation_parameter": name, "observations": [{"value": "never seen for this agent"}]}],
-                        "anomalies": [{"observation_parameter": name, "observations": [{"value": value.unwrap_or("see evidence arguments")}]}],
-                    }));
-                }
             }
         }
         let risk = match self.severity {
@@ -262,13 +256,11 @@ impl Alert {
                 "cordon.rule.id": self.rule_id,
                 "cordon.rule.version": self.rule_version,
                 "cordon.playbook": self.playbook,
-                "cordon.baseline": self.events.last().and_then(|e| e.baseline()).map(|b| json!({
-                    "rate": b.rate,
-                    "volume": b.volume,
-                    "first_tool": b.first_tool,
-                    "first_server": b.first_server,
-                    "first_recipient": b.first_recipient,
-                })),
+                "cordon.baseline": self.events.last().and_then(|e| e.baseline()).map(|b| {
+                    b.iter()
+                        .map(|(f, x)| (f.name().to_owned(), json!(x.value)))
+                        .collect::<serde_json::Map<String, Value>>()
+                }),
             },
         })
     }

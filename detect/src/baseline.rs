@@ -1,22 +1,29 @@
 //! Online models of what is normal, each turning an observation into a calibrated score: a
 //! tail probability in [0, 1], not an unexplained number.
 //!
-//! - [`VolumeModel`]: sizes (result bytes, argument sizes, durations) are heavy-tailed, so the
-//!   model tracks `ln(1 + x)` with an exponentially weighted mean and variance and scores an
+//! - [`VolumeModel`]: sizes (result bytes, argument sizes, session lengths) are heavy-tailed, so
+//!   the model tracks `ln(1 + x)` with an exponentially weighted mean and variance and scores an
 //!   observation by the normal CDF of its standardised log — a log-normal fit. 0.999 means
 //!   "larger than 99.9% of what this key usually does".
 //! - [`RateModel`]: events per bucket (one minute by default) with an exponentially weighted
-//!   mean and variance; the score of a bucket holding `n` events is `P(N < n)` under a negative
-//!   binomial law with those moments (a Poisson when the counts are not over-dispersed). Agent
+//!   mean and variance, and a seasonal mean per hour of day and day of week; the score of a
+//!   bucket holding `n` events is `P(N < n)` under a negative binomial law with the slot's mean
+//!   and the overall dispersion (a Poisson when the counts are not over-dispersed). Agent
 //!   traffic comes in sessions — busy minutes between idle ones — and a Poisson law would call
 //!   every busy minute a burst; the negative binomial's fatter tail absorbs that and still
 //!   puts a real burst near 1.
+//! - [`RatioModel`]: how often calls are denied or fail; the count in the current window is
+//!   scored against a binomial law with the agent's usual ratio.
+//! - [`Vocabulary`]: the values an agent uses with decayed counts — novelty and rarity.
 //!
-//! Both forget exponentially (a half-life in observations or buckets) so behaviour may drift,
-//! and both abstain during a warm-up (`score` is `None`) rather than alarm on no history. Neither
-//! depends on absolute time, only on differences, so shifting every timestamp changes nothing.
+//! All forget exponentially (a half-life in observations or buckets) so behaviour may drift,
+//! and all abstain during a warm-up (`None`) rather than alarm on no history. None depends on
+//! absolute time, only on differences from the agent's first event, so shifting every
+//! timestamp changes nothing.
 
-use statrs::distribution::{ContinuousCDF, DiscreteCDF, NegativeBinomial, Normal, Poisson};
+use statrs::distribution::{
+    Binomial, ContinuousCDF, DiscreteCDF, NegativeBinomial, Normal, Poisson,
+};
 
 /// Observations before a volume model scores.
 pub const VOLUME_WARMUP: u64 = 20;
@@ -34,6 +41,9 @@ pub struct VolumeModel {
     mean: f64,
     var: f64,
     alpha: f64,
+    /// A floor on the spread of the log: a key that always sends the same size is not
+    /// infinitely surprised by one byte more.
+    floor: f64,
 }
 
 impl VolumeModel {
@@ -44,7 +54,15 @@ impl VolumeModel {
             mean: 0.0,
             var: 0.0,
             alpha: alpha(half_life),
+            floor: 0.05,
         }
+    }
+
+    /// Sets the floor on the spread of `ln(1 + x)` (default 0.05, about 5%): for counts such
+    /// as calls per session, where a few more is ordinary, a wider floor.
+    pub fn with_min_spread(mut self, floor: f64) -> VolumeModel {
+        self.floor = floor.max(0.0);
+        self
     }
 
     /// Observations seen.
@@ -64,9 +82,7 @@ impl VolumeModel {
             return None;
         }
         let y = x.max(0.0).ln_1p();
-        // A floor on the spread: a key that always sends the same size is not infinitely
-        // surprised by one byte more.
-        let sd = self.var.sqrt().max(0.05);
+        let sd = self.var.sqrt().max(self.floor);
         let z = (y - self.mean) / sd;
         Normal::new(0.0, 1.0).ok().map(|n| n.cdf(z))
     }
@@ -91,7 +107,21 @@ impl VolumeModel {
     }
 }
 
-/// A Poisson model of events per bucket, with exponential forgetting.
+/// Buckets per hour-of-day slot before the slot's own mean outweighs the agent's overall
+/// rate (shrinkage towards the overall rate: an hour seen twice says little).
+const HOUR_PRIOR: f64 = 120.0;
+/// Buckets per day-of-week slot before the day's own mean outweighs the overall rate.
+const DAY_PRIOR: f64 = 1440.0;
+const HOUR_NS: i64 = 3_600_000_000_000;
+const DAY_NS: i64 = 24 * HOUR_NS;
+
+/// A negative binomial model of events per bucket, with exponential forgetting and a
+/// seasonal profile: the mean count per bucket at each hour of the day and each day of the
+/// week, each shrunk towards the overall mean by how much of that slot has been seen.
+///
+/// Hours and days are counted from the agent's first event (`origin`), not from the wall
+/// clock, so the model is periodic with the right periods and yet shifting every timestamp
+/// changes no score; [`RateModel::hour_of_day`] maps a slot back to UTC for display.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RateModel {
     bucket_ns: i64,
@@ -104,6 +134,10 @@ pub struct RateModel {
     rate: f64,
     var: f64,
     alpha: f64,
+    hours: [f32; 24],
+    hours_n: [u16; 24],
+    days: [f32; 7],
+    days_n: [u16; 7],
 }
 
 impl RateModel {
@@ -118,20 +152,80 @@ impl RateModel {
             rate: 0.0,
             var: 0.0,
             alpha: alpha(half_life),
+            hours: [0.0; 24],
+            hours_n: [0; 24],
+            days: [0.0; 7],
+            days_n: [0; 7],
         }
     }
 
-    /// The learnt mean events per bucket.
+    /// The learnt mean events per bucket, over all hours.
     pub fn rate(&self) -> f64 {
         self.rate
     }
 
-    fn learn(&mut self, n: u64) {
+    /// Buckets learnt.
+    pub fn buckets(&self) -> u64 {
+        self.buckets
+    }
+
+    /// The first event's time (ns), which anchors buckets and seasonal slots.
+    pub fn origin(&self) -> Option<i64> {
+        self.origin
+    }
+
+    fn slots(&self, b: i64) -> (usize, usize) {
+        let off = b.saturating_mul(self.bucket_ns);
+        (
+            off.div_euclid(HOUR_NS).rem_euclid(24) as usize,
+            off.div_euclid(DAY_NS).rem_euclid(7) as usize,
+        )
+    }
+
+    fn learn(&mut self, b: i64, n: u64) {
         self.buckets += 1;
         let a = self.alpha.max(1.0 / self.buckets as f64);
         let d = n as f64 - self.rate;
         self.rate += a * d;
         self.var = (1.0 - a) * (self.var + a * d * d);
+        let (h, day) = self.slots(b);
+        // Each slot forgets over about a week (hours) or a month (days) of its own buckets.
+        self.hours_n[h] = self.hours_n[h].saturating_add(1);
+        let ah = (1.0 / f64::from(self.hours_n[h])).max(1.0 / 420.0) as f32;
+        self.hours[h] += ah * (n as f32 - self.hours[h]);
+        self.days_n[day] = self.days_n[day].saturating_add(1);
+        let ad = (1.0 / f64::from(self.days_n[day])).max(1.0 / 5760.0) as f32;
+        self.days[day] += ad * (n as f32 - self.days[day]);
+    }
+
+    /// The expected events in bucket `b`: the overall rate adjusted by the hour and day
+    /// slots, each in proportion to how much of it has been seen.
+    fn expected_at(&self, b: i64) -> f64 {
+        let m = self.rate.max(0.05);
+        let (h, d) = self.slots(b);
+        let hn = f64::from(self.hours_n[h]).min(420.0);
+        let hour = (hn * f64::from(self.hours[h]) + HOUR_PRIOR * m) / (hn + HOUR_PRIOR);
+        let dn = f64::from(self.days_n[d]).min(5760.0);
+        let day = (dn * f64::from(self.days[d]) + DAY_PRIOR * m) / (dn + DAY_PRIOR);
+        (hour * day / m).max(0.05)
+    }
+
+    /// The expected events in the current bucket.
+    pub fn expected(&self) -> f64 {
+        self.expected_at(self.bucket.unwrap_or(0))
+    }
+
+    /// The learnt mean per bucket at each hour of the day, in UTC, for display.
+    pub fn hour_of_day(&self) -> [f64; 24] {
+        let mut out = [0.0; 24];
+        let Some(origin) = self.origin else {
+            return out;
+        };
+        let shift = origin.div_euclid(HOUR_NS).rem_euclid(24) as usize;
+        for (slot, v) in self.hours.iter().enumerate() {
+            out[(slot + shift) % 24] = f64::from(*v);
+        }
+        out
     }
 
     /// Counts an event at `t` (ns). Returns the events in its bucket so far and the score of
@@ -142,11 +236,11 @@ impl RateModel {
         match self.bucket {
             None => self.bucket = Some(b),
             Some(cur) if b > cur => {
-                self.learn(self.count);
-                // Quiet buckets in between count as zeros, at most a few half-lives' worth.
-                let gap = (b - cur - 1).min(10_000) as u64;
-                for _ in 0..gap {
-                    self.learn(0);
+                self.learn(cur, self.count);
+                // Quiet buckets in between count as zeros, at most a week's worth.
+                let gap = (b - cur - 1).min(10_080);
+                for q in 1..=gap {
+                    self.learn(cur + q, 0);
                 }
                 self.bucket = Some(b);
                 self.count = 0;
@@ -158,22 +252,241 @@ impl RateModel {
         (self.count, self.score(self.count))
     }
 
-    /// The tail probability of `n` events in a bucket, or `None` during warm-up.
+    /// Starts afresh on the bucket clock (a new agent inheriting a peer's model).
+    pub fn restart(&mut self) {
+        self.bucket = None;
+        self.count = 0;
+    }
+
+    /// The tail probability of `n` events in the current bucket, or `None` during warm-up.
     pub fn score(&self, n: u64) -> Option<f64> {
         if self.buckets < RATE_WARMUP {
             return None;
         }
         let m = self.rate.max(0.05);
-        let v = self.var;
-        if v <= m * 1.05 {
-            return Poisson::new(m).ok().map(|p| p.cdf(n.saturating_sub(1)));
+        let mu = self.expected();
+        // Over-dispersion of the counts (variance over mean), carried to this slot's mean.
+        let dispersion = self.var / m;
+        if dispersion <= 1.05 {
+            return Poisson::new(mu).ok().map(|p| p.cdf(n.saturating_sub(1)));
         }
-        // Moments matched: mean r(1-p)/p = m, variance r(1-p)/p² = v.
-        let p = m / v;
-        let r = m * m / (v - m);
+        // Moments matched: mean r(1-p)/p = mu, variance r(1-p)/p² = dispersion·mu.
+        let p = 1.0 / dispersion;
+        let r = mu / (dispersion - 1.0);
         NegativeBinomial::new(r, p)
             .ok()
             .map(|d| d.cdf(n.saturating_sub(1)))
+    }
+}
+
+/// Calls with at least this much history before a ratio scores.
+pub const RATIO_WARMUP: f64 = 100.0;
+
+/// How often something happens among an agent's calls (denials, errors), and how unusual
+/// the count in the current window is: `P(X < k)` for `X ~ Binomial(n, p)`, where `n` and
+/// `k` are the window's calls and hits and `p` the agent's ratio before this window (with a
+/// prior of 1 in 50, so an agent that never failed is not infinitely surprised by one
+/// failure).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RatioModel {
+    window_ns: i64,
+    window: Option<i64>,
+    n: u32,
+    k: u32,
+    trials: f64,
+    hits: f64,
+    decay: f64,
+}
+
+impl RatioModel {
+    /// A model with windows of `window_ns` and a half-life in calls.
+    pub fn new(window_ns: i64, half_life_calls: f64) -> RatioModel {
+        RatioModel {
+            window_ns: window_ns.max(1),
+            window: None,
+            n: 0,
+            k: 0,
+            trials: 0.0,
+            hits: 0.0,
+            decay: 0.5f64.powf(1.0 / half_life_calls.max(1.0)),
+        }
+    }
+
+    /// The learnt ratio (with its prior).
+    pub fn ratio(&self) -> f64 {
+        (self.hits + 1.0) / (self.trials + 50.0)
+    }
+
+    /// Calls learnt (decayed).
+    pub fn trials(&self) -> f64 {
+        self.trials
+    }
+
+    fn close(&mut self) {
+        let keep = self.decay.powi(self.n as i32);
+        self.trials = self.trials * keep + f64::from(self.n);
+        self.hits = self.hits * keep + f64::from(self.k);
+        self.n = 0;
+        self.k = 0;
+    }
+
+    /// Counts a call at `offset` ns from the agent's origin. Returns the window's hits so
+    /// far and their score (`None` during warm-up or when this call is not a hit: only a hit
+    /// can make the count more unusual).
+    pub fn observe(&mut self, offset: i64, hit: bool) -> (u32, Option<f64>) {
+        let w = offset.div_euclid(self.window_ns);
+        match self.window {
+            Some(cur) if w > cur => {
+                self.close();
+                self.window = Some(w);
+            }
+            None => self.window = Some(w),
+            Some(_) => {}
+        }
+        self.n = self.n.saturating_add(1);
+        self.k = self.k.saturating_add(u32::from(hit));
+        if !hit || self.trials < RATIO_WARMUP {
+            return (self.k, None);
+        }
+        let p = self.ratio().clamp(1e-6, 1.0 - 1e-6);
+        let score = Binomial::new(p, u64::from(self.n))
+            .ok()
+            .map(|d| d.cdf(u64::from(self.k) - 1));
+        (self.k, score)
+    }
+
+    /// Starts afresh on the window clock (a new agent inheriting a peer's model).
+    pub fn restart(&mut self) {
+        self.window = None;
+        self.n = 0;
+        self.k = 0;
+    }
+}
+
+/// Values an agent uses (tools, servers, recipients), as 64-bit hashes with decayed counts:
+/// novelty is absence, rarity the value's share of the decayed total.
+///
+/// Counts forget with a half-life in observations. Rather than decaying every count on each
+/// observation, each observation adds a weight that grows geometrically (the classic forward
+/// decay); all weights are renormalised when they grow large. The table is bounded: when
+/// full, the least used half is dropped (counted in `pruned`) and novelty is no longer
+/// claimed for this vocabulary (a dropped value would look new again); shares still are.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Vocabulary {
+    counts: rustc_hash::FxHashMap<u64, f32>,
+    total: f64,
+    weight: f64,
+    growth: f64,
+    observations: u64,
+    pruned: u64,
+}
+
+/// What a vocabulary knew of a value before it was counted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Seen {
+    /// Never seen (or `None` once the vocabulary has dropped values).
+    pub new: Option<bool>,
+    /// Its share of the decayed total, in [0, 1].
+    pub share: f64,
+}
+
+impl Vocabulary {
+    /// A vocabulary forgetting with the given half-life, in observations.
+    pub fn new(half_life: f64) -> Vocabulary {
+        Vocabulary {
+            counts: rustc_hash::FxHashMap::default(),
+            total: 0.0,
+            weight: 1.0,
+            growth: 2f64.powf(1.0 / half_life.max(1.0)),
+            observations: 0,
+            pruned: 0,
+        }
+    }
+
+    /// Distinct values held.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Whether nothing was seen.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// Values counted.
+    pub fn observations(&self) -> u64 {
+        self.observations
+    }
+
+    /// Values dropped to stay under the bound.
+    pub fn pruned(&self) -> u64 {
+        self.pruned
+    }
+
+    /// Heap bytes held (the table's buckets and control bytes).
+    pub fn heap_bytes(&self) -> usize {
+        let cap = self.counts.capacity();
+        if cap == 0 {
+            0
+        } else {
+            // hashbrown: one control byte per bucket plus a group of 16, buckets a power of two.
+            let buckets = (cap * 8 / 7).next_power_of_two();
+            buckets * (std::mem::size_of::<(u64, f32)>() + 1) + 16
+        }
+    }
+
+    /// The share of `h` without counting it.
+    pub fn share(&self, h: u64) -> f64 {
+        if self.total <= 0.0 {
+            return 0.0;
+        }
+        self.counts
+            .get(&h)
+            .map_or(0.0, |c| (f64::from(*c) / self.total).min(1.0))
+    }
+
+    /// Whether `h` was seen, and its share, then counts it (at most `cap` values are held).
+    pub fn observe(&mut self, h: u64, cap: usize) -> Seen {
+        let share = self.share(h);
+        let known = self.counts.contains_key(&h);
+        if !known && self.counts.len() >= cap {
+            self.prune();
+        }
+        self.observations += 1;
+        self.weight *= self.growth;
+        if self.weight > 1e30 {
+            let w = self.weight;
+            for c in self.counts.values_mut() {
+                *c = (f64::from(*c) / w) as f32;
+            }
+            self.total /= w;
+            self.weight = 1.0;
+        }
+        *self.counts.entry(h).or_insert(0.0) += self.weight as f32;
+        self.total += self.weight;
+        Seen {
+            new: (self.pruned == 0).then_some(!known),
+            share,
+        }
+    }
+
+    fn prune(&mut self) {
+        let mut w: Vec<f32> = self.counts.values().copied().collect();
+        let mid = w.len() / 2;
+        let (_, cut, _) = w.select_nth_unstable_by(mid, f32::total_cmp);
+        let cut = *cut;
+        let before = self.counts.len();
+        self.counts.retain(|_, c| *c > cut);
+        self.pruned += (before - self.counts.len()) as u64;
+        self.total = self.counts.values().map(|c| f64::from(*c)).sum();
+    }
+
+    /// The most used values (hash, share), most used first.
+    pub fn top(&self, n: usize) -> Vec<(u64, f64)> {
+        let mut v: Vec<(u64, f64)> = self.counts.keys().map(|h| (*h, self.share(*h))).collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
     }
 }
 

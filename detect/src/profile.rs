@@ -1,30 +1,52 @@
 //! Per-agent profiles: what each agent normally does, learnt online, and the features an
-//! event gets from its agent's profile before rules see it (`baseline.rate`,
-//! `baseline.volume`, `baseline.first_tool`, `baseline.first_server`,
-//! `baseline.first_recipient`).
+//! event gets from its agent's profile before rules see it (every `baseline.*` field of
+//! [`BaselineField`]: rate with seasonality, result and argument sizes, deny and error ratios,
+//! session length and breadth, novelty and rarity of tools, servers, methods and recipients).
 //!
-//! Features are computed against the profile *before* the event is learnt. Novelty is only
+//! Features are computed against the profile *before* the event is learnt, so an event is
+//! judged by what came before it. Each model abstains during its own warm-up; novelty is only
 //! reported once the agent has a history ([`NOVELTY_WARMUP`] events): an agent's first day is
-//! all new. Sets of seen tools, servers and recipients hold 64-bit hashes, bounded per agent;
-//! past the bound nothing new is learnt (and novelty is no longer claimed for that set), and the
-//! number of agents is bounded with the least recently active evicted, both counted.
+//! all new.
+//!
+//! **Cold start from peers.** A new agent whose peer group (by default `gen_ai.agent.name`;
+//! any field can be configured, e.g. a role) already has a warm member starts from a copy of
+//! that member's profile — rate, sizes, ratios, sessions, tools, servers and methods, not
+//! recipients, which are personal — so a new instance of a known agent is judged from its
+//! first call by what its kind normally does.
+//!
+//! **Bounded state.** Vocabularies are bounded per agent ([`Vocabulary`]); agents idle for
+//! [`Profiles::with_idle_after`] (event time) leave the hot map for a compact encoded cold
+//! tier and come back on their next event; the hot map is capped ([`MAX_AGENTS`]) by moving
+//! the least recently active tenth to the cold tier, and the cold tier is capped
+//! ([`MAX_COLD`]) by dropping its oldest. Every move and drop is counted. The whole state
+//! (hot and cold) is snapshotted to a versioned JSON file, written atomically.
 
 use std::hash::Hasher;
 
-use cordon_ingest::{BaselineFeatures, CoreField, Event};
-use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
+use cordon_ingest::{BaselineFeatures, BaselineField, CoreField, Event, FieldRef, FieldValue};
+use rustc_hash::{FxHashMap, FxHasher};
 use serde_json::Value;
+use smallvec::SmallVec;
 
-use crate::baseline::{RateModel, VolumeModel};
+use crate::baseline::{RateModel, RatioModel, Vocabulary, VolumeModel};
 
 /// Events of an agent before novelty is reported.
 pub const NOVELTY_WARMUP: u64 = 50;
-/// Seen tools or servers kept per agent.
+/// Tools, servers or methods kept per agent.
 pub const MAX_SEEN: usize = 512;
-/// Seen recipients kept per agent.
+/// Recipients kept per agent.
 pub const MAX_RECIPIENTS: usize = 4096;
-/// Agents kept.
+/// Agents kept hot.
 pub const MAX_AGENTS: usize = 200_000;
+/// Agents kept in the cold tier.
+pub const MAX_COLD: usize = 2_000_000;
+/// Sessions of one agent followed at once.
+const OPEN_SESSIONS: usize = 4;
+/// Distinct servers counted per session.
+const SESSION_SERVERS: usize = 64;
+/// Own events before an agent may stand for its peer group.
+const PEER_READY: u64 = 200;
+const MINUTE_NS: i64 = 60_000_000_000;
 
 /// Argument names whose values are recipients or destinations.
 const RECIPIENT_ARGS: &[&str] = &[
@@ -46,37 +68,137 @@ const RECIPIENT_ARGS: &[&str] = &[
     "invitee",
 ];
 
+/// A session being followed: its calls and the distinct servers it touched.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct OpenSession {
+    id: u64,
+    calls: u32,
+    servers: SmallVec<[u32; 8]>,
+    last: i64,
+}
+
 /// One agent's profile.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Profile {
-    /// Events learnt.
+    /// The agent's own events learnt.
     pub events: u64,
-    /// Calls per minute.
+    /// Calls per minute, with hour-of-day and day-of-week seasonality.
     pub rate: RateModel,
     /// Result sizes.
     pub volume: VolumeModel,
-    tools: FxHashSet<u64>,
-    servers: FxHashSet<u64>,
-    recipients: FxHashSet<u64>,
+    /// Argument sizes.
+    pub args_volume: VolumeModel,
+    /// Denied calls.
+    pub deny: RatioModel,
+    /// Failed calls.
+    pub errors: RatioModel,
+    /// Calls per session.
+    pub session_calls: VolumeModel,
+    /// Distinct servers per session.
+    pub session_breadth: VolumeModel,
+    /// Tools used (server and tool).
+    pub tools: Vocabulary,
+    /// Servers used.
+    pub servers: Vocabulary,
+    /// MCP methods used.
+    pub methods: Vocabulary,
+    /// Recipients and destinations used.
+    pub recipients: Vocabulary,
+    sessions: SmallVec<[OpenSession; 2]>,
     last: i64,
+    /// The peer whose profile this agent started from.
+    pub peer: Option<String>,
 }
 
 impl Profile {
     fn new() -> Profile {
         Profile {
             events: 0,
-            rate: RateModel::new(60_000_000_000, 600.0),
+            rate: RateModel::new(MINUTE_NS, 600.0),
             volume: VolumeModel::new(500.0),
-            tools: FxHashSet::default(),
-            servers: FxHashSet::default(),
-            recipients: FxHashSet::default(),
+            args_volume: VolumeModel::new(500.0),
+            deny: RatioModel::new(10 * MINUTE_NS, 2000.0),
+            errors: RatioModel::new(10 * MINUTE_NS, 2000.0),
+            session_calls: VolumeModel::new(100.0).with_min_spread(0.3),
+            session_breadth: VolumeModel::new(100.0).with_min_spread(0.3),
+            tools: Vocabulary::new(5000.0),
+            servers: Vocabulary::new(5000.0),
+            methods: Vocabulary::new(5000.0),
+            recipients: Vocabulary::new(2000.0),
+            sessions: SmallVec::new(),
             last: i64::MIN,
+            peer: None,
         }
+    }
+
+    /// A new agent's start from a warm peer: its models, without what is personal or
+    /// in flight (recipients, open sessions, the current minute and window).
+    fn inherit(peer_id: &str, peer: &Profile) -> Profile {
+        let mut p = peer.clone();
+        p.events = 0;
+        p.recipients = Vocabulary::new(2000.0);
+        p.sessions.clear();
+        p.rate.restart();
+        p.deny.restart();
+        p.errors.restart();
+        p.last = i64::MIN;
+        p.peer = Some(peer_id.to_owned());
+        p
     }
 
     /// Distinct tools, servers and recipients seen.
     pub fn seen(&self) -> (usize, usize, usize) {
         (self.tools.len(), self.servers.len(), self.recipients.len())
+    }
+
+    /// Time of the agent's last event (ns).
+    pub fn last_seen(&self) -> i64 {
+        self.last
+    }
+
+    /// Bytes this profile holds in memory: the struct and its vocabularies' tables.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Profile>()
+            + self.tools.heap_bytes()
+            + self.servers.heap_bytes()
+            + self.methods.heap_bytes()
+            + self.recipients.heap_bytes()
+            + if self.sessions.spilled() {
+                self.sessions.capacity() * std::mem::size_of::<OpenSession>()
+            } else {
+                0
+            }
+            + self.peer.as_ref().map_or(0, String::capacity)
+    }
+
+    /// Whether tools, servers and methods are warm enough to claim novelty.
+    fn warm(&self) -> bool {
+        self.events >= NOVELTY_WARMUP || self.peer.is_some()
+    }
+
+    /// Follows the session: learns the oldest open session when a new one displaces it.
+    fn session(&mut self, id: u64, t: i64) -> &mut OpenSession {
+        if let Some(i) = self.sessions.iter().position(|s| s.id == id) {
+            let s = &mut self.sessions[i];
+            s.last = s.last.max(t);
+            return &mut self.sessions[i];
+        }
+        if self.sessions.len() >= OPEN_SESSIONS {
+            let oldest = (0..self.sessions.len())
+                .min_by_key(|&i| self.sessions[i].last)
+                .unwrap_or(0);
+            let s = self.sessions.swap_remove(oldest);
+            self.session_calls.update(f64::from(s.calls));
+            self.session_breadth.update(s.servers.len() as f64);
+        }
+        self.sessions.push(OpenSession {
+            id,
+            calls: 0,
+            servers: SmallVec::new(),
+            last: t,
+        });
+        let last = self.sessions.len() - 1;
+        &mut self.sessions[last]
     }
 }
 
@@ -101,7 +223,7 @@ fn hash(s: &str) -> u64 {
 fn recipients(args: &Value, out: &mut Vec<u64>) {
     let Some(m) = args.as_object() else { return };
     for (k, v) in m {
-        if !RECIPIENT_ARGS.contains(&k.to_ascii_lowercase().as_str()) {
+        if !RECIPIENT_ARGS.iter().any(|r| r.eq_ignore_ascii_case(k)) {
             continue;
         }
         match v {
@@ -125,107 +247,401 @@ fn destination<'a>(key: &str, value: &'a str) -> &'a str {
     value
 }
 
+/// The size of a JSON value as compact JSON text, computed without writing it.
+fn json_size(v: &Value) -> usize {
+    match v {
+        Value::Null => 4,
+        Value::Bool(b) => 4 + usize::from(!*b),
+        Value::Number(n) => {
+            let s = n.as_u64().map_or(8, |u| (u.max(1).ilog10() + 1) as usize);
+            s.max(1)
+        }
+        Value::String(s) => s.len() + 2,
+        Value::Array(a) => 2 + a.iter().map(json_size).sum::<usize>() + a.len().saturating_sub(1),
+        Value::Object(m) => {
+            2 + m
+                .iter()
+                .map(|(k, v)| k.len() + 3 + json_size(v))
+                .sum::<usize>()
+                + m.len().saturating_sub(1)
+        }
+    }
+}
+
 /// Format name and version of profile snapshots.
 pub const SNAPSHOT_FORMAT: &str = "cordon-profiles";
 /// Current snapshot version; another version is refused with a clear error.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Snapshot<'a> {
     format: std::borrow::Cow<'a, str>,
     version: u32,
-    agents: std::borrow::Cow<'a, FxHashMap<String, Profile>>,
+    peer_field: std::borrow::Cow<'a, str>,
+    idle_after_ns: i64,
+    peers: std::borrow::Cow<'a, FxHashMap<String, String>>,
+    agents: FxHashMap<std::borrow::Cow<'a, str>, std::borrow::Cow<'a, Profile>>,
+}
+
+/// What the profiles hold and have moved, for `--stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProfileStats {
+    /// Agents in memory.
+    pub hot: usize,
+    /// Agents in the cold tier.
+    pub cold: usize,
+    /// Bytes of the cold tier.
+    pub cold_bytes: usize,
+    /// Agents moved to the cold tier after being idle.
+    pub idled: u64,
+    /// Agents moved to the cold tier to keep the hot map under its cap.
+    pub evicted: u64,
+    /// Agents brought back from the cold tier by a new event.
+    pub revived: u64,
+    /// Agents dropped from the cold tier to keep it under its cap (their history is lost).
+    pub dropped: u64,
+    /// Agents started from a peer's profile.
+    pub from_peer: u64,
+    /// Cold entries that failed to decode (started afresh).
+    pub damaged: u64,
 }
 
 /// The profiles of every agent.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct Profiles {
     agents: FxHashMap<String, Profile>,
-    evicted: u64,
+    cold: FxHashMap<String, (i64, Vec<u8>)>,
+    peers: FxHashMap<String, String>,
+    peer_field: FieldRef,
+    idle_after: i64,
+    max_hot: usize,
+    max_cold: usize,
+    watermark: i64,
+    swept: i64,
+    stats: ProfileStats,
     scratch: Vec<u64>,
 }
 
-/// Novelty of a value against a bounded set: `None` while warming up or once the set is full.
-fn novel(set: &mut FxHashSet<u64>, h: u64, cap: usize, warm: bool) -> Option<bool> {
-    let new = !set.contains(&h);
-    let full = set.len() >= cap;
-    if new && !full {
-        set.insert(h);
+impl Default for Profiles {
+    fn default() -> Profiles {
+        Profiles {
+            agents: FxHashMap::default(),
+            cold: FxHashMap::default(),
+            peers: FxHashMap::default(),
+            peer_field: FieldRef::Core(CoreField::AgentName),
+            idle_after: 24 * 60 * MINUTE_NS,
+            max_hot: MAX_AGENTS,
+            max_cold: MAX_COLD,
+            watermark: i64::MIN,
+            swept: i64::MIN,
+            stats: ProfileStats::default(),
+            scratch: Vec::new(),
+        }
     }
-    (warm && !full).then_some(new)
 }
 
 impl Profiles {
+    /// Groups agents into peer groups by this field (default `gen_ai.agent.name`).
+    pub fn with_peer_field(mut self, field: &str) -> Profiles {
+        self.peer_field = FieldRef::resolve(field, true);
+        self.peers.clear();
+        self
+    }
+
+    /// Moves agents idle for this long (event time) to the cold tier (default 24 h).
+    pub fn with_idle_after(mut self, idle: std::time::Duration) -> Profiles {
+        self.idle_after = i64::try_from(idle.as_nanos()).unwrap_or(i64::MAX).max(1);
+        self
+    }
+
+    /// Caps the hot map and the cold tier (defaults [`MAX_AGENTS`], [`MAX_COLD`]).
+    pub fn with_caps(mut self, hot: usize, cold: usize) -> Profiles {
+        self.max_hot = hot.max(1);
+        self.max_cold = cold;
+        self
+    }
+
+    /// The agent's profile, brought in from the cold tier or a peer, or new.
+    fn enter(&mut self, agent: &str, group: Option<&str>) -> &mut Profile {
+        if !self.agents.contains_key(agent) {
+            if self.agents.len() >= self.max_hot {
+                self.evict();
+            }
+            let p = match self.cold.remove(agent) {
+                Some((_, bytes)) => {
+                    self.stats.revived += 1;
+                    postcard::from_bytes::<Profile>(&bytes).unwrap_or_else(|_| {
+                        self.stats.damaged += 1;
+                        Profile::new()
+                    })
+                }
+                None => match group
+                    .and_then(|g| self.peers.get(g))
+                    .and_then(|id| self.agents.get(id).map(|p| (id, p)))
+                {
+                    Some((id, peer)) => {
+                        self.stats.from_peer += 1;
+                        Profile::inherit(id, peer)
+                    }
+                    None => Profile::new(),
+                },
+            };
+            self.agents.insert(agent.to_owned(), p);
+        }
+        self.agents
+            .get_mut(agent)
+            .expect("the agent was inserted above")
+    }
+
     /// Sets the event's baseline features from its agent's profile, then learns the event.
     pub fn annotate(&mut self, ev: &mut Event) {
         let Some(agent) = ev.agent_id() else { return };
         let Some(t) = ev.timestamp_nanos() else {
             return;
         };
-        if !self.agents.contains_key(agent) {
-            if self.agents.len() >= MAX_AGENTS {
-                self.evict();
+        if t > self.watermark {
+            self.watermark = t;
+            if t.saturating_sub(self.swept) >= MINUTE_NS {
+                self.swept = t;
+                self.sweep();
             }
-            self.agents.insert(agent.to_owned(), Profile::new());
         }
-        let Some(p) = self.agents.get_mut(agent) else {
-            return;
+        let group = match ev.field(&self.peer_field) {
+            FieldValue::Str(g) => Some(g),
+            _ => None,
         };
-        let warm = p.events >= NOVELTY_WARMUP;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let p = self.enter(agent, group);
         let mut f = BaselineFeatures::default();
+        let warm = p.warm();
+        let own_warm = p.events >= NOVELTY_WARMUP;
         p.last = p.last.max(t);
-        if ev.str(CoreField::Method) == Some("tools/call") {
+        let method = ev.str(CoreField::Method).unwrap_or("");
+        let seen = p.methods.observe(hash(method), MAX_SEEN);
+        if warm {
+            if let Some(new) = seen.new {
+                f.flag(BaselineField::FirstMethod, new);
+            }
+        }
+        if method == "tools/call" {
+            let origin = *p.rate.origin().get_or_insert(t);
             let (count, score) = p.rate.observe(t);
-            f.rate = score;
-            f.rate_observed = Some(count);
-            f.rate_expected = score.map(|_| p.rate.rate());
+            if let Some(score) = score {
+                f.set(BaselineField::Rate, score, count as f64, p.rate.expected());
+            }
+            let offset = t.saturating_sub(origin);
+            let denied = ev.str(CoreField::Decision) == Some("deny");
+            let (k, score) = p.deny.observe(offset, denied);
+            if let Some(score) = score {
+                f.set(
+                    BaselineField::DenyRatio,
+                    score,
+                    f64::from(k),
+                    p.deny.ratio(),
+                );
+            }
+            let failed = ev.str(CoreField::ErrorType).is_some();
+            let (k, score) = p.errors.observe(offset, failed);
+            if let Some(score) = score {
+                f.set(
+                    BaselineField::ErrorRatio,
+                    score,
+                    f64::from(k),
+                    p.errors.ratio(),
+                );
+            }
             if let Some(b) = ev.result_bytes() {
-                f.volume = p.volume.score(b as f64);
-                f.volume_expected = f.volume.map(|_| p.volume.typical());
-                p.volume.update(b as f64);
-            }
-            if let Some(tool) = ev.tool_name() {
-                let server = ev.str(CoreField::Target).unwrap_or("");
-                f.first_tool = novel(&mut p.tools, hash_parts(&[server, tool]), MAX_SEEN, warm);
-            }
-            if let Some(server) = ev.str(CoreField::Target) {
-                f.first_server = novel(&mut p.servers, hash(server), MAX_SEEN, warm);
+                let b = b as f64;
+                if let Some(score) = p.volume.score(b) {
+                    f.set(BaselineField::Volume, score, b, p.volume.typical());
+                }
+                p.volume.update(b);
             }
             if let Some(args) = ev.arguments() {
-                self.scratch.clear();
-                recipients(args, &mut self.scratch);
-                if !self.scratch.is_empty() {
-                    let mut any = None;
-                    for &h in &self.scratch {
-                        if let Some(n) = novel(&mut p.recipients, h, MAX_RECIPIENTS, warm) {
+                let size = json_size(args) as f64;
+                if let Some(score) = p.args_volume.score(size) {
+                    f.set(
+                        BaselineField::ArgsVolume,
+                        score,
+                        size,
+                        p.args_volume.typical(),
+                    );
+                }
+                p.args_volume.update(size);
+            }
+            let server = ev.str(CoreField::Target);
+            if let Some(tool) = ev.tool_name() {
+                let seen = p
+                    .tools
+                    .observe(hash_parts(&[server.unwrap_or(""), tool]), MAX_SEEN);
+                if warm {
+                    if let Some(new) = seen.new {
+                        f.flag(BaselineField::FirstTool, new);
+                    }
+                    f.set(
+                        BaselineField::ToolFrequency,
+                        seen.share,
+                        seen.share,
+                        seen.share,
+                    );
+                }
+            }
+            if let Some(server) = server {
+                let h = hash(server);
+                let seen = p.servers.observe(h, MAX_SEEN);
+                if warm {
+                    if let Some(new) = seen.new {
+                        f.flag(BaselineField::FirstServer, new);
+                    }
+                    f.set(
+                        BaselineField::ServerFrequency,
+                        seen.share,
+                        seen.share,
+                        seen.share,
+                    );
+                }
+            }
+            if let Some(sid) = ev.str(CoreField::SessionId) {
+                let server = server.map_or(0, |s| hash(s) as u32);
+                let s = p.session(hash(sid), t);
+                s.calls = s.calls.saturating_add(1);
+                if !s.servers.contains(&server) && s.servers.len() < SESSION_SERVERS {
+                    s.servers.push(server);
+                }
+                let (calls, breadth) = (f64::from(s.calls), s.servers.len() as f64);
+                if let Some(score) = p.session_calls.score(calls) {
+                    f.set(
+                        BaselineField::SessionCalls,
+                        score,
+                        calls,
+                        p.session_calls.typical(),
+                    );
+                }
+                if let Some(score) = p.session_breadth.score(breadth) {
+                    f.set(
+                        BaselineField::SessionBreadth,
+                        score,
+                        breadth,
+                        p.session_breadth.typical(),
+                    );
+                }
+            }
+            if let Some(args) = ev.arguments() {
+                scratch.clear();
+                recipients(args, &mut scratch);
+                if !scratch.is_empty() {
+                    let (mut any, mut rarest) = (None, f64::INFINITY);
+                    for &h in &scratch {
+                        let seen = p.recipients.observe(h, MAX_RECIPIENTS);
+                        rarest = rarest.min(seen.share);
+                        if let Some(n) = seen.new {
                             any = Some(any.unwrap_or(false) | n);
                         }
                     }
-                    f.first_recipient = any;
+                    if own_warm {
+                        if let Some(new) = any {
+                            f.flag(BaselineField::FirstRecipient, new);
+                        }
+                        f.set(BaselineField::RecipientFrequency, rarest, rarest, rarest);
+                    }
                 }
             }
         }
         p.events += 1;
+        let ready = p.events == PEER_READY && p.peer.is_none();
+        self.scratch = scratch;
+        if let (true, Some(g)) = (ready, group) {
+            let stands = self
+                .peers
+                .get(g)
+                .is_some_and(|id| self.agents.contains_key(id));
+            if !stands {
+                self.peers.insert(g.to_owned(), agent.to_owned());
+            }
+        }
         ev.set_baseline(f);
     }
 
+    /// Moves agents idle since `watermark - idle_after` to the cold tier.
+    fn sweep(&mut self) {
+        let cutoff = self.watermark.saturating_sub(self.idle_after);
+        let idle: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, p)| p.last < cutoff)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for agent in idle {
+            self.freeze(&agent);
+            self.stats.idled += 1;
+        }
+    }
+
+    fn freeze(&mut self, agent: &str) {
+        let Some(p) = self.agents.remove(agent) else {
+            return;
+        };
+        if self.max_cold == 0 {
+            self.stats.dropped += 1;
+            return;
+        }
+        if self.cold.len() >= self.max_cold {
+            if let Some(oldest) = self
+                .cold
+                .iter()
+                .min_by_key(|(_, (last, _))| *last)
+                .map(|(k, _)| k.clone())
+            {
+                self.cold.remove(&oldest);
+                self.stats.dropped += 1;
+            }
+        }
+        match postcard::to_allocvec(&p) {
+            Ok(bytes) => {
+                self.cold.insert(agent.to_owned(), (p.last, bytes));
+            }
+            Err(_) => self.stats.dropped += 1,
+        }
+    }
+
+    /// Moves the least recently active tenth of the hot agents to the cold tier.
     fn evict(&mut self) {
         let mut lasts: Vec<i64> = self.agents.values().map(|p| p.last).collect();
         let cut = self.agents.len() / 10;
         let (_, cutoff, _) = lasts.select_nth_unstable(cut);
         let cutoff = *cutoff;
-        let before = self.agents.len();
-        self.agents.retain(|_, p| p.last > cutoff);
-        self.evicted += (before - self.agents.len()) as u64;
+        let out: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, p)| p.last <= cutoff)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for agent in out {
+            self.freeze(&agent);
+            self.stats.evicted += 1;
+        }
     }
 
-    /// Writes every profile to `path` atomically (a temporary file, then a rename): a crash
-    /// leaves the previous snapshot whole.
+    /// Writes every profile, hot and cold, to `path` atomically (a temporary file, then a
+    /// rename): a crash leaves the previous snapshot whole.
     pub fn snapshot(&self, path: &std::path::Path) -> Result<(), String> {
+        let mut agents: FxHashMap<std::borrow::Cow<'_, str>, std::borrow::Cow<'_, Profile>> = self
+            .agents
+            .iter()
+            .map(|(k, p)| (k.as_str().into(), std::borrow::Cow::Borrowed(p)))
+            .collect();
+        for (k, (_, bytes)) in &self.cold {
+            if let Ok(p) = postcard::from_bytes::<Profile>(bytes) {
+                agents.insert(k.as_str().into(), std::borrow::Cow::Owned(p));
+            }
+        }
         let snap = Snapshot {
             format: SNAPSHOT_FORMAT.into(),
             version: SNAPSHOT_VERSION,
-            agents: std::borrow::Cow::Borrowed(&self.agents),
+            peer_field: self.peer_field.name(),
+            idle_after_ns: self.idle_after,
+            peers: std::borrow::Cow::Borrowed(&self.peers),
+            agents,
         };
         let tmp = path.with_extension("tmp");
         let text = serde_json::to_vec(&snap).map_err(|e| e.to_string())?;
@@ -234,7 +650,8 @@ impl Profiles {
     }
 
     /// Reads a snapshot. A file of another format or version, or a damaged one, is an error
-    /// that says which; the caller starts fresh.
+    /// that says which; the caller starts fresh. Agents idle at the snapshot's latest time go
+    /// straight to the cold tier.
     pub fn restore(path: &std::path::Path) -> Result<Profiles, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let head: serde_json::Value = serde_json::from_slice(&bytes)
@@ -255,26 +672,61 @@ impl Profiles {
         }
         let snap: Snapshot<'static> = serde_json::from_value(head)
             .map_err(|e| format!("{}: damaged profile snapshot ({e})", path.display()))?;
-        Ok(Profiles {
-            agents: snap.agents.into_owned(),
-            evicted: 0,
-            scratch: Vec::new(),
-        })
+        let mut out = Profiles::default().with_peer_field(&snap.peer_field);
+        out.idle_after = snap.idle_after_ns.max(1);
+        out.peers = snap.peers.into_owned();
+        out.agents = snap
+            .agents
+            .into_iter()
+            .map(|(k, p)| (k.into_owned(), p.into_owned()))
+            .collect();
+        out.watermark = out
+            .agents
+            .values()
+            .map(|p| p.last)
+            .max()
+            .unwrap_or(i64::MIN);
+        out.swept = out.watermark;
+        out.sweep();
+        out.stats.idled = 0;
+        Ok(out)
     }
 
-    /// Every profiled agent's id.
+    /// Every profiled agent's id, hot and cold.
     pub fn agents(&self) -> impl Iterator<Item = &str> {
-        self.agents.keys().map(String::as_str)
+        self.agents
+            .keys()
+            .chain(self.cold.keys())
+            .map(String::as_str)
     }
 
-    /// An agent's profile.
-    pub fn get(&self, agent: &str) -> Option<&Profile> {
-        self.agents.get(agent)
+    /// An agent's profile (decoded from the cold tier if it is there).
+    pub fn get(&self, agent: &str) -> Option<std::borrow::Cow<'_, Profile>> {
+        if let Some(p) = self.agents.get(agent) {
+            return Some(std::borrow::Cow::Borrowed(p));
+        }
+        let (_, bytes) = self.cold.get(agent)?;
+        postcard::from_bytes(bytes)
+            .ok()
+            .map(std::borrow::Cow::Owned)
     }
 
-    /// Agents profiled, and agents evicted to stay under the cap.
-    pub fn counts(&self) -> (usize, u64) {
-        (self.agents.len(), self.evicted)
+    /// What the profiles hold and have moved.
+    pub fn stats(&self) -> ProfileStats {
+        ProfileStats {
+            hot: self.agents.len(),
+            cold: self.cold.len(),
+            cold_bytes: self.cold.values().map(|(_, b)| b.len()).sum(),
+            ..self.stats
+        }
+    }
+
+    /// Bytes the hot profiles hold (structs and tables, not the map's own buckets).
+    pub fn hot_bytes(&self) -> usize {
+        self.agents
+            .iter()
+            .map(|(k, p)| k.capacity() + p.memory_bytes())
+            .sum()
     }
 }
 
@@ -296,7 +748,11 @@ mod tests {
         let mut p = Profiles::default();
         let mut ev = call(0, "send_email", "x@corp.example");
         p.annotate(&mut ev);
-        assert_eq!(ev.baseline().unwrap().first_tool, None, "warming up");
+        assert_eq!(
+            ev.baseline().unwrap().is(BaselineField::FirstTool),
+            None,
+            "warming up"
+        );
         for i in 1..100 {
             let mut ev = call(i, "send_email", &format!("u{}@corp.example", i % 5));
             p.annotate(&mut ev);
@@ -305,16 +761,26 @@ mod tests {
         p.annotate(&mut known);
         let f = known.baseline().unwrap();
         assert_eq!(
-            (f.first_tool, f.first_server, f.first_recipient),
+            (
+                f.is(BaselineField::FirstTool),
+                f.is(BaselineField::FirstServer),
+                f.is(BaselineField::FirstRecipient)
+            ),
             (Some(false), Some(false), Some(false)),
             "a new URL path on a known host is not new"
         );
         let mut new = call(101, "send_email", "drop@evil.example");
         p.annotate(&mut new);
-        assert_eq!(new.baseline().unwrap().first_recipient, Some(true));
+        assert_eq!(
+            new.baseline().unwrap().is(BaselineField::FirstRecipient),
+            Some(true)
+        );
         let mut tool = call(102, "share_file", "u1@corp.example");
         p.annotate(&mut tool);
-        assert_eq!(tool.baseline().unwrap().first_tool, Some(true));
+        assert_eq!(
+            tool.baseline().unwrap().is(BaselineField::FirstTool),
+            Some(true)
+        );
     }
 
     #[test]
@@ -354,7 +820,7 @@ mod tests {
         let path = dir.path().join("p.json");
         std::fs::write(
             &path,
-            b"{\"format\":\"cordon-profiles\",\"version\":1,\"agents\":{",
+            b"{\"format\":\"cordon-profiles\",\"version\":2,\"agents\":{",
         )
         .unwrap();
         assert!(Profiles::restore(&path)
@@ -368,7 +834,7 @@ mod tests {
         assert!(Profiles::restore(&path).unwrap_err().contains("version 9"));
         std::fs::write(
             &path,
-            b"{\"format\":\"cordon-profiles\",\"version\":1,\"agents\":{\"a\":1}}",
+            b"{\"format\":\"cordon-profiles\",\"version\":2,\"agents\":{\"a\":1}}",
         )
         .unwrap();
         assert!(Profiles::restore(&path).unwrap_err().contains("damaged"));

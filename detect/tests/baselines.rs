@@ -37,23 +37,31 @@ fn rate_anomaly_alerts_carry_their_baseline() {
     let (out, engine) = call_rate(true, 0);
     assert_eq!(out.len(), 1, "one alert (suppressed after)");
     let o = out[0].to_ocsf();
-    let a = &o["anomaly_analyses"][0];
-    assert_eq!(
-        a["baselines"][0]["observation_parameter"],
-        "calls per minute"
-    );
+    let a = o["anomaly_analyses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["baselines"][0]["observation_parameter"] == "calls per minute")
+        .unwrap();
     let expected: f64 = a["baselines"][0]["observations"][0]["value"]
         .as_str()
         .unwrap()
         .parse()
         .unwrap();
-    let observed = a["anomalies"][0]["observations"][0]["count"]
-        .as_u64()
+    let observed: u64 = a["anomalies"][0]["observations"][0]["value"]
+        .as_str()
+        .unwrap()
+        .parse()
         .unwrap();
     assert!(expected < 3.0 && observed as f64 > 5.0 * expected, "{a}");
-    assert!(o["unmapped"]["cordon.baseline"]["rate"].as_f64().unwrap() > 0.999999);
-    let (agents, evicted) = engine.profiles().counts();
-    assert_eq!((agents, evicted), (1, 0));
+    assert!(
+        o["unmapped"]["cordon.baseline"]["baseline.rate"]
+            .as_f64()
+            .unwrap()
+            > 0.999999
+    );
+    let st = engine.profiles().stats();
+    assert_eq!((st.hot, st.cold, st.evicted, st.dropped), (1, 0, 0, 0));
 }
 
 #[test]

@@ -260,56 +260,161 @@ pub enum FieldRef {
     Baseline(BaselineField),
 }
 
-/// What the engine's per-agent baselines say about an event, set before rules see it.
+/// What the engine's per-agent baselines say about an event, set before rules see it: one
+/// optional [`Baseline`] per [`BaselineField`] (absent while the model warms up, or when the
+/// event has nothing to score, e.g. no result size).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BaselineFeatures {
-    /// Tail probability of the agent's calls in this minute (`baseline.rate`).
-    pub rate: Option<f64>,
-    /// Tail probability of this call's result size for the agent (`baseline.volume`).
-    pub volume: Option<f64>,
-    /// The agent had never called this tool (`baseline.first_tool`).
-    pub first_tool: Option<bool>,
-    /// The agent had never called this MCP server (`baseline.first_server`).
-    pub first_server: Option<bool>,
-    /// A recipient or destination in the arguments the agent had never used
-    /// (`baseline.first_recipient`).
-    pub first_recipient: Option<bool>,
-    /// The agent's calls in this minute so far (what `rate` scored).
-    pub rate_observed: Option<u64>,
-    /// The agent's learnt mean calls per minute.
-    pub rate_expected: Option<f64>,
-    /// The agent's typical result size (what `volume` compared with).
-    pub volume_expected: Option<f64>,
+    items: [Option<Baseline>; BaselineField::ALL.len()],
 }
 
-/// The baseline features rules can read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BaselineField {
-    /// `baseline.rate`
-    Rate,
-    /// `baseline.volume`
-    Volume,
-    /// `baseline.first_tool`
-    FirstTool,
-    /// `baseline.first_server`
-    FirstServer,
-    /// `baseline.first_recipient`
-    FirstRecipient,
+/// One baseline feature of an event: the value rules read, and what it was judged on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Baseline {
+    /// What rules read: a tail probability in [0, 1] for scores, 0 or 1 for flags, a share
+    /// in [0, 1] for frequencies.
+    pub value: f64,
+    /// The observation (calls this minute, bytes, denials in the window, …).
+    pub observed: f64,
+    /// What the agent's profile expected (its learnt mean, typical size, share, …).
+    pub expected: f64,
+}
+
+impl BaselineFeatures {
+    /// The feature, if the profile computed it.
+    #[inline]
+    pub fn get(&self, f: BaselineField) -> Option<&Baseline> {
+        self.items[f as usize].as_ref()
+    }
+
+    /// A feature's value (a score, a frequency, or 0/1 for a flag).
+    pub fn value(&self, f: BaselineField) -> Option<f64> {
+        self.get(f).map(|b| b.value)
+    }
+
+    /// A flag feature (novelty) as a boolean.
+    pub fn is(&self, f: BaselineField) -> Option<bool> {
+        self.get(f).map(|b| b.value > 0.5)
+    }
+
+    /// Sets a feature.
+    #[inline]
+    pub fn set(&mut self, f: BaselineField, value: f64, observed: f64, expected: f64) {
+        self.items[f as usize] = Some(Baseline {
+            value,
+            observed,
+            expected,
+        });
+    }
+
+    /// Sets a flag feature (novelty).
+    #[inline]
+    pub fn flag(&mut self, f: BaselineField, on: bool) {
+        let v = f64::from(u8::from(on));
+        self.set(f, v, v, 0.0);
+    }
+
+    /// Every computed feature.
+    pub fn iter(&self) -> impl Iterator<Item = (BaselineField, &Baseline)> {
+        BaselineField::ALL
+            .iter()
+            .zip(self.items.iter())
+            .filter_map(|((_, f), b)| b.as_ref().map(|b| (*f, b)))
+    }
+}
+
+/// What kind of value a baseline feature is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BaselineKind {
+    /// A tail probability in [0, 1]: near 1 is unusually high for this agent.
+    Score,
+    /// Whether something is new for this agent (a boolean).
+    Flag,
+    /// The share of the agent's recent calls with this value, in [0, 1]: near 0 is rare.
+    Frequency,
+}
+
+macro_rules! baseline_fields {
+    ($($variant:ident => $name:literal, $kind:ident, $what:literal, $doc:literal;)*) => {
+        /// The baseline features rules can read.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum BaselineField {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl BaselineField {
+            /// Every feature with its name.
+            pub const ALL: &'static [(&'static str, BaselineField)] =
+                &[$(($name, BaselineField::$variant),)*];
+
+            /// What kind of value the feature is.
+            pub fn kind(self) -> BaselineKind {
+                match self { $(BaselineField::$variant => BaselineKind::$kind,)* }
+            }
+
+            /// What the feature measures, for alerts and `cordon baseline show`.
+            pub fn what(self) -> &'static str {
+                match self { $(BaselineField::$variant => $what,)* }
+            }
+
+            /// The feature's documentation.
+            pub fn doc(self) -> &'static str {
+                match self { $(BaselineField::$variant => $doc,)* }
+            }
+
+            /// The feature's dotted name.
+            pub fn name(self) -> &'static str {
+                match self { $(BaselineField::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+baseline_fields! {
+    Rate => "baseline.rate", Score, "calls per minute",
+        "Tail probability of the agent's calls in this minute, against its rate at this hour of day and day of week.";
+    Volume => "baseline.volume", Score, "result bytes",
+        "Tail probability of this call's result size for the agent (log-normal).";
+    ArgsVolume => "baseline.args_volume", Score, "argument bytes",
+        "Tail probability of this call's argument size for the agent (log-normal).";
+    DenyRatio => "baseline.deny_ratio", Score, "denied calls in 10 minutes",
+        "Tail probability of the denied calls in the agent's current 10-minute window, given its usual deny ratio.";
+    ErrorRatio => "baseline.error_ratio", Score, "failed calls in 10 minutes",
+        "Tail probability of the failed calls in the agent's current 10-minute window, given its usual error ratio.";
+    SessionCalls => "baseline.session_calls", Score, "calls in the session",
+        "Tail probability of the calls so far in this session against the agent's session lengths.";
+    SessionBreadth => "baseline.session_breadth", Score, "distinct servers in the session",
+        "Tail probability of the distinct servers so far in this session against the agent's sessions.";
+    FirstTool => "baseline.first_tool", Flag, "first use of tool",
+        "The agent (or, for a new agent, its peer group) had never called this tool of this server.";
+    FirstServer => "baseline.first_server", Flag, "first use of server",
+        "The agent had never called this MCP server.";
+    FirstMethod => "baseline.first_method", Flag, "first use of method",
+        "The agent had never used this MCP method.";
+    FirstRecipient => "baseline.first_recipient", Flag, "first use of recipient",
+        "A recipient or destination in the arguments the agent had never used.";
+    ToolFrequency => "baseline.tool_frequency", Frequency, "share of calls to this tool",
+        "The share of the agent's recent calls that went to this tool (0: never).";
+    ServerFrequency => "baseline.server_frequency", Frequency, "share of calls to this server",
+        "The share of the agent's recent calls that went to this server (0: never).";
+    RecipientFrequency => "baseline.recipient_frequency", Frequency, "share of sends to this recipient",
+        "The share of the agent's recent recipients that were this one (the rarest, with several).";
 }
 
 impl BaselineField {
-    /// Every feature with its name.
-    pub const ALL: &'static [(&'static str, BaselineField)] = &[
-        ("baseline.rate", BaselineField::Rate),
-        ("baseline.volume", BaselineField::Volume),
-        ("baseline.first_tool", BaselineField::FirstTool),
-        ("baseline.first_server", BaselineField::FirstServer),
-        ("baseline.first_recipient", BaselineField::FirstRecipient),
-    ];
-
-    /// Whether the feature is a number (a score) rather than a boolean.
+    /// Whether the feature is a number (a score or a frequency) rather than a boolean.
     pub fn is_score(self) -> bool {
-        matches!(self, BaselineField::Rate | BaselineField::Volume)
+        self.kind() != BaselineKind::Flag
+    }
+
+    /// Whether the feature's value departs from the profile enough to be shown as an
+    /// anomaly in an alert.
+    pub fn departs(self, b: &Baseline) -> bool {
+        match self.kind() {
+            BaselineKind::Score => b.value >= 0.99,
+            BaselineKind::Flag => b.value > 0.5,
+            BaselineKind::Frequency => b.value < 0.01,
+        }
     }
 }
 
@@ -390,7 +495,7 @@ pub struct Event {
     args_fp: Option<Box<[u64]>>,
     extra: Vec<(Box<str>, Json)>,
     category: Category,
-    baseline: Option<BaselineFeatures>,
+    baseline: Option<Box<BaselineFeatures>>,
 }
 
 impl Event {
@@ -541,12 +646,12 @@ impl Event {
 
     /// The baseline features the engine set, if any.
     pub fn baseline(&self) -> Option<&BaselineFeatures> {
-        self.baseline.as_ref()
+        self.baseline.as_deref()
     }
 
     /// Sets the baseline features (the engine does, before rules see the event).
     pub fn set_baseline(&mut self, f: BaselineFeatures) {
-        self.baseline = Some(f);
+        self.baseline = Some(Box::new(f));
     }
 
     /// The event's category.
@@ -612,14 +717,11 @@ impl Event {
                 let Some(f) = self.baseline.as_ref() else {
                     return FieldValue::Missing;
                 };
-                let v = match b {
-                    BaselineField::Rate => f.rate.map(FieldValue::Float),
-                    BaselineField::Volume => f.volume.map(FieldValue::Float),
-                    BaselineField::FirstTool => f.first_tool.map(FieldValue::Bool),
-                    BaselineField::FirstServer => f.first_server.map(FieldValue::Bool),
-                    BaselineField::FirstRecipient => f.first_recipient.map(FieldValue::Bool),
-                };
-                v.unwrap_or(FieldValue::Missing)
+                match f.get(*b) {
+                    None => FieldValue::Missing,
+                    Some(x) if b.kind() == BaselineKind::Flag => FieldValue::Bool(x.value > 0.5),
+                    Some(x) => FieldValue::Float(x.value),
+                }
             }
         }
     }

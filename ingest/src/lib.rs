@@ -24,7 +24,8 @@ pub use deadletter::DeadLetterSink;
 pub use decode::{decode_native, decode_with, Schema};
 pub use error::{DecodeError, IngestError};
 pub use event::{
-    BaselineFeatures, BaselineField, Category, CoreField, Event, FieldKind, FieldRef, FieldValue,
+    Baseline, BaselineFeatures, BaselineField, BaselineKind, Category, CoreField, Event, FieldKind,
+    FieldRef, FieldValue,
 };
 pub use formats::Format;
 pub use sources::{LineReader, RawRecord};

@@ -43,6 +43,8 @@ pub struct Report {
     pub false_positive_rate: f64,
     /// Flagged sessions that have no label.
     pub unlabelled_flagged: usize,
+    /// Labelled sessions left out because their agent was still warming up.
+    pub excluded_warm_up: usize,
 }
 
 /// Scores flagged sessions against labels.
@@ -85,6 +87,12 @@ impl Report {
             out.push_str(&format!(
                 "{name:<32} {:>8} {:>8} {:>8}\n",
                 s.sessions, s.flagged, s.missed
+            ));
+        }
+        if self.excluded_warm_up > 0 {
+            out.push_str(&format!(
+                "({} sessions left out: their agent was still in warm-up)\n",
+                self.excluded_warm_up
             ));
         }
         out.push_str(&format!(
