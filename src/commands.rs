@@ -508,42 +508,92 @@ pub fn baseline(action: BaselineAction) -> Result<(), Failure> {
             known.len()
         )));
     };
-    let (tools, servers, recipients) = p.seen();
+    let warm = p.events >= cordon_detect::profile::NOVELTY_WARMUP || p.peer.is_some();
+    let hours = p.rate.hour_of_day();
+    let doc = serde_json::json!({
+        "agent": agent,
+        "events": p.events,
+        "peer": p.peer.as_deref(),
+        "last_seen": jiff::Timestamp::from_nanosecond(i128::from(p.last_seen()))
+            .ok()
+            .map(|t| t.to_string()),
+        "calls_per_minute": p.rate.rate(),
+        "calls_per_minute_by_hour_utc": hours,
+        "minutes_learnt": p.rate.buckets(),
+        "typical_result_bytes": p.volume.typical(),
+        "result_sizes_learnt": p.volume.count(),
+        "typical_argument_bytes": p.args_volume.typical(),
+        "deny_ratio": p.deny.ratio(),
+        "error_ratio": p.errors.ratio(),
+        "typical_session_calls": p.session_calls.typical(),
+        "typical_session_servers": p.session_breadth.typical(),
+        "sessions_learnt": p.session_calls.count(),
+        "distinct_tools": p.tools.len(),
+        "distinct_servers": p.servers.len(),
+        "distinct_methods": p.methods.len(),
+        "distinct_recipients": p.recipients.len(),
+        "novelty_reported": warm,
+        "memory_bytes": p.memory_bytes(),
+    });
     if json {
-        let doc = serde_json::json!({
-            "agent": agent,
-            "events": p.events,
-            "calls_per_minute": p.rate.rate(),
-            "typical_result_bytes": p.volume.typical(),
-            "result_sizes_learnt": p.volume.count(),
-            "distinct_tools": tools,
-            "distinct_servers": servers,
-            "distinct_recipients": recipients,
-            "novelty_reported": p.events >= cordon_detect::profile::NOVELTY_WARMUP,
-        });
         println!(
             "{}",
             serde_json::to_string_pretty(&doc).map_err(|e| Failure::input(e.to_string()))?
         );
-    } else {
-        println!("agent                 {agent}");
-        println!("events learnt         {}", p.events);
-        println!("calls per minute      {:.2} (learnt mean)", p.rate.rate());
-        println!(
-            "typical result size   {:.0} bytes ({} sizes learnt)",
-            p.volume.typical(),
-            p.volume.count()
-        );
-        println!("tools / servers used  {tools} / {servers}");
-        println!("recipients seen       {recipients}");
-        println!(
-            "novelty               {}",
-            if p.events >= cordon_detect::profile::NOVELTY_WARMUP {
-                "reported"
-            } else {
-                "warming up"
-            }
-        );
+        return Ok(());
     }
+    let peak = hours.iter().copied().fold(0.0f64, f64::max).max(1e-9);
+    let bars: String = hours
+        .iter()
+        .map(|h| {
+            let levels = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+            levels[((h / peak) * 8.0).round().clamp(0.0, 8.0) as usize]
+        })
+        .collect();
+    println!("agent                  {agent}");
+    println!("events learnt          {}", p.events);
+    if let Some(peer) = &p.peer {
+        println!("started from peer      {peer}");
+    }
+    if let Some(t) = doc["last_seen"].as_str() {
+        println!("last seen              {t}");
+    }
+    println!(
+        "calls per minute       {:.2} (mean over {} minutes)",
+        p.rate.rate(),
+        p.rate.buckets()
+    );
+    println!("by hour of day (UTC)   |{bars}| 00–23, peak {peak:.2}/min");
+    println!(
+        "typical result size    {:.0} bytes ({} learnt)",
+        p.volume.typical(),
+        p.volume.count()
+    );
+    println!(
+        "typical argument size  {:.0} bytes",
+        p.args_volume.typical()
+    );
+    println!(
+        "deny / error ratio     {:.3} / {:.3}",
+        p.deny.ratio(),
+        p.errors.ratio()
+    );
+    println!(
+        "typical session        {:.0} calls on {:.1} servers ({} sessions learnt)",
+        p.session_calls.typical(),
+        p.session_breadth.typical(),
+        p.session_calls.count()
+    );
+    println!(
+        "tools / servers used   {} / {}",
+        p.tools.len(),
+        p.servers.len()
+    );
+    println!("methods used           {}", p.methods.len());
+    println!("recipients seen        {}", p.recipients.len());
+    println!(
+        "novelty                {}",
+        if warm { "reported" } else { "warming up" }
+    );
     Ok(())
 }

@@ -39,15 +39,19 @@ fn json_lines(text: &str) -> Vec<Value> {
 }
 
 /// `cordon eval --json` over a generated directory.
-fn eval_json(generated: &Path) -> Value {
-    let o = cordon(&[
+fn eval_json(generated: &Path, extra: &[&str]) -> Value {
+    let events = generated.join("events.jsonl");
+    let labels = generated.join("labels.json");
+    let mut args = vec![
         "eval",
         "--events",
-        generated.join("events.jsonl").to_str().unwrap(),
+        events.to_str().unwrap(),
         "--labels",
-        generated.join("labels.json").to_str().unwrap(),
+        labels.to_str().unwrap(),
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let o = cordon(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     serde_json::from_str(&stdout(&o)).unwrap()
 }
@@ -441,7 +445,7 @@ fn hunt_over_cordon_events_and_arbitrary_json() {
 fn eval_reports_per_scenario() {
     let dir = tempfile::tempdir().unwrap();
     let g = generate(dir.path(), "9");
-    let r = eval_json(&g);
+    let r = eval_json(&g, &[]);
     assert_eq!(r["scenarios"]["read_then_exfiltrate"]["flagged"], 2);
     assert_eq!(r["scenarios"]["probing_after_denials"]["flagged"], 2);
     assert_eq!(r["precision"], 1.0);
@@ -485,7 +489,8 @@ fn readme_rule_example_works() {
 }
 
 /// The contract of the built-in pack: on `cordon generate --seed 1 --agents 200 --duration 24h`
-/// it catches every generated attack scenario with no false positive on benign sessions.
+/// it catches every generated attack scenario with no false positive on benign sessions; and
+/// the contract of the baseline rules alone, after warm-up.
 #[test]
 fn builtin_pack_catches_every_scenario_without_false_positives() {
     let dir = tempfile::tempdir().unwrap();
@@ -502,7 +507,7 @@ fn builtin_pack_catches_every_scenario_without_false_positives() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let r = eval_json(&out);
+    let r = eval_json(&out, &[]);
     for (name, s) in r["scenarios"].as_object().unwrap() {
         if name == "benign" {
             assert_eq!(s["flagged"], 0, "false positives: {s}");
@@ -512,6 +517,50 @@ fn builtin_pack_catches_every_scenario_without_false_positives() {
         }
     }
     assert_eq!(r["scenarios"].as_object().unwrap().len(), 9);
+
+    // The baseline rules alone, after the agents' warm-up: the burst, scraping and lateral
+    // scenarios are caught on baselines only, with under 1% false positives (five sessions
+    // of each attack, so that some start after their agent's warm-up).
+    let out = dir.path().join("g5");
+    let o = cordon(&[
+        "generate",
+        "--seed",
+        "1",
+        "--agents",
+        "200",
+        "--duration",
+        "24h",
+        "--attack-sessions",
+        "5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = eval_json(
+        &out,
+        &[
+            "--only",
+            "cordon.mcp.anomaly.*",
+            "--only",
+            "cordon.mcp.chain.secret_then_new_recipient",
+            "--warm-up",
+            "2h",
+        ],
+    );
+    assert!(r["excluded_warm_up"].as_u64().unwrap() > 0);
+    for name in [
+        "burst_scraping",
+        "lateral_movement",
+        "probing_after_denials",
+    ] {
+        let s = &r["scenarios"][name];
+        assert_eq!(s["missed"], 0, "{name} missed: {s}");
+    }
+    assert!(
+        r["false_positive_rate"].as_f64().unwrap() < 0.01,
+        "{}",
+        r["false_positive_rate"]
+    );
 }
 
 #[test]

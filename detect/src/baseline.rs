@@ -37,13 +37,15 @@ fn alpha(half_life: f64) -> f64 {
 /// A log-normal model of a size, with exponential forgetting.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VolumeModel {
-    n: u64,
-    mean: f64,
-    var: f64,
-    alpha: f64,
+    // Single precision: the state of 100 000s of agents is what must stay small, and the
+    // log of a size needs no more than 7 digits.
+    n: u32,
+    mean: f32,
+    var: f32,
+    alpha: f32,
     /// A floor on the spread of the log: a key that always sends the same size is not
     /// infinitely surprised by one byte more.
-    floor: f64,
+    floor: f32,
 }
 
 impl VolumeModel {
@@ -53,7 +55,7 @@ impl VolumeModel {
             n: 0,
             mean: 0.0,
             var: 0.0,
-            alpha: alpha(half_life),
+            alpha: alpha(half_life) as f32,
             floor: 0.05,
         }
     }
@@ -61,29 +63,29 @@ impl VolumeModel {
     /// Sets the floor on the spread of `ln(1 + x)` (default 0.05, about 5%): for counts such
     /// as calls per session, where a few more is ordinary, a wider floor.
     pub fn with_min_spread(mut self, floor: f64) -> VolumeModel {
-        self.floor = floor.max(0.0);
+        self.floor = floor.max(0.0) as f32;
         self
     }
 
     /// Observations seen.
     pub fn count(&self) -> u64 {
-        self.n
+        u64::from(self.n)
     }
 
     /// The typical value (the geometric-mean-like centre, back-transformed).
     pub fn typical(&self) -> f64 {
-        self.mean.exp() - 1.0
+        f64::from(self.mean).exp() - 1.0
     }
 
     /// The tail probability of `x` (near 1: unusually large; near 0: unusually small), or
     /// `None` during warm-up.
     pub fn score(&self, x: f64) -> Option<f64> {
-        if self.n < VOLUME_WARMUP || !x.is_finite() {
+        if u64::from(self.n) < VOLUME_WARMUP || !x.is_finite() {
             return None;
         }
         let y = x.max(0.0).ln_1p();
-        let sd = self.var.sqrt().max(self.floor);
-        let z = (y - self.mean) / sd;
+        let sd = f64::from(self.var).sqrt().max(f64::from(self.floor));
+        let z = (y - f64::from(self.mean)) / sd;
         Normal::new(0.0, 1.0).ok().map(|n| n.cdf(z))
     }
 
@@ -93,17 +95,18 @@ impl VolumeModel {
             return;
         }
         let y = x.max(0.0).ln_1p();
-        self.n += 1;
+        self.n = self.n.saturating_add(1);
         if self.n == 1 {
-            self.mean = y;
+            self.mean = y as f32;
             self.var = 0.0;
             return;
         }
         // Warm-up uses plain averages (alpha = 1/n) so early values weigh as they should.
-        let a = self.alpha.max(1.0 / self.n as f64);
-        let d = y - self.mean;
-        self.mean += a * d;
-        self.var = (1.0 - a) * (self.var + a * d * d);
+        let a = f64::from(self.alpha).max(1.0 / f64::from(self.n));
+        let (mean, var) = (f64::from(self.mean), f64::from(self.var));
+        let d = y - mean;
+        self.mean = (mean + a * d) as f32;
+        self.var = ((1.0 - a) * (var + a * d * d)) as f32;
     }
 }
 
@@ -125,53 +128,56 @@ const DAY_NS: i64 = 24 * HOUR_NS;
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RateModel {
     bucket_ns: i64,
-    /// Buckets are counted from the first event, so that shifting every timestamp by any
-    /// amount changes no score.
-    origin: Option<i64>,
-    bucket: Option<i64>,
-    count: u64,
-    buckets: u64,
-    rate: f64,
-    var: f64,
-    alpha: f64,
+    /// Buckets are counted from the first event (`NONE` before it), so that shifting every
+    /// timestamp by any amount changes no score.
+    origin: i64,
+    /// The current bucket (`NONE` before the first event).
+    bucket: i64,
+    count: u32,
+    buckets: u32,
+    rate: f32,
+    var: f32,
+    alpha: f32,
+    /// Mean per bucket at each hour of the day. Every bucket, quiet ones included, is learnt
+    /// in order, so each slot has seen `buckets / 24` of them (and each day `buckets / 7`):
+    /// no per-slot counts need be kept.
     hours: [f32; 24],
-    hours_n: [u16; 24],
     days: [f32; 7],
-    days_n: [u16; 7],
 }
+
+/// "Not yet" for the time fields of the models.
+const NONE: i64 = i64::MIN;
 
 impl RateModel {
     /// A model with buckets of `bucket_ns` and a half-life in buckets.
     pub fn new(bucket_ns: i64, half_life: f64) -> RateModel {
         RateModel {
             bucket_ns: bucket_ns.max(1),
-            origin: None,
-            bucket: None,
+            origin: NONE,
+            bucket: NONE,
             count: 0,
             buckets: 0,
             rate: 0.0,
             var: 0.0,
-            alpha: alpha(half_life),
+            alpha: alpha(half_life) as f32,
             hours: [0.0; 24],
-            hours_n: [0; 24],
             days: [0.0; 7],
-            days_n: [0; 7],
         }
     }
 
     /// The learnt mean events per bucket, over all hours.
     pub fn rate(&self) -> f64 {
-        self.rate
+        f64::from(self.rate)
     }
 
     /// Buckets learnt.
     pub fn buckets(&self) -> u64 {
-        self.buckets
+        u64::from(self.buckets)
     }
 
     /// The first event's time (ns), which anchors buckets and seasonal slots.
     pub fn origin(&self) -> Option<i64> {
-        self.origin
+        (self.origin != NONE).then_some(self.origin)
     }
 
     fn slots(&self, b: i64) -> (usize, usize) {
@@ -182,43 +188,60 @@ impl RateModel {
         )
     }
 
-    fn learn(&mut self, b: i64, n: u64) {
-        self.buckets += 1;
-        let a = self.alpha.max(1.0 / self.buckets as f64);
-        let d = n as f64 - self.rate;
-        self.rate += a * d;
-        self.var = (1.0 - a) * (self.var + a * d * d);
+    fn learn(&mut self, b: i64, n: u32) {
+        self.buckets = self.buckets.saturating_add(1);
+        let a = f64::from(self.alpha).max(1.0 / f64::from(self.buckets));
+        let (rate, var) = (f64::from(self.rate), f64::from(self.var));
+        let d = f64::from(n) - rate;
+        self.rate = (rate + a * d) as f32;
+        self.var = ((1.0 - a) * (var + a * d * d)) as f32;
         let (h, day) = self.slots(b);
         // Each slot forgets over about a week (hours) or a month (days) of its own buckets.
-        self.hours_n[h] = self.hours_n[h].saturating_add(1);
-        let ah = (1.0 / f64::from(self.hours_n[h])).max(1.0 / 420.0) as f32;
+        let ah = (1.0 / self.hour_buckets(h)).max(1.0 / 420.0) as f32;
         self.hours[h] += ah * (n as f32 - self.hours[h]);
-        self.days_n[day] = self.days_n[day].saturating_add(1);
-        let ad = (1.0 / f64::from(self.days_n[day])).max(1.0 / 5760.0) as f32;
+        let ad = (1.0 / self.day_buckets(day)).max(1.0 / 5760.0) as f32;
         self.days[day] += ad * (n as f32 - self.days[day]);
+    }
+
+    /// Buckets learnt in hour slot `h` (buckets are learnt in order from the origin).
+    fn hour_buckets(&self, h: usize) -> f64 {
+        self.slot_buckets(h, HOUR_NS, 24)
+    }
+
+    fn day_buckets(&self, d: usize) -> f64 {
+        self.slot_buckets(d, DAY_NS, 7)
+    }
+
+    fn slot_buckets(&self, slot: usize, slot_ns: i64, slots: i64) -> f64 {
+        let per_slot = (slot_ns / self.bucket_ns).max(1);
+        let cycle = per_slot * slots;
+        let done = i64::from(self.buckets);
+        let full = done / cycle * per_slot;
+        let rest = (done % cycle - slot as i64 * per_slot).clamp(0, per_slot);
+        (full + rest).max(1) as f64
     }
 
     /// The expected events in bucket `b`: the overall rate adjusted by the hour and day
     /// slots, each in proportion to how much of it has been seen.
     fn expected_at(&self, b: i64) -> f64 {
-        let m = self.rate.max(0.05);
+        let m = self.rate().max(0.05);
         let (h, d) = self.slots(b);
-        let hn = f64::from(self.hours_n[h]).min(420.0);
+        let hn = self.hour_buckets(h).min(420.0);
         let hour = (hn * f64::from(self.hours[h]) + HOUR_PRIOR * m) / (hn + HOUR_PRIOR);
-        let dn = f64::from(self.days_n[d]).min(5760.0);
+        let dn = self.day_buckets(d).min(5760.0);
         let day = (dn * f64::from(self.days[d]) + DAY_PRIOR * m) / (dn + DAY_PRIOR);
         (hour * day / m).max(0.05)
     }
 
     /// The expected events in the current bucket.
     pub fn expected(&self) -> f64 {
-        self.expected_at(self.bucket.unwrap_or(0))
+        self.expected_at(self.bucket.max(0))
     }
 
     /// The learnt mean per bucket at each hour of the day, in UTC, for display.
     pub fn hour_of_day(&self) -> [f64; 24] {
         let mut out = [0.0; 24];
-        let Some(origin) = self.origin else {
+        let Some(origin) = self.origin() else {
             return out;
         };
         let shift = origin.div_euclid(HOUR_NS).rem_euclid(24) as usize;
@@ -231,42 +254,50 @@ impl RateModel {
     /// Counts an event at `t` (ns). Returns the events in its bucket so far and the score of
     /// that count (`None` during warm-up).
     pub fn observe(&mut self, t: i64) -> (u64, Option<f64>) {
-        let origin = *self.origin.get_or_insert(t);
-        let b = t.saturating_sub(origin).div_euclid(self.bucket_ns);
-        match self.bucket {
-            None => self.bucket = Some(b),
-            Some(cur) if b > cur => {
-                self.learn(cur, self.count);
-                // Quiet buckets in between count as zeros, at most a week's worth.
-                let gap = (b - cur - 1).min(10_080);
-                for q in 1..=gap {
-                    self.learn(cur + q, 0);
-                }
-                self.bucket = Some(b);
-                self.count = 0;
-            }
-            // A late event counts in the current bucket.
-            Some(_) => {}
+        if self.origin == NONE {
+            self.origin = t;
         }
-        self.count += 1;
-        (self.count, self.score(self.count))
+        let b = t.saturating_sub(self.origin).div_euclid(self.bucket_ns);
+        let cur = self.bucket;
+        if cur == NONE {
+            self.bucket = b;
+        } else if b > cur {
+            self.learn(cur, self.count);
+            // Quiet buckets in between count as zeros, at most a week's worth; past that the
+            // slots stay aligned by skipping whole weeks.
+            let gap = b - cur - 1;
+            let week = (7 * DAY_NS / self.bucket_ns).max(1);
+            let skip = if gap > week {
+                (gap - week) / week * week
+            } else {
+                0
+            };
+            for q in (1 + skip)..=gap {
+                self.learn(cur + q, 0);
+            }
+            self.bucket = b;
+            self.count = 0;
+        }
+        // A late event counts in the current bucket.
+        self.count = self.count.saturating_add(1);
+        (u64::from(self.count), self.score(u64::from(self.count)))
     }
 
     /// Starts afresh on the bucket clock (a new agent inheriting a peer's model).
     pub fn restart(&mut self) {
-        self.bucket = None;
+        self.bucket = NONE;
         self.count = 0;
     }
 
     /// The tail probability of `n` events in the current bucket, or `None` during warm-up.
     pub fn score(&self, n: u64) -> Option<f64> {
-        if self.buckets < RATE_WARMUP {
+        if u64::from(self.buckets) < RATE_WARMUP {
             return None;
         }
-        let m = self.rate.max(0.05);
+        let m = self.rate().max(0.05);
         let mu = self.expected();
         // Over-dispersion of the counts (variance over mean), carried to this slot's mean.
-        let dispersion = self.var / m;
+        let dispersion = f64::from(self.var) / m;
         if dispersion <= 1.05 {
             return Poisson::new(mu).ok().map(|p| p.cdf(n.saturating_sub(1)));
         }
@@ -290,12 +321,12 @@ pub const RATIO_WARMUP: f64 = 100.0;
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RatioModel {
     window_ns: i64,
-    window: Option<i64>,
+    window: i64,
     n: u32,
     k: u32,
-    trials: f64,
-    hits: f64,
-    decay: f64,
+    trials: f32,
+    hits: f32,
+    decay: f32,
 }
 
 impl RatioModel {
@@ -303,29 +334,29 @@ impl RatioModel {
     pub fn new(window_ns: i64, half_life_calls: f64) -> RatioModel {
         RatioModel {
             window_ns: window_ns.max(1),
-            window: None,
+            window: NONE,
             n: 0,
             k: 0,
             trials: 0.0,
             hits: 0.0,
-            decay: 0.5f64.powf(1.0 / half_life_calls.max(1.0)),
+            decay: 0.5f64.powf(1.0 / half_life_calls.max(1.0)) as f32,
         }
     }
 
     /// The learnt ratio (with its prior).
     pub fn ratio(&self) -> f64 {
-        (self.hits + 1.0) / (self.trials + 50.0)
+        (f64::from(self.hits) + 1.0) / (f64::from(self.trials) + 50.0)
     }
 
     /// Calls learnt (decayed).
     pub fn trials(&self) -> f64 {
-        self.trials
+        f64::from(self.trials)
     }
 
     fn close(&mut self) {
-        let keep = self.decay.powi(self.n as i32);
-        self.trials = self.trials * keep + f64::from(self.n);
-        self.hits = self.hits * keep + f64::from(self.k);
+        let keep = f64::from(self.decay).powi(self.n.min(i32::MAX as u32) as i32);
+        self.trials = (f64::from(self.trials) * keep + f64::from(self.n)) as f32;
+        self.hits = (f64::from(self.hits) * keep + f64::from(self.k)) as f32;
         self.n = 0;
         self.k = 0;
     }
@@ -335,17 +366,15 @@ impl RatioModel {
     /// can make the count more unusual).
     pub fn observe(&mut self, offset: i64, hit: bool) -> (u32, Option<f64>) {
         let w = offset.div_euclid(self.window_ns);
-        match self.window {
-            Some(cur) if w > cur => {
-                self.close();
-                self.window = Some(w);
-            }
-            None => self.window = Some(w),
-            Some(_) => {}
+        if self.window == NONE {
+            self.window = w;
+        } else if w > self.window {
+            self.close();
+            self.window = w;
         }
         self.n = self.n.saturating_add(1);
         self.k = self.k.saturating_add(u32::from(hit));
-        if !hit || self.trials < RATIO_WARMUP {
+        if !hit || f64::from(self.trials) < RATIO_WARMUP {
             return (self.k, None);
         }
         let p = self.ratio().clamp(1e-6, 1.0 - 1e-6);
@@ -357,7 +386,7 @@ impl RatioModel {
 
     /// Starts afresh on the window clock (a new agent inheriting a peer's model).
     pub fn restart(&mut self) {
-        self.window = None;
+        self.window = NONE;
         self.n = 0;
         self.k = 0;
     }
@@ -376,9 +405,9 @@ pub struct Vocabulary {
     counts: rustc_hash::FxHashMap<u64, f32>,
     total: f64,
     weight: f64,
-    growth: f64,
-    observations: u64,
-    pruned: u64,
+    growth: f32,
+    observations: u32,
+    pruned: u32,
 }
 
 /// What a vocabulary knew of a value before it was counted.
@@ -397,7 +426,7 @@ impl Vocabulary {
             counts: rustc_hash::FxHashMap::default(),
             total: 0.0,
             weight: 1.0,
-            growth: 2f64.powf(1.0 / half_life.max(1.0)),
+            growth: 2f64.powf(1.0 / half_life.max(1.0)) as f32,
             observations: 0,
             pruned: 0,
         }
@@ -415,12 +444,12 @@ impl Vocabulary {
 
     /// Values counted.
     pub fn observations(&self) -> u64 {
-        self.observations
+        u64::from(self.observations)
     }
 
     /// Values dropped to stay under the bound.
     pub fn pruned(&self) -> u64 {
-        self.pruned
+        u64::from(self.pruned)
     }
 
     /// Heap bytes held (the table's buckets and control bytes).
@@ -452,8 +481,8 @@ impl Vocabulary {
         if !known && self.counts.len() >= cap {
             self.prune();
         }
-        self.observations += 1;
-        self.weight *= self.growth;
+        self.observations = self.observations.saturating_add(1);
+        self.weight *= f64::from(self.growth);
         if self.weight > 1e30 {
             let w = self.weight;
             for c in self.counts.values_mut() {
@@ -477,7 +506,9 @@ impl Vocabulary {
         let cut = *cut;
         let before = self.counts.len();
         self.counts.retain(|_, c| *c > cut);
-        self.pruned += (before - self.counts.len()) as u64;
+        self.pruned = self
+            .pruned
+            .saturating_add((before - self.counts.len()) as u32);
         self.total = self.counts.values().map(|c| f64::from(*c)).sum();
     }
 

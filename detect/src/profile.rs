@@ -26,7 +26,6 @@ use std::hash::Hasher;
 use cordon_ingest::{BaselineFeatures, BaselineField, CoreField, Event, FieldRef, FieldValue};
 use rustc_hash::{FxHashMap, FxHasher};
 use serde_json::Value;
-use smallvec::SmallVec;
 
 use crate::baseline::{RateModel, RatioModel, Vocabulary, VolumeModel};
 
@@ -42,8 +41,6 @@ pub const MAX_AGENTS: usize = 200_000;
 pub const MAX_COLD: usize = 2_000_000;
 /// Sessions of one agent followed at once.
 const OPEN_SESSIONS: usize = 4;
-/// Distinct servers counted per session.
-const SESSION_SERVERS: usize = 64;
 /// Own events before an agent may stand for its peer group.
 const PEER_READY: u64 = 200;
 const MINUTE_NS: i64 = 60_000_000_000;
@@ -72,9 +69,25 @@ const RECIPIENT_ARGS: &[&str] = &[
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct OpenSession {
     id: u64,
-    calls: u32,
-    servers: SmallVec<[u32; 8]>,
     last: i64,
+    calls: u32,
+    /// Distinct servers by linear counting: one bit of 128 per server hash; the estimate
+    /// `-m ln(zeros / m)` corrects for collisions (exact in expectation, a few percent off
+    /// for the handful of servers a session touches), in 16 bytes whatever the count.
+    servers: [u64; 2],
+}
+
+impl OpenSession {
+    fn add_server(&mut self, h: u64) {
+        let bit = (h >> 57) as usize; // top 7 bits: 0..128
+        self.servers[bit / 64] |= 1 << (bit % 64);
+    }
+
+    fn breadth(&self) -> f64 {
+        let ones = self.servers[0].count_ones() + self.servers[1].count_ones();
+        let zeros = f64::from(128 - ones).max(0.5);
+        -128.0 * (zeros / 128.0).ln()
+    }
 }
 
 /// One agent's profile.
@@ -104,10 +117,10 @@ pub struct Profile {
     pub methods: Vocabulary,
     /// Recipients and destinations used.
     pub recipients: Vocabulary,
-    sessions: SmallVec<[OpenSession; 2]>,
+    sessions: Vec<OpenSession>,
     last: i64,
     /// The peer whose profile this agent started from.
-    pub peer: Option<String>,
+    pub peer: Option<Box<str>>,
 }
 
 impl Profile {
@@ -125,7 +138,7 @@ impl Profile {
             servers: Vocabulary::new(5000.0),
             methods: Vocabulary::new(5000.0),
             recipients: Vocabulary::new(2000.0),
-            sessions: SmallVec::new(),
+            sessions: Vec::new(),
             last: i64::MIN,
             peer: None,
         }
@@ -142,7 +155,7 @@ impl Profile {
         p.deny.restart();
         p.errors.restart();
         p.last = i64::MIN;
-        p.peer = Some(peer_id.to_owned());
+        p.peer = Some(peer_id.into());
         p
     }
 
@@ -163,12 +176,8 @@ impl Profile {
             + self.servers.heap_bytes()
             + self.methods.heap_bytes()
             + self.recipients.heap_bytes()
-            + if self.sessions.spilled() {
-                self.sessions.capacity() * std::mem::size_of::<OpenSession>()
-            } else {
-                0
-            }
-            + self.peer.as_ref().map_or(0, String::capacity)
+            + self.sessions.capacity() * std::mem::size_of::<OpenSession>()
+            + self.peer.as_ref().map_or(0, |p| p.len())
     }
 
     /// Whether tools, servers and methods are warm enough to claim novelty.
@@ -189,13 +198,13 @@ impl Profile {
                 .unwrap_or(0);
             let s = self.sessions.swap_remove(oldest);
             self.session_calls.update(f64::from(s.calls));
-            self.session_breadth.update(s.servers.len() as f64);
+            self.session_breadth.update(s.breadth());
         }
         self.sessions.push(OpenSession {
             id,
-            calls: 0,
-            servers: SmallVec::new(),
             last: t,
+            calls: 0,
+            servers: [0; 2],
         });
         let last = self.sessions.len() - 1;
         &mut self.sessions[last]
@@ -375,16 +384,26 @@ impl Profiles {
                         Profile::new()
                     })
                 }
-                None => match group
-                    .and_then(|g| self.peers.get(g))
-                    .and_then(|id| self.agents.get(id).map(|p| (id, p)))
-                {
-                    Some((id, peer)) => {
-                        self.stats.from_peer += 1;
-                        Profile::inherit(id, peer)
+                None => {
+                    // The group's representative, hot or cold.
+                    let peer = group.and_then(|g| self.peers.get(g)).and_then(|id| {
+                        match self.agents.get(id) {
+                            Some(p) => Some(Profile::inherit(id, p)),
+                            None => self.cold.get(id).and_then(|(_, bytes)| {
+                                postcard::from_bytes::<Profile>(bytes)
+                                    .ok()
+                                    .map(|p| Profile::inherit(id, &p))
+                            }),
+                        }
+                    });
+                    match peer {
+                        Some(p) => {
+                            self.stats.from_peer += 1;
+                            p
+                        }
+                        None => Profile::new(),
                     }
-                    None => Profile::new(),
-                },
+                }
             };
             self.agents.insert(agent.to_owned(), p);
         }
@@ -502,13 +521,11 @@ impl Profiles {
                 }
             }
             if let Some(sid) = ev.str(CoreField::SessionId) {
-                let server = server.map_or(0, |s| hash(s) as u32);
+                let server = server.map_or(0, hash);
                 let s = p.session(hash(sid), t);
                 s.calls = s.calls.saturating_add(1);
-                if !s.servers.contains(&server) && s.servers.len() < SESSION_SERVERS {
-                    s.servers.push(server);
-                }
-                let (calls, breadth) = (f64::from(s.calls), s.servers.len() as f64);
+                s.add_server(server);
+                let (calls, breadth) = (f64::from(s.calls), s.breadth());
                 if let Some(score) = p.session_calls.score(calls) {
                     f.set(
                         BaselineField::SessionCalls,
@@ -554,7 +571,7 @@ impl Profiles {
             let stands = self
                 .peers
                 .get(g)
-                .is_some_and(|id| self.agents.contains_key(id));
+                .is_some_and(|id| self.agents.contains_key(id) || self.cold.contains_key(id));
             if !stands {
                 self.peers.insert(g.to_owned(), agent.to_owned());
             }

@@ -70,3 +70,164 @@ fn without_history_baseline_rules_stay_silent() {
     let (out, _) = call_rate(false, 1);
     assert!(out.is_empty());
 }
+
+/// The built-in rules that read baselines only.
+fn baseline_rules() -> RuleSet {
+    let mut set = RuleSet::builtin().unwrap();
+    set.rules.retain(|r| {
+        r.id.starts_with("cordon.mcp.anomaly.")
+            || r.id == "cordon.mcp.chain.secret_then_new_recipient"
+    });
+    assert_eq!(set.rules.len(), 6);
+    set
+}
+
+#[allow(clippy::too_many_arguments)]
+fn call(
+    i: usize,
+    t: i64,
+    session: usize,
+    tool: &str,
+    bytes: u64,
+    to: &str,
+    decision: &str,
+) -> cordon_ingest::Event {
+    let text = format!(
+        r#"{{"event.id":"e{i}","@timestamp":"2026-11-20T10:00:00Z","gen_ai.agent.id":"a","gen_ai.agent.name":"mailer","mcp.session.id":"s{session}","mcp.method.name":"tools/call","audit.target":"gmail","gen_ai.tool.name":"{tool}","gen_ai.tool.call.arguments":{{"to":["{to}"]}},"audit.result_bytes":{bytes},"audit.decision":"{decision}"}}"#
+    );
+    let mut ev = cordon_ingest::decode_native(text.as_bytes()).unwrap();
+    ev.set_timestamp_nanos(t);
+    ev
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+
+    /// An agent that does the same thing at the same pace — the same session length, the same
+    /// gaps, the same tool, size and recipient, a denial every `deny_every` calls — never
+    /// raises a baseline alert, however long it runs.
+    #[test]
+    fn constant_behaviour_never_fires(
+        gap_s in 2i64..120,
+        session_len in 1usize..40,
+        pause_min in 1i64..240,
+        bytes in 10u64..5_000_000,
+        deny_every in proptest::option::of(5usize..50),
+    ) {
+        let mut engine = Engine::new(&baseline_rules());
+        let mut out = Vec::new();
+        let mut t = 1_800_000_000_000_000_000i64;
+        let mut i = 0;
+        for s in 0..(2_000 / session_len).max(30) {
+            for _ in 0..session_len {
+                let deny = deny_every.is_some_and(|k| i % k == k - 1);
+                let ev = call(i, t, s, "send_email", bytes, "team@corp.example", if deny { "deny" } else { "allow" });
+                engine.push(ev, &mut out).unwrap();
+                i += 1;
+                t += gap_s * 1_000_000_000;
+            }
+            t += pause_min * 60_000_000_000;
+        }
+        engine.finish(&mut out);
+        let fired: Vec<&str> = out.iter().map(|a| a.rule_id.as_str()).collect();
+        proptest::prop_assert!(out.is_empty(), "{fired:?}");
+    }
+
+    /// Shifting every timestamp by any amount, whole minutes or not, changes no feature of
+    /// any event: buckets, windows and seasonal slots count from each agent's first event.
+    #[test]
+    fn features_are_invariant_to_shifting_timestamps(shift in -1_000_000_000_000_000_000i64..1_000_000_000_000_000_000) {
+        let g = cordon_ingest::generate::generate(&cordon_ingest::generate::GenConfig {
+            agents: 6,
+            duration_nanos: 12 * 3_600_000_000_000,
+            ..Default::default()
+        });
+        let mut a = cordon_detect::profile::Profiles::default();
+        let mut b = cordon_detect::profile::Profiles::default();
+        for ev in &g.events {
+            let mut x = ev.clone();
+            let mut y = ev.clone();
+            y.set_timestamp_nanos(ev.timestamp_nanos().unwrap() + shift);
+            a.annotate(&mut x);
+            b.annotate(&mut y);
+            proptest::prop_assert_eq!(x.baseline(), y.baseline());
+        }
+    }
+}
+
+/// A new agent of a known kind is judged from its first call by what its peers do.
+#[test]
+fn new_agents_start_from_their_peer_group() {
+    let mut p = cordon_detect::profile::Profiles::default();
+    let mut t = 1_800_000_000_000_000_000i64;
+    for i in 0..300 {
+        let mut ev = call(
+            i,
+            t,
+            i / 10,
+            "send_email",
+            2_000,
+            "team@corp.example",
+            "allow",
+        );
+        p.annotate(&mut ev);
+        t += 30_000_000_000;
+    }
+    // Another instance of the same agent name: its first call to a tool the peers never use.
+    let text = r#"{"event.id":"n1","@timestamp":"2026-11-20T10:00:00Z","gen_ai.agent.id":"b","gen_ai.agent.name":"mailer","mcp.session.id":"x","mcp.method.name":"tools/call","audit.target":"gmail","gen_ai.tool.name":"delete_all","audit.result_bytes":2000}"#;
+    let mut ev = cordon_ingest::decode_native(text.as_bytes()).unwrap();
+    ev.set_timestamp_nanos(t);
+    p.annotate(&mut ev);
+    let f = ev.baseline().unwrap();
+    assert_eq!(f.is(cordon_ingest::BaselineField::FirstTool), Some(true));
+    assert_eq!(f.is(cordon_ingest::BaselineField::FirstServer), Some(false));
+    assert!(f.value(cordon_ingest::BaselineField::Volume).is_some());
+    assert_eq!(p.get("b").unwrap().peer.as_deref(), Some("a"));
+    assert_eq!(p.stats().from_peer, 1);
+    // An agent of another name starts cold: no novelty claimed.
+    let text = r#"{"event.id":"n2","@timestamp":"2026-11-20T10:00:00Z","gen_ai.agent.id":"c","gen_ai.agent.name":"other","mcp.method.name":"tools/call","audit.target":"gmail","gen_ai.tool.name":"delete_all"}"#;
+    let mut ev = cordon_ingest::decode_native(text.as_bytes()).unwrap();
+    ev.set_timestamp_nanos(t);
+    p.annotate(&mut ev);
+    assert_eq!(
+        ev.baseline()
+            .unwrap()
+            .is(cordon_ingest::BaselineField::FirstTool),
+        None
+    );
+}
+
+/// Idle agents leave memory for the cold tier and come back whole: a run with a short idle
+/// time (agents moving out and in all the time) gives every event the same features as a run
+/// that keeps everyone hot; and a tiny hot cap, evicting constantly, does too.
+#[test]
+fn the_cold_tier_is_transparent() {
+    let g = cordon_ingest::generate::generate(&cordon_ingest::generate::GenConfig {
+        agents: 12,
+        duration_nanos: 24 * 3_600_000_000_000,
+        ..Default::default()
+    });
+    let mut hot = cordon_detect::profile::Profiles::default();
+    let mut idle = cordon_detect::profile::Profiles::default()
+        .with_idle_after(std::time::Duration::from_secs(600));
+    let mut capped = cordon_detect::profile::Profiles::default().with_caps(3, 1_000);
+    for ev in &g.events {
+        let (mut x, mut y, mut z) = (ev.clone(), ev.clone(), ev.clone());
+        hot.annotate(&mut x);
+        idle.annotate(&mut y);
+        capped.annotate(&mut z);
+        assert_eq!(x.baseline(), y.baseline());
+        assert_eq!(x.baseline(), z.baseline());
+    }
+    let (si, sc) = (idle.stats(), capped.stats());
+    assert!(si.idled > 0 && si.revived > 0 && si.cold > 0, "{si:?}");
+    assert!(sc.evicted > 0 && sc.revived > 0 && sc.hot <= 3, "{sc:?}");
+    assert_eq!(si.dropped + sc.dropped + si.damaged + sc.damaged, 0);
+    // Bounded cold tier: past its cap the oldest agents are dropped, and counted.
+    let mut tight = cordon_detect::profile::Profiles::default().with_caps(2, 2);
+    for ev in &g.events {
+        tight.annotate(&mut ev.clone());
+    }
+    let st = tight.stats();
+    assert!(st.dropped > 0 && st.cold <= 2 && st.hot <= 2, "{st:?}");
+}

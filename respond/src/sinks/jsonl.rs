@@ -85,7 +85,11 @@ impl AlertSink for JsonLinesSink {
     fn flush(&mut self) -> Result<(), SinkError> {
         self.out.flush().map_err(|e| self.io(e))?;
         if let Some(f) = &self.file {
-            f.sync_data().map_err(|e| self.io(e))?;
+            // Character devices (`/dev/null`, a terminal) cannot be synced and need not be.
+            match f.sync_data() {
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {}
+                r => r.map_err(|e| self.io(e))?,
+            }
         }
         Ok(())
     }
