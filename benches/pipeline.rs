@@ -298,6 +298,24 @@ fn pack(c: &mut Criterion) {
             black_box(profiles.stats())
         })
     });
+    // Steady state: the same agents, known already, come back for the next 20 minutes (every
+    // timestamp moved forward by the stream's span on each pass). The bench above pays for
+    // creating 10 000 profiles from 10 events each; this one is the per-event update.
+    let span = 20 * 60_000_000_000i64;
+    let mut profiles = cordon_detect::profile::Profiles::default();
+    for ev in decoded.iter_mut() {
+        profiles.annotate(ev);
+    }
+    grp.bench_function("profile_update_steady", |b| {
+        b.iter(|| {
+            for ev in decoded.iter_mut() {
+                let t = ev.timestamp_nanos().unwrap_or(0);
+                ev.set_timestamp_nanos(t + span);
+                profiles.annotate(ev);
+            }
+            black_box(profiles.stats())
+        })
+    });
     grp.finish();
 
     // State held after the stream, per open partial.

@@ -143,6 +143,67 @@ pub struct RateModel {
     /// no per-slot counts need be kept.
     hours: [f32; 24],
     days: [f32; 7],
+    /// The current bucket's law summed up to its count so far (not persisted: rebuilt the
+    /// same way after a restore).
+    #[serde(skip)]
+    walk: CdfWalk,
+}
+
+/// The count law of a bucket.
+#[derive(Clone, Copy, Debug)]
+enum CountLaw {
+    Poisson(f64),
+    /// `r`, `p` as statrs parametrises it.
+    NegativeBinomial(f64, f64),
+}
+
+impl CountLaw {
+    fn pmf0(self) -> f64 {
+        match self {
+            CountLaw::Poisson(mu) => (-mu).exp(),
+            CountLaw::NegativeBinomial(r, p) => p.powf(r),
+        }
+    }
+
+    /// `pmf(k + 1) / pmf(k)`.
+    fn step(self, k: u32) -> f64 {
+        let k = f64::from(k);
+        match self {
+            CountLaw::Poisson(mu) => mu / (k + 1.0),
+            CountLaw::NegativeBinomial(r, p) => (k + r) / (k + 1.0) * (1.0 - p),
+        }
+    }
+
+    /// `P(N < n)` computed directly.
+    fn below(self, n: u64) -> Option<f64> {
+        if n == 0 {
+            return Some(0.0);
+        }
+        match self {
+            CountLaw::Poisson(mu) => Poisson::new(mu).ok().map(|d| d.cdf(n - 1)),
+            CountLaw::NegativeBinomial(r, p) => {
+                NegativeBinomial::new(r, p).ok().map(|d| d.cdf(n - 1))
+            }
+        }
+    }
+}
+
+/// `P(N < k)` for the bucket's law, walked up one count at a time: a bucket's count grows
+/// by one per event, so each score costs one multiplication instead of an incomplete beta
+/// function (≈ 0.3 µs, as much as the rest of the profile update).
+#[derive(Clone, Debug, Default)]
+struct CdfWalk {
+    ready: bool,
+    k: u32,
+    below: f64,
+    at: f64,
+}
+
+impl PartialEq for CdfWalk {
+    /// A cache: equal whatever it holds, so that models compare by what they learnt.
+    fn eq(&self, _: &CdfWalk) -> bool {
+        true
+    }
 }
 
 /// "Not yet" for the time fields of the models.
@@ -162,6 +223,7 @@ impl RateModel {
             alpha: alpha(half_life) as f32,
             hours: [0.0; 24],
             days: [0.0; 7],
+            walk: CdfWalk::default(),
         }
     }
 
@@ -189,6 +251,7 @@ impl RateModel {
     }
 
     fn learn(&mut self, b: i64, n: u32) {
+        self.walk.ready = false;
         self.buckets = self.buckets.saturating_add(1);
         let a = f64::from(self.alpha).max(1.0 / f64::from(self.buckets));
         let (rate, var) = (f64::from(self.rate), f64::from(self.var));
@@ -280,17 +343,18 @@ impl RateModel {
         }
         // A late event counts in the current bucket.
         self.count = self.count.saturating_add(1);
-        (u64::from(self.count), self.score(u64::from(self.count)))
+        (u64::from(self.count), self.walk_score(self.count))
     }
 
     /// Starts afresh on the bucket clock (a new agent inheriting a peer's model).
     pub fn restart(&mut self) {
         self.bucket = NONE;
         self.count = 0;
+        self.walk.ready = false;
     }
 
-    /// The tail probability of `n` events in the current bucket, or `None` during warm-up.
-    pub fn score(&self, n: u64) -> Option<f64> {
+    /// The law of the current bucket's count, or `None` during warm-up.
+    fn law(&self) -> Option<CountLaw> {
         if u64::from(self.buckets) < RATE_WARMUP {
             return None;
         }
@@ -299,14 +363,42 @@ impl RateModel {
         // Over-dispersion of the counts (variance over mean), carried to this slot's mean.
         let dispersion = f64::from(self.var) / m;
         if dispersion <= 1.05 {
-            return Poisson::new(mu).ok().map(|p| p.cdf(n.saturating_sub(1)));
+            return Some(CountLaw::Poisson(mu));
         }
         // Moments matched: mean r(1-p)/p = mu, variance r(1-p)/p² = dispersion·mu.
-        let p = 1.0 / dispersion;
-        let r = mu / (dispersion - 1.0);
-        NegativeBinomial::new(r, p)
-            .ok()
-            .map(|d| d.cdf(n.saturating_sub(1)))
+        Some(CountLaw::NegativeBinomial(
+            mu / (dispersion - 1.0),
+            1.0 / dispersion,
+        ))
+    }
+
+    /// The tail probability of `n` events in the current bucket, or `None` during warm-up.
+    pub fn score(&self, n: u64) -> Option<f64> {
+        self.law()?.below(n)
+    }
+
+    /// [`RateModel::score`] of the current bucket's count, walked up incrementally.
+    fn walk_score(&mut self, n: u32) -> Option<f64> {
+        let law = self.law()?;
+        let w = &mut self.walk;
+        if !w.ready || w.k > n {
+            *w = CdfWalk {
+                ready: true,
+                k: 0,
+                below: 0.0,
+                at: law.pmf0(),
+            };
+        }
+        // Where the law's first terms underflow, the walk cannot start: compute directly.
+        if w.at < 1e-250 && w.k == 0 {
+            return law.below(u64::from(n));
+        }
+        while w.k < n {
+            w.below += w.at;
+            w.at *= law.step(w.k);
+            w.k += 1;
+        }
+        Some(w.below.min(1.0))
     }
 }
 
@@ -476,11 +568,6 @@ impl Vocabulary {
 
     /// Whether `h` was seen, and its share, then counts it (at most `cap` values are held).
     pub fn observe(&mut self, h: u64, cap: usize) -> Seen {
-        let share = self.share(h);
-        let known = self.counts.contains_key(&h);
-        if !known && self.counts.len() >= cap {
-            self.prune();
-        }
         self.observations = self.observations.saturating_add(1);
         self.weight *= f64::from(self.growth);
         if self.weight > 1e30 {
@@ -491,11 +578,29 @@ impl Vocabulary {
             self.total /= w;
             self.weight = 1.0;
         }
-        *self.counts.entry(h).or_insert(0.0) += self.weight as f32;
+        let total = self.total;
         self.total += self.weight;
+        // One lookup on the common path: the value is known.
+        if let Some(c) = self.counts.get_mut(&h) {
+            let share = if total > 0.0 {
+                (f64::from(*c) / total).min(1.0)
+            } else {
+                0.0
+            };
+            *c += self.weight as f32;
+            return Seen {
+                new: (self.pruned == 0).then_some(false),
+                share,
+            };
+        }
+        if self.counts.len() >= cap {
+            self.prune();
+            self.total += self.weight;
+        }
+        self.counts.insert(h, self.weight as f32);
         Seen {
-            new: (self.pruned == 0).then_some(!known),
-            share,
+            new: (self.pruned == 0).then_some(true),
+            share: 0.0,
         }
     }
 
@@ -566,6 +671,27 @@ mod tests {
             let mut b = RateModel::new(60_000_000_000, 50.0);
             for &t in &times {
                 assert_eq!(a.observe(t), b.observe(t + shift), "shift {shift}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_incremental_score_is_the_direct_one() {
+        for (gap, burst) in [(30_000_000_000i64, 400i64), (7_000_000_000, 3_000)] {
+            let mut r = RateModel::new(60_000_000_000, 60.0);
+            let mut t = 0i64;
+            for i in 0..2_000i64 {
+                t += gap + (i % 11) * 1_000_000_000;
+                let (n, s) = r.observe(t);
+                if let (Some(s), Some(d)) = (s, r.score(n)) {
+                    assert!((s - d).abs() < 1e-9, "{s} vs {d} at {n}");
+                }
+            }
+            for _ in 0..burst {
+                t += 10_000_000;
+                let (n, s) = r.observe(t);
+                let d = r.score(n).unwrap();
+                assert!((s.unwrap() - d).abs() < 1e-9, "{s:?} vs {d} at {n}");
             }
         }
     }

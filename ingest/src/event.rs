@@ -651,7 +651,11 @@ impl Event {
 
     /// Sets the baseline features (the engine does, before rules see the event).
     pub fn set_baseline(&mut self, f: BaselineFeatures) {
-        self.baseline = Some(Box::new(f));
+        match &mut self.baseline {
+            // Re-annotating (a replay) reuses the allocation.
+            Some(b) => **b = f,
+            None => self.baseline = Some(Box::new(f)),
+        }
     }
 
     /// The event's category.
