@@ -46,6 +46,13 @@ pub struct RunArgs {
     /// one is reported and the run starts fresh), written back at the end.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// The field that puts agents in a peer group (default `gen_ai.agent.name`; e.g. a role
+    /// field): a new agent starts from a warm peer's profile.
+    #[arg(long)]
+    peer_field: Option<String>,
+    /// Agents idle this long (event time) leave memory for the compact cold tier (default 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle_after: Option<std::time::Duration>,
     /// Write the run's counters as JSON here (`-` for stderr): records, events, dead letters,
     /// out-of-order events, and per rule: matched, alerts, suppressed, excepted.
     #[arg(long)]
@@ -75,12 +82,20 @@ pub fn load_rules(paths: &[PathBuf]) -> Result<RuleSet, Failure> {
 pub fn run(a: RunArgs) -> Result<(), Failure> {
     let set = load_rules(&a.rules)?;
     let mut engine = Engine::new(&set).with_allowed_lateness(a.allowed_lateness);
+    let mut profiles = cordon_detect::profile::Profiles::default();
     if let Some(state) = a.state.as_ref().filter(|p| p.exists()) {
         match cordon_detect::profile::Profiles::restore(state) {
-            Ok(p) => engine = engine.with_profiles(p),
+            Ok(p) => profiles = p,
             Err(e) => eprintln!("warning: {e}; starting with fresh baselines"),
         }
     }
+    if let Some(f) = &a.peer_field {
+        profiles = profiles.with_peer_field(f);
+    }
+    if let Some(d) = a.idle_after {
+        profiles = profiles.with_idle_after(d);
+    }
+    engine = engine.with_profiles(profiles);
     let mut dead =
         DeadLetterSink::new(a.dead_letter.as_deref()).map_err(|e| Failure::input(e.to_string()))?;
     let mut sink = if a.alerts.as_os_str() == "-" {
@@ -176,11 +191,29 @@ pub enum RulesAction {
         /// Rule files or directories (default: the built-in pack).
         paths: Vec<PathBuf>,
     },
+    /// List the fields rules can read: the event schema's core fields and the baseline
+    /// features the engine computes.
+    Fields,
 }
 
 /// `cordon rules …`.
 pub fn rules(action: RulesAction) -> Result<(), Failure> {
     match action {
+        RulesAction::Fields => {
+            for f in cordon_ingest::CoreField::ALL {
+                let kind = format!("{:?}", f.kind()).to_lowercase();
+                println!("{:<32} {:<13} {}", f.name(), kind, f.doc());
+            }
+            for (name, b) in cordon_ingest::BaselineField::ALL {
+                let kind = match b.kind() {
+                    cordon_ingest::BaselineKind::Score => "score 0..1",
+                    cordon_ingest::BaselineKind::Flag => "boolean",
+                    cordon_ingest::BaselineKind::Frequency => "share 0..1",
+                };
+                println!("{name:<32} {kind:<13} {}", b.doc());
+            }
+            Ok(())
+        }
         RulesAction::Check { paths } => {
             let set = match load_rules(&paths) {
                 Ok(s) => s,

@@ -360,6 +360,33 @@ fn rules_test_and_list() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains(" passed, 0 failed"));
 
+    // Every field a rule may read, baseline features included, and each type-checks.
+    let o = cordon(&["rules", "fields"]);
+    assert!(o.status.success());
+    let fields = stdout(&o);
+    let names: Vec<&str> = fields
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(names.contains(&"gen_ai.agent.id") && names.contains(&"baseline.deny_ratio"));
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("b.yaml");
+    std::fs::write(
+        &f,
+        "id: t.b\ntitle: t\nseverity: low\nquery: tool where baseline.tool_frequency < 0.01 and baseline.first_method == false\n",
+    )
+    .unwrap();
+    let o = cordon(&["rules", "check", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(
+        &f,
+        "id: t.b\ntitle: t\nseverity: low\nquery: tool where baseline.deny_ration > 0.9\n",
+    )
+    .unwrap();
+    let o = cordon(&["rules", "check", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("baseline.deny_ratio"), "{}", stderr(&o));
+
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("r.yaml");
     std::fs::write(
@@ -752,6 +779,12 @@ fn baselines_persist_across_runs_and_can_be_shown() {
     let p: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(p["events"].as_u64().unwrap() > 50, "{p}");
     assert!(p["distinct_tools"].as_u64().unwrap() >= 3, "{p}");
+    assert_eq!(
+        p["calls_per_minute_by_hour_utc"].as_array().unwrap().len(),
+        24
+    );
+    assert!(p["sessions_learnt"].as_u64().unwrap() > 0, "{p}");
+    assert!(p["deny_ratio"].as_f64().unwrap() > 0.0, "{p}");
     let o = cordon(&[
         "baseline",
         "show",
@@ -759,7 +792,15 @@ fn baselines_persist_across_runs_and_can_be_shown() {
         "--state",
         state.to_str().unwrap(),
     ]);
-    assert!(stdout(&o).contains("calls per minute"));
+    let text = stdout(&o);
+    for line in [
+        "calls per minute",
+        "by hour of day (UTC)",
+        "deny / error ratio",
+        "typical session",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
     let o = cordon(&[
         "baseline",
         "show",

@@ -50,6 +50,11 @@ macro_rules! core_fields {
                 match self { $(CoreField::$variant => $name,)* }
             }
 
+            /// What the field holds.
+            pub const fn doc(self) -> &'static str {
+                match self { $(CoreField::$variant => $doc,)* }
+            }
+
             /// The type of the field.
             pub const fn kind(self) -> FieldKind {
                 match self { $(CoreField::$variant => FieldKind::$kind,)* }
