@@ -90,6 +90,45 @@ impl OpenSession {
     }
 }
 
+/// The MCP methods an agent used. MCP has a score of methods and an agent uses a handful, so
+/// a fixed inline set of 32-bit hashes, no table to chase: past [`MethodSet::CAP`] methods the
+/// set is full and novelty is no longer claimed.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MethodSet {
+    hashes: [u32; 12],
+    len: u8,
+}
+
+impl MethodSet {
+    /// Methods kept.
+    pub const CAP: usize = 12;
+
+    /// Distinct methods seen.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Whether no method was seen.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether `h` is new (then kept), or `None` once the set is full.
+    fn observe(&mut self, h: u64) -> Option<bool> {
+        let h = (h >> 32) as u32;
+        let n = self.len();
+        if self.hashes[..n].contains(&h) {
+            return Some(false);
+        }
+        if n >= Self::CAP {
+            return None;
+        }
+        self.hashes[n] = h;
+        self.len += 1;
+        Some(true)
+    }
+}
+
 /// One agent's profile.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Profile {
@@ -114,7 +153,7 @@ pub struct Profile {
     /// Servers used.
     pub servers: Vocabulary,
     /// MCP methods used.
-    pub methods: Vocabulary,
+    pub methods: MethodSet,
     /// Recipients and destinations used.
     pub recipients: Vocabulary,
     sessions: Vec<OpenSession>,
@@ -136,7 +175,7 @@ impl Profile {
             session_breadth: VolumeModel::new(100.0).with_min_spread(0.3),
             tools: Vocabulary::new(5000.0),
             servers: Vocabulary::new(5000.0),
-            methods: Vocabulary::new(5000.0),
+            methods: MethodSet::default(),
             recipients: Vocabulary::new(2000.0),
             sessions: Vec::new(),
             last: i64::MIN,
@@ -174,7 +213,6 @@ impl Profile {
         std::mem::size_of::<Profile>()
             + self.tools.heap_bytes()
             + self.servers.heap_bytes()
-            + self.methods.heap_bytes()
             + self.recipients.heap_bytes()
             + self.sessions.capacity() * std::mem::size_of::<OpenSession>()
             + self.peer.as_ref().map_or(0, |p| p.len())
@@ -254,27 +292,6 @@ fn destination<'a>(key: &str, value: &'a str) -> &'a str {
         return rest.split(['/', '?', '#']).next().unwrap_or(rest);
     }
     value
-}
-
-/// The size of a JSON value as compact JSON text, computed without writing it.
-fn json_size(v: &Value) -> usize {
-    match v {
-        Value::Null => 4,
-        Value::Bool(b) => 4 + usize::from(!*b),
-        Value::Number(n) => {
-            let s = n.as_u64().map_or(8, |u| (u.max(1).ilog10() + 1) as usize);
-            s.max(1)
-        }
-        Value::String(s) => s.len() + 2,
-        Value::Array(a) => 2 + a.iter().map(json_size).sum::<usize>() + a.len().saturating_sub(1),
-        Value::Object(m) => {
-            2 + m
-                .iter()
-                .map(|(k, v)| k.len() + 3 + json_size(v))
-                .sum::<usize>()
-                + m.len().saturating_sub(1)
-        }
-    }
 }
 
 /// Format name and version of profile snapshots.
@@ -436,9 +453,9 @@ impl Profiles {
         let own_warm = p.events >= NOVELTY_WARMUP;
         p.last = p.last.max(t);
         let method = ev.str(CoreField::Method).unwrap_or("");
-        let seen = p.methods.observe(hash(method), MAX_SEEN);
+        let new_method = p.methods.observe(hash(method));
         if warm {
-            if let Some(new) = seen.new {
+            if let Some(new) = new_method {
                 f.flag(BaselineField::FirstMethod, new);
             }
         }
@@ -476,8 +493,8 @@ impl Profiles {
                 }
                 p.volume.update(b);
             }
-            if let Some(args) = ev.arguments() {
-                let size = json_size(args) as f64;
+            if ev.arguments().is_some() {
+                let size = f64::from(ev.arguments_bytes());
                 if let Some(score) = p.args_volume.score(size) {
                     f.set(
                         BaselineField::ArgsVolume,

@@ -495,6 +495,8 @@ pub struct Event {
     result_bytes: Option<i64>,
     duration_ms: Option<f64>,
     arguments: Option<Json>,
+    /// The arguments' size as compact JSON, measured when they are set (while in cache).
+    arguments_bytes: u32,
     tool_description_sha256: Option<Json>,
     result_fp: Option<Box<[u64]>>,
     args_fp: Option<Box<[u64]>>,
@@ -619,7 +621,13 @@ impl Event {
     }
     /// Sets `gen_ai.tool.call.arguments`.
     pub fn set_arguments(&mut self, v: Json) {
+        self.arguments_bytes = u32::try_from(json_size(&v)).unwrap_or(u32::MAX);
         self.arguments = Some(v);
+    }
+
+    /// The size of the arguments as compact JSON text (0 without arguments).
+    pub fn arguments_bytes(&self) -> u32 {
+        self.arguments_bytes
     }
     /// `audit.tool.description_sha256`.
     pub fn tool_description_sha256(&self) -> Option<&Json> {
@@ -855,9 +863,45 @@ impl fmt::Display for Event {
     }
 }
 
+/// The size of a JSON value as compact JSON text, computed without writing it (escapes in
+/// strings are not counted: a size for baselines, not a byte-exact length).
+pub fn json_size(v: &Json) -> usize {
+    match v {
+        Json::Null => 4,
+        Json::Bool(b) => 4 + usize::from(!*b),
+        Json::Number(n) => n.as_u64().map_or(8, |u| (u.max(1).ilog10() + 1) as usize),
+        Json::String(s) => s.len() + 2,
+        Json::Array(a) => 2 + a.iter().map(json_size).sum::<usize>() + a.len().saturating_sub(1),
+        Json::Object(m) => {
+            2 + m
+                .iter()
+                .map(|(k, v)| k.len() + 3 + json_size(v))
+                .sum::<usize>()
+                + m.len().saturating_sub(1)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_size_is_the_compact_length() {
+        for text in [
+            r#"{"to":["a@b.c","d@e.f"],"n":12345,"ok":true,"no":false,"x":null,"o":{"k":[1,2,{}],"e":[]}}"#,
+            r#"[]"#,
+            r#""plain""#,
+            r#"0"#,
+        ] {
+            let v: Json = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                json_size(&v),
+                serde_json::to_string(&v).unwrap().len(),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn string_slots_are_distinct_and_dense() {
