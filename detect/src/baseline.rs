@@ -675,6 +675,49 @@ mod tests {
         }
     }
 
+    /// Three weeks of an agent busy on weekday working hours: the same minute's count is more
+    /// unusual at night than at noon, and on a Sunday than on a Tuesday.
+    #[test]
+    fn seasonality_by_hour_and_day() {
+        let minute = 60_000_000_000i64;
+        let mut r = RateModel::new(minute, 600.0);
+        let busy = |m: i64| {
+            let (day, hour) = (m / 1440 % 7, m / 60 % 24);
+            day < 5 && (9..17).contains(&hour)
+        };
+        // Minute 0 is a Monday 00:00 (the origin anchors the slots).
+        for m in 0..21 * 1440i64 {
+            if busy(m) {
+                for k in 0..3 {
+                    r.observe(m * minute + k * 10_000_000_000);
+                }
+            } else if m % 97 == 0 {
+                r.observe(m * minute);
+            }
+        }
+        let score_at = |m: i64| {
+            let mut r = r.clone();
+            let mut last = None;
+            for k in 0..4 {
+                last = r.observe(m * minute + k * 1_000_000_000).1;
+            }
+            last.unwrap()
+        };
+        let week = 21 * 1440i64;
+        let tuesday_noon = week + 1440 + 12 * 60;
+        let tuesday_3am = week + 1440 + 3 * 60;
+        let sunday_noon = week + 6 * 1440 + 12 * 60;
+        let (noon, night, sunday) = (
+            score_at(tuesday_noon),
+            score_at(tuesday_3am),
+            score_at(sunday_noon),
+        );
+        assert!(night > noon, "night {night} vs noon {noon}");
+        assert!(sunday > noon, "sunday {sunday} vs tuesday {noon}");
+        let hours = r.hour_of_day();
+        assert!(hours[12] > 5.0 * hours[3], "{hours:?}");
+    }
+
     #[test]
     fn the_incremental_score_is_the_direct_one() {
         for (gap, burst) in [(30_000_000_000i64, 400i64), (7_000_000_000, 3_000)] {
