@@ -192,6 +192,7 @@ pub struct Engine {
     buffer: BinaryHeap<Reverse<Pending>>,
     seq: u64,
     profiles: Profiles,
+    enforced: crate::enforce::Enforced,
 }
 
 struct Pending {
@@ -256,6 +257,7 @@ impl Engine {
             buffer: BinaryHeap::new(),
             seq: 0,
             profiles: Profiles::default(),
+            enforced: crate::enforce::Enforced::default(),
         }
     }
 
@@ -359,7 +361,19 @@ impl Engine {
         self.released = p.ts;
         let mut ev = p.event;
         self.profiles.annotate(&mut ev);
+        self.enforced.mark(&mut ev);
         self.observe(&ev, out);
+    }
+
+    /// Records what a playbook enforced: later events under it are flagged (the closed loop;
+    /// see [`crate::enforce`]).
+    pub fn enforce(&mut self, e: crate::enforce::Enforcement) {
+        self.enforced.add(e);
+    }
+
+    /// What is enforced.
+    pub fn enforced(&self) -> &crate::enforce::Enforced {
+        &self.enforced
     }
 
     /// The per-agent profiles.

@@ -9,6 +9,7 @@
 
 pub mod alert;
 pub mod baseline;
+pub mod enforce;
 pub mod engine;
 pub mod keys;
 pub mod profile;
@@ -19,5 +20,6 @@ pub mod suppress;
 pub mod threshold;
 
 pub use alert::{Alert, AnalyticType};
+pub use enforce::{Enforced, Enforcement};
 pub use engine::{run_rule_tests, Detector, Engine, EngineStats, Late, RuleStats};
 pub use stateful::{Finding, StateStats, Stateful};

@@ -152,6 +152,7 @@ impl CoreField {
         "server.",
         "error.",
         "baseline.",
+        "response.",
     ];
 }
 
@@ -404,6 +405,12 @@ baseline_fields! {
         "The share of the agent's recent calls that went to this server (0: never).";
     RecipientFrequency => "baseline.recipient_frequency", Frequency, "share of sends to this recipient",
         "The share of the agent's recent recipients that were this one (the rarest, with several).";
+    TokenRevoked => "response.token_revoked", Flag, "call with a token Cordon revoked",
+        "The call used a token that a Cordon playbook revoked (true only after the revocation succeeded).";
+    ServerIsolated => "response.server_isolated", Flag, "call to a server Cordon isolated",
+        "The call went to an MCP server that a Cordon playbook isolated, within the isolation's TTL.";
+    AgentQuarantined => "response.agent_quarantined", Flag, "call by an agent Cordon quarantined",
+        "The call was made by an agent that a Cordon playbook quarantined, within the quarantine's TTL.";
 }
 
 impl BaselineField {
@@ -655,6 +662,13 @@ impl Event {
             CoreField::ArgsFp => self.args_fp = Some(v),
             _ => {}
         }
+    }
+
+    /// Sets one flag feature, creating the feature set if the event has none.
+    pub fn set_flag(&mut self, f: BaselineField, on: bool) {
+        self.baseline
+            .get_or_insert_with(|| Box::new(BaselineFeatures::default()))
+            .flag(f, on);
     }
 
     /// The baseline features the engine set, if any.

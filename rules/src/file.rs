@@ -34,6 +34,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "packs/mcp_baselines.yaml",
         include_str!("../packs/mcp_baselines.yaml"),
     ),
+    (
+        "packs/response.yaml",
+        include_str!("../packs/response.yaml"),
+    ),
 ];
 
 /// Alert severity (OCSF `severity_id`).
@@ -66,7 +70,8 @@ impl Severity {
             Severity::Critical => "Critical",
         }
     }
-    fn parse(s: &str) -> Option<Severity> {
+    /// Parses a severity name (case-insensitive; `info` too).
+    pub fn parse(s: &str) -> Option<Severity> {
         Some(match s.to_ascii_lowercase().as_str() {
             "informational" | "info" => Severity::Informational,
             "low" => Severity::Low,
