@@ -14,7 +14,7 @@ use cordon_query::{evaluate, AlertIndex, Labels};
 use cordon_respond::{AlertSink, JsonLinesSink};
 use cordon_rules::RuleSet;
 
-use crate::pipeline::run_files;
+use crate::pipeline::{run_files, Input};
 use crate::Failure;
 
 /// `cordon run`.
@@ -53,6 +53,15 @@ pub struct RunArgs {
     /// Agents idle this long (event time) leave memory for the compact cold tier (default 24h).
     #[arg(long, value_parser = humantime::parse_duration)]
     idle_after: Option<std::time::Duration>,
+    /// Configuration (`cordon.toml`): its `[response]` section runs playbooks on alerts.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Record the actions playbooks would take without calling any target.
+    #[arg(long)]
+    dry_run: bool,
+    /// At the end of the input, how long to wait for pending actions to be delivered.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    response_timeout: std::time::Duration,
     /// Write the run's counters as JSON here (`-` for stderr): records, events, dead letters,
     /// out-of-order events, and per rule: matched, alerts, suppressed, excepted.
     #[arg(long)]
@@ -103,19 +112,55 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
     } else {
         JsonLinesSink::file(&a.alerts).map_err(|e| Failure::input(e.to_string()))?
     };
+    let config = a
+        .config
+        .as_deref()
+        .map(crate::respond::Config::load)
+        .transpose()?;
+    let (enforce_tx, enforce_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut enforce_rx = enforce_rx;
+    let running = match config.as_ref().and_then(|c| c.response.as_ref()) {
+        Some(r) => Some(crate::respond::Running::start(
+            crate::respond::responder(r, a.dry_run)?.with_enforcement(enforce_tx),
+        )?),
+        None => None,
+    };
     let stats = run_files(
-        &a.input,
-        a.format,
-        a.max_record_bytes,
-        a.allowed_lateness,
+        Input {
+            paths: &a.input,
+            format: a.format,
+            max_record: a.max_record_bytes,
+            lateness: a.allowed_lateness,
+        },
         &mut engine,
         &mut dead,
+        |engine| {
+            while let Ok(e) = enforce_rx.try_recv() {
+                engine.enforce(e);
+            }
+        },
         |alert| {
             sink.emit(&alert)?;
+            if let Some(r) = &running {
+                // Durable in the outbox before the next event is read.
+                r.responder.submit(&alert)?;
+            }
             Ok(())
         },
     )?;
     sink.flush().map_err(|e| Failure::input(e.to_string()))?;
+    let mut response_stats = None;
+    if let Some(r) = running {
+        let responder = r.responder.clone();
+        let settled = r.finish(a.response_timeout)?;
+        if !settled {
+            eprintln!(
+                "warning: actions still pending after {:?}; they stay in the outbox and resume on the next start",
+                a.response_timeout
+            );
+        }
+        response_stats = Some(responder.stats());
+    }
     if let Some(state) = &a.state {
         engine.profiles().snapshot(state).map_err(Failure::input)?;
     }
@@ -148,6 +193,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             "rules": rules,
             "state": state,
             "profiles": engine.profiles().stats(),
+            "response": response_stats,
         });
         let text = serde_json::to_string_pretty(&doc).map_err(|e| Failure::input(e.to_string()))?;
         if path.as_os_str() == "-" {
@@ -472,12 +518,15 @@ pub fn eval(a: EvalArgs) -> Result<(), Failure> {
     let mut dead = DeadLetterSink::new(None).map_err(|e| Failure::input(e.to_string()))?;
     let mut index = AlertIndex::new();
     let stats = run_files(
-        std::slice::from_ref(&a.events),
-        a.format,
-        DEFAULT_MAX_RECORD,
-        std::time::Duration::from_secs(10),
+        Input {
+            paths: std::slice::from_ref(&a.events),
+            format: a.format,
+            max_record: DEFAULT_MAX_RECORD,
+            lateness: std::time::Duration::from_secs(10),
+        },
         &mut engine,
         &mut dead,
+        |_| {},
         |al| {
             index.push(al);
             Ok(())

@@ -6,6 +6,7 @@ mod commands;
 mod demo;
 mod hunt;
 mod pipeline;
+mod respond;
 mod score;
 
 use std::path::PathBuf;
@@ -52,6 +53,11 @@ enum Command {
     Baseline {
         #[command(subcommand)]
         action: commands::BaselineAction,
+    },
+    /// List, show, approve or deny the response outbox's actions.
+    Actions {
+        #[command(subcommand)]
+        action: respond::ActionsAction,
     },
 }
 
@@ -119,6 +125,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo::demo(a),
         Command::Score(a) => score::score(a),
         Command::Baseline { action } => commands::baseline(action),
+        Command::Actions { action } => respond::actions(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

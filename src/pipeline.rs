@@ -26,16 +26,33 @@ pub struct PipelineStats {
     pub reordered: u64,
 }
 
-/// Runs the pipeline over the inputs; calls `on_alert` for each alert in order.
+/// What to read and how.
+pub struct Input<'a> {
+    /// Files, directories or `-`.
+    pub paths: &'a [PathBuf],
+    /// Their format.
+    pub format: Format,
+    /// Largest record accepted.
+    pub max_record: usize,
+    /// Allowed lateness (for the reasons of late events).
+    pub lateness: std::time::Duration,
+}
+
+/// Runs the pipeline over the inputs; calls `before_event` before each record is pushed (to
+/// feed the engine what responses enforced) and `on_alert` for each alert in order.
 pub fn run_files(
-    inputs: &[PathBuf],
-    format: Format,
-    max_record: usize,
-    lateness: std::time::Duration,
+    input: Input<'_>,
     engine: &mut Engine,
     dead: &mut DeadLetterSink,
+    mut before_event: impl FnMut(&mut Engine),
     mut on_alert: impl FnMut(Alert) -> Result<()>,
 ) -> Result<PipelineStats> {
+    let Input {
+        paths: inputs,
+        format,
+        max_record,
+        lateness,
+    } = input;
     let mut reader = LineReader::open(inputs, max_record)?;
     let mut stats = PipelineStats::default();
     let mut buf = Vec::with_capacity(4096);
@@ -51,6 +68,7 @@ pub fn run_files(
         } else {
             format.decode(&buf)
         };
+        before_event(engine);
         match decoded {
             Ok(ev) => {
                 stats.events += 1;

@@ -14,6 +14,9 @@
 //! `awaiting_approval` (a gate, until `expires_ms`), then `succeeded`, `failed`, `approved`,
 //! `denied`, `expired`, `cancelled` (a step after a failure, denial or expiry) or `dry_run`.
 
+// redb's error type is large; it only travels on the cold failure path of a transaction.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
