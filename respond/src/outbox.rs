@@ -27,6 +27,17 @@ use crate::playbook::ActionKind;
 
 const ACTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("actions");
 const ATTEMPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("attempts");
+/// The ids of actions not yet final: what the worker scans, so that its cost follows the
+/// open work and not the history.
+const OPEN: TableDefinition<&str, u8> = TableDefinition::new("open");
+
+/// The idempotency key (and action id) of a step of a playbook for an alert.
+pub fn action_id(alert_id: &str, playbook: &str, step: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("{alert_id}\x1f{playbook}\x1f{step}").as_bytes());
+    let hex: String = h.iter().take(13).map(|b| format!("{b:02x}")).collect();
+    format!("act_{hex}")
+}
 
 /// Where an action is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +219,7 @@ impl Outbox {
         out.write(|tx| {
             tx.open_table(ACTIONS)?;
             tx.open_table(ATTEMPTS)?;
+            tx.open_table(OPEN)?;
             Ok(())
         })?;
         Ok(out)
@@ -235,6 +247,7 @@ impl Outbox {
         let mut added = 0;
         self.write(|tx| {
             let mut t = tx.open_table(ACTIONS)?;
+            let mut open = tx.open_table(OPEN)?;
             for r in records {
                 if t.get(r.id.as_str())?.is_some() {
                     continue;
@@ -242,6 +255,9 @@ impl Outbox {
                 let bytes =
                     serde_json::to_vec(r).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
                 t.insert(r.id.as_str(), bytes.as_slice())?;
+                if !r.state.is_final() {
+                    open.insert(r.id.as_str(), 0)?;
+                }
                 added += 1;
             }
             Ok(())
@@ -276,6 +292,24 @@ impl Outbox {
         Ok(out)
     }
 
+    /// The actions not yet final (blocked, pending, awaiting approval).
+    pub fn open_actions(&self) -> Result<Vec<ActionRecord>, OutboxError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let open = tx.open_table(OPEN).map_err(|e| self.err(e))?;
+        let t = tx.open_table(ACTIONS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in open.iter().map_err(|e| self.err(e))? {
+            let (k, _) = row.map_err(|e| self.err(e))?;
+            if let Some(v) = t.get(k.value()).map_err(|e| self.err(e))? {
+                out.push(
+                    serde_json::from_slice(v.value())
+                        .map_err(|e| self.err(format!("action {}: {e}", k.value())))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// The attempts of an action, in order.
     pub fn attempts(&self, id: &str) -> Result<Vec<Attempt>, OutboxError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
@@ -296,11 +330,17 @@ impl Outbox {
     pub fn update(&self, r: &ActionRecord, attempt: Option<&Attempt>) -> Result<(), OutboxError> {
         self.write(|tx| {
             let mut t = tx.open_table(ACTIONS)?;
+            let mut open = tx.open_table(OPEN)?;
             let corrupt = |e: serde_json::Error| redb::Error::Corrupted(e.to_string());
             t.insert(
                 r.id.as_str(),
                 serde_json::to_vec(r).map_err(corrupt)?.as_slice(),
             )?;
+            if r.state.is_final() {
+                open.remove(r.id.as_str())?;
+            } else {
+                open.insert(r.id.as_str(), 0)?;
+            }
             if let Some(a) = attempt {
                 let mut log = tx.open_table(ATTEMPTS)?;
                 let key = format!("{}/{:06}", a.action_id, a.n);
@@ -312,23 +352,22 @@ impl Outbox {
             if !r.state.is_final() {
                 return Ok(());
             }
-            // The later steps of the same playbook run for the same alert.
-            let mut later: Vec<ActionRecord> = Vec::new();
-            for row in t.iter()? {
-                let (_, v) = row?;
-                let o: ActionRecord = serde_json::from_slice(v.value()).map_err(corrupt)?;
-                if o.alert_id == r.alert_id && o.playbook == r.playbook && o.step > r.step {
-                    later.push(o);
-                }
-            }
-            later.sort_by_key(|o| o.step);
+            // The later steps of the same playbook for the same alert, by their ids.
             let go_on = r.state.lets_next_run(r.continue_on_error);
             let now = now_ms();
-            for (i, mut o) in later.into_iter().enumerate() {
+            let mut step = r.step as usize + 1;
+            loop {
+                let id = action_id(&r.alert_id, &r.playbook, step);
+                let Some(v) = t.get(id.as_str())?.map(|v| v.value().to_vec()) else {
+                    break;
+                };
+                let mut o: ActionRecord = serde_json::from_slice(&v).map_err(corrupt)?;
+                step += 1;
                 if o.state != State::Blocked {
                     continue;
                 }
-                if go_on && i == 0 {
+                let first = o.step == r.step + 1;
+                if go_on && first {
                     o.state = if o.action == ActionKind::RequireApproval {
                         State::AwaitingApproval
                     } else {
@@ -350,6 +389,7 @@ impl Outbox {
                         r.step + 1,
                         r.state.name()
                     ));
+                    open.remove(o.id.as_str())?;
                 } else {
                     break;
                 }
@@ -358,6 +398,9 @@ impl Outbox {
                     o.id.as_str(),
                     serde_json::to_vec(&o).map_err(corrupt)?.as_slice(),
                 )?;
+                if go_on {
+                    break;
+                }
             }
             Ok(())
         })
@@ -403,7 +446,7 @@ impl Outbox {
     /// Expires the gates whose deadline passed. Returns how many.
     pub fn expire(&self, now: i64) -> Result<usize, OutboxError> {
         let mut n = 0;
-        for mut r in self.all()? {
+        for mut r in self.open_actions()? {
             if r.state == State::AwaitingApproval && r.expires_ms.is_some_and(|e| now >= e) {
                 r.state = State::Expired;
                 r.updated_ms = now;

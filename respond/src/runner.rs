@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use cordon_detect::{Alert, Enforcement};
 use rand::Rng;
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
 
 use crate::actions::{self, Context};
@@ -98,12 +97,7 @@ enum Outcome {
     },
 }
 
-/// The idempotency key (and action id) of a step of a playbook for an alert.
-pub fn action_id(alert_id: &str, playbook: &str, step: usize) -> String {
-    let h = Sha256::digest(format!("{alert_id}\x1f{playbook}\x1f{step}").as_bytes());
-    let hex: String = h.iter().take(13).map(|b| format!("{b:02x}")).collect();
-    format!("act_{hex}")
-}
+pub use crate::outbox::action_id;
 
 /// `Retry-After`: seconds, or an HTTP date.
 fn retry_after(v: &str) -> Option<Duration> {
@@ -485,7 +479,7 @@ impl Responder {
         let now = now_ms();
         let mut next: Option<i64> = None;
         let mut due = Vec::new();
-        for r in self.outbox.all()? {
+        for r in self.outbox.open_actions()? {
             if r.state != State::Pending {
                 continue;
             }
