@@ -49,14 +49,18 @@ pub fn responder(cfg: &ResponseConfig, dry_run: bool) -> Result<Responder, Failu
     .map_err(|e| Failure::input(format!("playbooks:\n{e}")))?;
     let targets = cfg.targets().map_err(Failure::input)?;
     let outbox = Outbox::open(&cfg.outbox).map_err(|e| Failure::input(e.to_string()))?;
-    Responder::new(
+    let r = Responder::new(
         outbox,
         playbooks,
         targets,
         dry_run || cfg.dry_run,
         cfg.console_url.clone(),
     )
-    .map_err(Failure::input)
+    .map_err(Failure::input)?;
+    match &cfg.action_log {
+        Some(p) => r.with_action_log(p).map_err(Failure::input),
+        None => Ok(r),
+    }
 }
 
 /// The responder running beside `cordon run`: a tokio runtime delivering the outbox.

@@ -146,6 +146,7 @@ fn write_config(dir: &Path, oauth_port: u16, hook: &str) -> PathBuf {
             r#"# Cordon's configuration for the response test.
 [response]
 outbox = "{outbox}"
+action_log = "{log}"
 console_url = "https://cordon.example"
 
 [response.targets.idp]
@@ -168,7 +169,8 @@ url = "{hook}"
 secret_env = "CORDON_TEST_WHSEC"
 backoff = "100ms"
 "#,
-            outbox = dir.join("outbox.redb").display()
+            outbox = dir.join("outbox.redb").display(),
+            log = dir.join("actions.jsonl").display()
         ),
     )
     .unwrap();
@@ -398,8 +400,109 @@ async fn a_detected_chain_revokes_its_token_at_a_real_authorization_server() {
     let st: Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
     assert_eq!(st["response"]["failed"], 0, "{st}");
     assert!(st["response"]["succeeded"].as_u64().unwrap() >= 3, "{st}");
-    // The token never reached the logs.
+    // The token never reached the logs; the action log has every attempt, as events.
     assert!(!String::from_utf8_lossy(&out.stderr).contains(&token));
+    let log = std::fs::read_to_string(dir.path().join("actions.jsonl")).unwrap();
+    assert!(!log.contains(&token));
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        st["response"]["attempts"].as_u64().unwrap() as usize
+    );
+    assert!(lines.iter().all(|l| l["type"] == "cordon.action.attempt"));
+    assert!(lines
+        .iter()
+        .any(|l| l["action"]["action"] == "revoke_token" && l["attempt"]["status"] == 200));
+}
+
+/// Bad playbooks and bad configurations are refused at start, with where and why, and no
+/// secret in the message.
+#[test]
+fn bad_playbooks_and_configurations_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 1, "http://127.0.0.1:1/hook");
+    let pb = dir.path().join("bad.yaml");
+    std::fs::write(
+        &pb,
+        "id: bad\nsteps:\n  - action: revoke_tokn\n    target: idp\n  - action: notify\n    target: chat\n    params: {text: \"{{audit.tokn.jti}}\"}\n  - action: isolate_server\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "console_url",
+        &format!("playbooks = [\"{}\"]\nconsole_url", pb.display()),
+    );
+    std::fs::write(&config, &text).unwrap();
+    let input = dir.path().join("empty.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let run = |config: &Path| {
+        cordon(&[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap()
+    };
+    let o = run(&config);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(
+            "bad.yaml:3:5: step 1: unknown action \"revoke_tokn\"; did you mean revoke_token?"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.yaml:7:") && err.contains("unknown field \"audit.tokn.jti\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.yaml:8:5: step 3: isolate_server needs a target"),
+        "{err}"
+    );
+    // A target that is not configured.
+    std::fs::write(
+        &pb,
+        "id: ok\nsteps:\n  - action: notify\n    target: pager\n",
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&run(&config).stderr).to_string();
+    assert!(err.contains("target \"pager\" is not configured"), "{err}");
+    // A secret's variable not set: named, the value never shown.
+    let o = Command::new(bin())
+        .args([
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .env_remove("CORDON_TEST_IDP_SECRET")
+        .env("CORDON_TEST_WHSEC", WHSEC)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err.contains("CORDON_TEST_IDP_SECRET") && !err.contains(WHSEC),
+        "{err}"
+    );
+    // A typo in the configuration file: file, line and column.
+    std::fs::write(
+        &config,
+        text.replace("backoff = \"100ms\"", "bakoff = \"100ms\""),
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&run(&config).stderr).to_string();
+    assert!(
+        err.contains("cordon.toml:") && err.contains("bakoff"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

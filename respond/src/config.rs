@@ -23,6 +23,10 @@ pub struct ResponseConfig {
     /// Playbook files or directories (default: the built-in playbooks).
     #[serde(default)]
     pub playbooks: Vec<PathBuf>,
+    /// Append every attempt and outcome here as JSON lines (`cordon.action.attempt` events),
+    /// for a SIEM or an audit trail. Tokens appear only as a hash.
+    #[serde(default)]
+    pub action_log: Option<PathBuf>,
     /// Base URL of the console, for links in notifications.
     #[serde(default)]
     pub console_url: Option<String>,

@@ -71,6 +71,7 @@ pub struct Responder {
     enforce: Option<mpsc::UnboundedSender<Enforcement>>,
     stats: Mutex<ResponseStats>,
     latencies: Mutex<Vec<u64>>,
+    action_log: Option<Mutex<std::fs::File>>,
 }
 
 impl std::fmt::Debug for Responder {
@@ -138,7 +139,40 @@ impl Responder {
             enforce: None,
             stats: Mutex::new(ResponseStats::default()),
             latencies: Mutex::new(Vec::new()),
+            action_log: None,
         })
+    }
+
+    /// Appends every attempt and outcome to `path` as JSON lines (`cordon.action.attempt`).
+    pub fn with_action_log(mut self, path: &std::path::Path) -> Result<Responder, String> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("action log {}: {e}", path.display()))?;
+        self.action_log = Some(Mutex::new(f));
+        Ok(self)
+    }
+
+    fn log_attempt(&self, r: &ActionRecord, a: &Attempt) {
+        let Some(log) = &self.action_log else { return };
+        let r = r.redacted();
+        let line = serde_json::json!({
+            "type": "cordon.action.attempt",
+            "time": jiff::Timestamp::from_millisecond(a.at_ms).ok().map(|t| t.to_string()),
+            "action": {
+                "id": r.id, "alert_id": r.alert_id, "rule_id": r.rule_id, "playbook": r.playbook,
+                "step": r.step, "action": r.action, "target": r.target, "params": r.params,
+                "state": r.state, "attempts": r.attempts, "last_error": r.last_error,
+            },
+            "attempt": a,
+        });
+        if let Ok(mut f) = log.lock() {
+            use std::io::Write as _;
+            if writeln!(f, "{line}").is_err() {
+                tracing::warn!("could not append to the action log");
+            }
+        }
     }
 
     /// Sends what succeeded to `tx` (the engine's closed loop).
@@ -393,6 +427,7 @@ impl Responder {
                 latency_ms: 0,
             };
             self.count(|s| s.dry_run += 1);
+            self.log_attempt(&r, &a);
             return self.outbox.update(&r, Some(&a));
         }
         if let Err((wait, breaker)) = self.admit(t) {
@@ -463,6 +498,7 @@ impl Responder {
         };
         tracing::info!(action = %r.id, kind = r.action.name(), target = %t.name, outcome = %a.outcome, "action attempt");
         self.outbox.update(&r, Some(&a))?;
+        self.log_attempt(&r, &a);
         if r.state == State::Succeeded {
             if let (Some(tx), Some(e)) = (&self.enforce, actions::enforcement(&r)) {
                 let _ = tx.send(e);
