@@ -492,6 +492,25 @@ fn bad_playbooks_and_configurations_are_refused_at_start() {
         err.contains("CORDON_TEST_IDP_SECRET") && !err.contains(WHSEC),
         "{err}"
     );
+    // The example configuration in the repository is valid (dry run: nothing is called).
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("cordon.example.toml");
+    let o = Command::new(bin())
+        .args([
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--config",
+            example.to_str().unwrap(),
+            "--dry-run",
+        ])
+        .current_dir(dir.path())
+        .env("CORDON_IDP_CLIENT_SECRET", "x")
+        .env("CORDON_GATEWAY_WHSEC", WHSEC)
+        .env("CORDON_CHAT_WHSEC", WHSEC)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(dir.path().join("cordon-outbox.redb").exists());
     // A typo in the configuration file: file, line and column.
     std::fs::write(
         &config,
