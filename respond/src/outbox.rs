@@ -213,7 +213,13 @@ impl Outbox {
         let p = path.display().to_string();
         let db = Database::create(path).map_err(|e| OutboxError {
             path: p.clone(),
-            message: e.to_string(),
+            message: match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    "in use by another process (a running `cordon run`?); the outbox has one writer"
+                        .to_owned()
+                }
+                e => e.to_string(),
+            },
         })?;
         let out = Outbox { db, path: p };
         out.write(|tx| {
