@@ -53,6 +53,10 @@ pub struct RunArgs {
     /// Agents idle this long (event time) leave memory for the compact cold tier (default 24h).
     #[arg(long, value_parser = humantime::parse_duration)]
     idle_after: Option<std::time::Duration>,
+    /// Also append alerts to this Parquet alert store (`alerts/date=YYYY-MM-DD/*.parquet`),
+    /// queryable with `cordon sql`.
+    #[arg(long)]
+    store: Option<PathBuf>,
     /// Configuration (`cordon.toml`): its `[response]` section runs playbooks on alerts.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -117,6 +121,12 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         .as_deref()
         .map(crate::respond::Config::load)
         .transpose()?;
+    let mut store = a
+        .store
+        .as_deref()
+        .map(cordon_query::store::AlertStore::open)
+        .transpose()
+        .map_err(|e| Failure::input(e.to_string()))?;
     let (enforce_tx, enforce_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut enforce_rx = enforce_rx;
     let running = match config.as_ref().and_then(|c| c.response.as_ref()) {
@@ -141,6 +151,9 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         },
         |alert| {
             sink.emit(&alert)?;
+            if let Some(s) = store.as_mut() {
+                s.append(alert.clone())?;
+            }
             if let Some(r) = &running {
                 // Durable in the outbox before the next event is read.
                 r.responder.submit(&alert)?;
@@ -149,6 +162,9 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         },
     )?;
     sink.flush().map_err(|e| Failure::input(e.to_string()))?;
+    if let Some(s) = store.as_mut() {
+        s.flush().map_err(|e| Failure::input(e.to_string()))?;
+    }
     let mut response_stats = None;
     if let Some(r) = running {
         let responder = r.responder.clone();

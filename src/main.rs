@@ -8,6 +8,7 @@ mod hunt;
 mod pipeline;
 mod respond;
 mod score;
+mod sqlcmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,13 @@ enum Command {
     Baseline {
         #[command(subcommand)]
         action: commands::BaselineAction,
+    },
+    /// Read-only SQL over the alert store (`cordon run --store`).
+    Sql(sqlcmd::SqlArgs),
+    /// Maintain the alert store.
+    Store {
+        #[command(subcommand)]
+        action: sqlcmd::StoreAction,
     },
     /// List, show, approve or deny the response outbox's actions.
     Actions {
@@ -126,6 +134,8 @@ fn main() -> ExitCode {
         Command::Score(a) => score::score(a),
         Command::Baseline { action } => commands::baseline(action),
         Command::Actions { action } => respond::actions(action),
+        Command::Sql(a) => sqlcmd::sql(a),
+        Command::Store { action } => sqlcmd::store(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,13 +1,15 @@
 //! # cordon-query
 //!
-//! Questions asked of alerts. This first part holds the in-memory [`AlertIndex`] (filters and
-//! summaries for the CLI's live view) and [`eval`], which scores detections against labelled
-//! traffic. The Parquet store, DataFusion SQL and the HTTP API build on the same index.
+//! Questions asked of alerts: the in-memory [`AlertIndex`] (filters and summaries for the CLI's
+//! live view), [`eval`], which scores detections against labelled traffic, the Parquet alert
+//! [`store`] partitioned by day, and read-only, limited [`sql`] over it with DataFusion.
 
 #![deny(missing_docs)]
 
 pub mod eval;
 pub mod index;
+pub mod sql;
+pub mod store;
 
 pub use eval::{evaluate, Label, Labels, Report, ScenarioScore};
 pub use index::{AlertFilter, AlertIndex};

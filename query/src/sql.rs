@@ -1,0 +1,222 @@
+//! SQL over the alert store, with DataFusion: the `alerts` table is the store's Parquet files
+//! (the `date` partition column comes from the directory names, so `WHERE date = '…'` reads
+//! one day's files only).
+//!
+//! Analyst SQL is read-only — only queries (`SELECT`, `WITH`, `EXPLAIN`): DDL, DML and
+//! statements such as `SET` or `COPY` are refused before planning — and runs under three
+//! limits, so a runaway query fails with a clear error instead of taking the process with it:
+//! a memory pool (operators that would exceed it fail), a time limit, and a row limit on
+//! what is returned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::ListingOptions;
+use datafusion::execution::context::SQLOptions;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::store::alerts_schema;
+
+/// Limits of one query.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Memory the query's operators may hold (bytes).
+    pub memory: usize,
+    /// Wall-clock time.
+    pub time: Duration,
+    /// Rows returned at most.
+    pub rows: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            memory: 512 << 20,
+            time: Duration::from_secs(30),
+            rows: 10_000,
+        }
+    }
+}
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// Not a read-only query.
+    #[error("only queries are allowed (SELECT, WITH, EXPLAIN): {0}")]
+    NotReadOnly(String),
+    /// It needed more memory than the pool.
+    #[error("the query needs more memory than its limit of {limit} MiB ({detail}); filter on date, select fewer columns or aggregate")]
+    Memory {
+        /// The limit, MiB.
+        limit: usize,
+        /// DataFusion's message.
+        detail: String,
+    },
+    /// It ran out of time.
+    #[error("the query ran longer than its limit of {0:?} and was cancelled")]
+    Timeout(Duration),
+    /// It returned more rows than allowed.
+    #[error("the query returns more than {0} rows; add a LIMIT or aggregate")]
+    TooManyRows(usize),
+    /// Anything else (syntax, unknown column, …), with DataFusion's message.
+    #[error("{0}")]
+    Query(String),
+}
+
+/// SQL over a store.
+pub struct Sql {
+    ctx: SessionContext,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Sql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sql").field("limits", &self.limits).finish()
+    }
+}
+
+impl Sql {
+    /// A session over the store at `root`, with its limits.
+    pub async fn open(root: &std::path::Path, limits: Limits) -> Result<Sql, SqlError> {
+        let q = |e: datafusion::error::DataFusionError| SqlError::Query(e.to_string());
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.memory, 1.0)
+            .build_arc()
+            .map_err(q)?;
+        let config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_information_schema(true);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let dir = root.join("alerts");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| SqlError::Query(format!("{}: {e}", dir.display())))?;
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(vec![("date".to_owned(), arrow::datatypes::DataType::Utf8)]);
+        let url = format!("{}/", dir.display());
+        ctx.register_listing_table("alerts", &url, options, Some(alerts_schema()), None)
+            .await
+            .map_err(q)?;
+        Ok(Sql { ctx, limits })
+    }
+
+    /// Runs a read-only query under the limits.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+        let explain = read_only(sql)?;
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let classify = |e: datafusion::error::DataFusionError| {
+            let text = e.to_string();
+            if text.contains("Resources exhausted") || text.contains("ResourcesExhausted") {
+                SqlError::Memory {
+                    limit: self.limits.memory >> 20,
+                    detail: text,
+                }
+            } else if text.contains("not supported") && text.contains("SQLOptions")
+                || text.contains("DDL not supported")
+                || text.contains("DML not supported")
+                || text.contains("Statement not supported")
+            {
+                SqlError::NotReadOnly(text)
+            } else {
+                SqlError::Query(text)
+            }
+        };
+        let work = async {
+            let df = self
+                .ctx
+                .sql_with_options(sql, options)
+                .await
+                .map_err(classify)?;
+            // The row limit is a LIMIT on top of the query (an EXPLAIN must stay the root).
+            let df = if explain {
+                df
+            } else {
+                df.limit(0, Some(self.limits.rows + 1)).map_err(classify)?
+            };
+            df.collect().await.map_err(classify)
+        };
+        let batches = tokio::time::timeout(self.limits.time, work)
+            .await
+            .map_err(|_| SqlError::Timeout(self.limits.time))??;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if rows > self.limits.rows {
+            return Err(SqlError::TooManyRows(self.limits.rows));
+        }
+        Ok(batches)
+    }
+}
+
+/// Accepts exactly one query (`SELECT`, `WITH`, `EXPLAIN` of a query); anything else is
+/// refused before planning, naming what it was. DataFusion's `SQLOptions` check the plan
+/// again. Returns whether it is an `EXPLAIN`.
+pub fn read_only(sql: &str) -> Result<bool, SqlError> {
+    use datafusion::sql::parser::{DFParser, Statement as Df};
+    use datafusion::sql::sqlparser::ast::Statement as S;
+    let stmts = DFParser::parse_sql(sql).map_err(|e| SqlError::Query(e.to_string()))?;
+    if stmts.len() != 1 {
+        return Err(SqlError::NotReadOnly(format!(
+            "{} statements; send one query at a time",
+            stmts.len()
+        )));
+    }
+    let query = |s: &S| matches!(s, S::Query(_));
+    let (ok, explain) = match &stmts[0] {
+        Df::Statement(s) => match s.as_ref() {
+            S::Explain { statement, .. } => (query(statement), true),
+            s => (query(s), false),
+        },
+        Df::Explain(e) => match e.statement.as_ref() {
+            Df::Statement(s) => (query(s), true),
+            _ => (false, true),
+        },
+        _ => (false, false),
+    };
+    if ok {
+        return Ok(explain);
+    }
+    let what: String = sql
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_uppercase();
+    Err(SqlError::NotReadOnly(format!("{what} … is not a query")))
+}
+
+/// Batches as a text table.
+pub fn to_table(batches: &[RecordBatch]) -> Result<String, SqlError> {
+    arrow::util::pretty::pretty_format_batches(batches)
+        .map(|t| t.to_string())
+        .map_err(|e| SqlError::Query(e.to_string()))
+}
+
+/// Batches as CSV with a header.
+pub fn to_csv(batches: &[RecordBatch]) -> Result<Vec<u8>, SqlError> {
+    let mut out = Vec::new();
+    {
+        let mut w = arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .build(&mut out);
+        for b in batches {
+            w.write(b).map_err(|e| SqlError::Query(e.to_string()))?;
+        }
+    }
+    Ok(out)
+}
+
+/// Batches as a JSON array of objects.
+pub fn to_json(batches: &[RecordBatch]) -> Result<Vec<u8>, SqlError> {
+    let mut w = arrow::json::ArrayWriter::new(Vec::new());
+    for b in batches {
+        w.write(b).map_err(|e| SqlError::Query(e.to_string()))?;
+    }
+    w.finish().map_err(|e| SqlError::Query(e.to_string()))?;
+    let out = w.into_inner();
+    Ok(if out.is_empty() { b"[]".to_vec() } else { out })
+}

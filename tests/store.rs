@@ -1,0 +1,224 @@
+//! The Parquet alert store and read-only SQL over it, through the binary: alerts written by
+//! `cordon run --store` come back from `cordon sql` exactly; writes are refused; the memory
+//! and row limits fail queries clearly; compaction keeps every alert.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn cordon(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for day in std::fs::read_dir(dir.join("alerts")).unwrap() {
+        let day = day.unwrap().path();
+        for f in std::fs::read_dir(&day).unwrap() {
+            out.push(f.unwrap().path().display().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn sql_json(store: &Path, q: &str) -> serde_json::Value {
+    let o = cordon(&[
+        "sql",
+        "--store",
+        store.to_str().unwrap(),
+        "--format",
+        "json",
+        q,
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn alerts_go_to_parquet_and_come_back_by_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen = dir.path().join("gen");
+    let o = cordon(&[
+        "generate",
+        "--seed",
+        "3",
+        "--agents",
+        "30",
+        "--duration",
+        "30h",
+        "--out",
+        gen.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let store = dir.path().join("store");
+    let alerts = dir.path().join("alerts.jsonl");
+    let run = || {
+        let o = cordon(&[
+            "run",
+            "--input",
+            gen.join("events.jsonl").to_str().unwrap(),
+            "--alerts",
+            alerts.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    };
+    run();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&alerts)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() > 5);
+    // Hive-style day partitions, whole files only.
+    let fs = files(&store);
+    assert!(
+        fs.iter()
+            .all(|f| f.contains("/date=2026-11-") && f.ends_with(".parquet")),
+        "{fs:?}"
+    );
+    assert!(fs.len() >= 2, "30 hours span two days: {fs:?}");
+    // Every alert, with its rule and evidence, by SQL.
+    let rows = sql_json(
+        &store,
+        "SELECT alert_id, rule_id, event_count, evidence FROM alerts ORDER BY alert_id",
+    );
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), lines.len());
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["finding_info"]["uid"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let got: Vec<&str> = rows
+        .iter()
+        .map(|r| r["alert_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ids);
+    for r in rows {
+        let evidence: serde_json::Value =
+            serde_json::from_str(r["evidence"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            evidence.as_array().unwrap().len() as i64,
+            r["event_count"].as_i64().unwrap()
+        );
+    }
+    // A day's partition alone.
+    let by_day = sql_json(
+        &store,
+        "SELECT date, count(*) AS n FROM alerts GROUP BY date ORDER BY date",
+    );
+    let total: i64 = by_day
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["n"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total as usize, lines.len());
+    // CSV with a header.
+    let o = cordon(&[
+        "sql",
+        "--store",
+        store.to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT severity, count(*) AS n FROM alerts GROUP BY severity ORDER BY severity",
+    ]);
+    assert!(
+        text(&o.stdout).starts_with("severity,n\n"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    // A second run appends new files; compaction merges each day into one, losing nothing.
+    run();
+    let before = files(&store).len();
+    let o = cordon(&["store", "compact", "--store", store.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let after = files(&store);
+    assert!(after.len() < before, "{before} → {after:?}");
+    assert_eq!(after.len(), by_day.as_array().unwrap().len());
+    let n = sql_json(&store, "SELECT count(*) AS n FROM alerts");
+    assert_eq!(n[0]["n"].as_i64().unwrap() as usize, 2 * lines.len());
+}
+
+#[test]
+fn sql_is_read_only_and_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let o = cordon(&[
+        "run",
+        "--input",
+        "tests/data/agentgateway.jsonl",
+        "--format",
+        "agentgateway",
+        "--store",
+        store.to_str().unwrap(),
+        "--alerts",
+        dir.path().join("a.jsonl").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let s = store.to_str().unwrap();
+    for q in [
+        "INSERT INTO alerts VALUES (1)",
+        "CREATE TABLE x AS SELECT 1",
+        "COPY alerts TO '/tmp/cordon-copy.csv'",
+        "DROP TABLE alerts",
+        "SET datafusion.execution.batch_size = 1",
+        "SELECT 1; SELECT 2",
+    ] {
+        let o = cordon(&["sql", "--store", s, q]);
+        assert_eq!(o.status.code(), Some(2), "{q}");
+        assert!(
+            text(&o.stderr).contains("only queries are allowed"),
+            "{q}: {}",
+            text(&o.stderr)
+        );
+    }
+    assert!(!Path::new("/tmp/cordon-copy.csv").exists());
+    // Row limit.
+    let o = cordon(&[
+        "sql",
+        "--store",
+        s,
+        "--max-rows",
+        "0",
+        "SELECT * FROM alerts",
+    ]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err.contains("returns more than 0 rows"), "{err}");
+    // Memory limit: a cross join sorted on wide columns cannot fit in 1 MiB.
+    let o = cordon(&[
+        "sql", "--store", s, "--memory-mib", "1", "--max-rows", "100000000",
+        "SELECT a.ocsf, b.ocsf FROM alerts a, alerts b, alerts c, alerts d ORDER BY a.ocsf, b.evidence, c.ocsf",
+    ]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("needs more memory than its limit of 1 MiB"),
+        "{err}"
+    );
+    // An unknown column: DataFusion's message, exit 2.
+    let o = cordon(&["sql", "--store", s, "SELECT agent FROM alerts"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("agent"), "{}", text(&o.stderr));
+    // Not a store.
+    let o = cordon(&[
+        "sql",
+        "--store",
+        dir.path().join("nope").to_str().unwrap(),
+        "SELECT 1",
+    ]);
+    assert!(text(&o.stderr).contains("not an alert store"));
+}
