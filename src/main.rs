@@ -57,6 +57,13 @@ enum Command {
     },
     /// Read-only SQL over the alert store (`cordon run --store`).
     Sql(sqlcmd::SqlArgs),
+    /// Create or list API keys.
+    Keys {
+        #[command(subcommand)]
+        action: sqlcmd::KeysAction,
+    },
+    /// Serve the HTTP API over an alert store.
+    Serve(sqlcmd::ServeArgs),
     /// Maintain the alert store.
     Store {
         #[command(subcommand)]
@@ -135,6 +142,8 @@ fn main() -> ExitCode {
         Command::Baseline { action } => commands::baseline(action),
         Command::Actions { action } => respond::actions(action),
         Command::Sql(a) => sqlcmd::sql(a),
+        Command::Keys { action } => sqlcmd::keys(action),
+        Command::Serve(a) => sqlcmd::serve(a),
         Command::Store { action } => sqlcmd::store(action),
     };
     match result {

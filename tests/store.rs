@@ -222,3 +222,74 @@ fn sql_is_read_only_and_limited() {
     ]);
     assert!(text(&o.stderr).contains("not an alert store"));
 }
+
+/// `cordon keys create` then `cordon serve`: the key works over HTTP, a missing one does not.
+#[test]
+fn keys_and_serve() {
+    use std::io::{BufRead, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.json");
+    let o = cordon(&[
+        "keys",
+        "create",
+        "--role",
+        "analyst",
+        "--name",
+        "ana",
+        "--keys",
+        keys.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let key = text(&o.stdout).trim().to_owned();
+    assert!(key.starts_with("cordon_") && !std::fs::read_to_string(&keys).unwrap().contains(&key));
+    let o = cordon(&[
+        "keys",
+        "create",
+        "--role",
+        "root",
+        "--name",
+        "x",
+        "--keys",
+        keys.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("expected viewer, analyst, responder or admin"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args([
+            "serve",
+            "--store",
+            dir.path().join("store").to_str().unwrap(),
+            "--keys",
+            keys.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit("http://").next().unwrap().to_owned();
+    let get = |auth: Option<&str>| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let h = auth
+            .map(|k| format!("Authorization: Bearer {k}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET /api/v1/alerts HTTP/1.1\r\nHost: x\r\n{h}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let ok = get(Some(&key));
+    let denied = get(None);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+}

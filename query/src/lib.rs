@@ -6,8 +6,10 @@
 
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod eval;
 pub mod index;
+pub mod keys;
 pub mod sql;
 pub mod store;
 

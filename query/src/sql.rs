@@ -105,6 +105,16 @@ impl Sql {
 
     /// Runs a read-only query under the limits.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+        self.query_with(sql, Vec::new()).await
+    }
+
+    /// Runs a read-only query with `$1, $2, …` bound to `params` — values never become SQL
+    /// text, so filters cannot inject.
+    pub async fn query_with(
+        &self,
+        sql: &str,
+        params: Vec<datafusion::scalar::ScalarValue>,
+    ) -> Result<Vec<RecordBatch>, SqlError> {
         let explain = read_only(sql)?;
         let options = SQLOptions::new()
             .with_allow_ddl(false)
@@ -128,11 +138,14 @@ impl Sql {
             }
         };
         let work = async {
-            let df = self
+            let mut df = self
                 .ctx
                 .sql_with_options(sql, options)
                 .await
                 .map_err(classify)?;
+            if !params.is_empty() {
+                df = df.with_param_values(params).map_err(classify)?;
+            }
             // The row limit is a LIMIT on top of the query (an EXPLAIN must stay the root).
             let df = if explain {
                 df
