@@ -126,33 +126,25 @@ pub enum ActionsAction {
         config: PathBuf,
     },
     /// Approve an action awaiting approval: the playbook's next steps run.
-    Approve {
-        /// The action id.
-        id: String,
-        /// The configuration.
-        #[arg(long)]
-        config: PathBuf,
-        /// Who approves.
-        #[arg(long)]
-        by: String,
-        /// Why.
-        #[arg(long, default_value = "")]
-        reason: String,
-    },
+    Approve(Decide),
     /// Deny an action awaiting approval: the playbook's next steps are cancelled.
-    Deny {
-        /// The action id.
-        id: String,
-        /// The configuration.
-        #[arg(long)]
-        config: PathBuf,
-        /// Who denies.
-        #[arg(long)]
-        by: String,
-        /// Why.
-        #[arg(long, default_value = "")]
-        reason: String,
-    },
+    Deny(Decide),
+}
+
+/// An analyst's decision on an approval gate.
+#[derive(clap::Args)]
+pub struct Decide {
+    /// The action id.
+    id: String,
+    /// The configuration.
+    #[arg(long)]
+    config: PathBuf,
+    /// Who decides.
+    #[arg(long)]
+    by: String,
+    /// Why.
+    #[arg(long, default_value = "")]
+    reason: String,
 }
 
 fn outbox(config: &Path) -> Result<Outbox, Failure> {
@@ -216,18 +208,8 @@ pub fn actions(a: ActionsAction) -> Result<(), Failure> {
             println!("{}", serde_json::to_string_pretty(&doc).map_err(text)?);
             Ok(())
         }
-        ActionsAction::Approve {
-            id,
-            config,
-            by,
-            reason,
-        } => decide(&config, &id, true, &by, &reason),
-        ActionsAction::Deny {
-            id,
-            config,
-            by,
-            reason,
-        } => decide(&config, &id, false, &by, &reason),
+        ActionsAction::Approve(d) => decide(&d.config, &d.id, true, &d.by, &d.reason),
+        ActionsAction::Deny(d) => decide(&d.config, &d.id, false, &d.by, &d.reason),
     }
 }
 

@@ -521,19 +521,25 @@ fn readme_rule_example_works() {
 #[test]
 fn builtin_pack_catches_every_scenario_without_false_positives() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("g");
-    let o = cordon(&[
-        "generate",
-        "--seed",
-        "1",
-        "--agents",
-        "200",
-        "--duration",
-        "24h",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    // A day of 200 agents; `extra` adds generator flags.
+    let day = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "generate",
+            "--seed",
+            "1",
+            "--agents",
+            "200",
+            "--duration",
+            "24h",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+        let o = cordon(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        out
+    };
+    let out = day("g", &[]);
     let r = eval_json(&out, &[]);
     for (name, s) in r["scenarios"].as_object().unwrap() {
         if name == "benign" {
@@ -548,21 +554,7 @@ fn builtin_pack_catches_every_scenario_without_false_positives() {
     // The baseline rules alone, after the agents' warm-up: the burst, scraping and lateral
     // scenarios are caught on baselines only, with under 1% false positives (five sessions
     // of each attack, so that some start after their agent's warm-up).
-    let out = dir.path().join("g5");
-    let o = cordon(&[
-        "generate",
-        "--seed",
-        "1",
-        "--agents",
-        "200",
-        "--duration",
-        "24h",
-        "--attack-sessions",
-        "5",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let out = day("g5", &["--attack-sessions", "5"]);
     let r = eval_json(
         &out,
         &[
