@@ -602,3 +602,99 @@ async fn kill_9_during_delivery_then_the_action_completes_once_after_restart() {
         .unwrap();
     assert!(eff.contains_key(quarantine["id"].as_str().unwrap()));
 }
+
+/// An approval gate through the command line: the playbook holds, `cordon actions approve`
+/// records who and why, and the next start delivers what followed the gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn approval_from_the_command_line_releases_the_next_step() {
+    let (rx, hook) = receiver(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 1, &hook);
+    let playbooks = dir.path().join("playbooks");
+    std::fs::create_dir(&playbooks).unwrap();
+    std::fs::write(
+        playbooks.join("p.yaml"),
+        "id: gated\non: {rules: [cordon.mcp.chain.secret_read_then_egress]}\nsteps:\n  - action: require_approval\n    params: {expires: 1h}\n  - action: isolate_server\n    target: gateway\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "console_url",
+        &format!("playbooks = [\"{}\"]\nconsole_url", playbooks.display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    let events = generated_chain(dir.path(), "tok-gated");
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(
+        &input,
+        events.iter().map(|e| format!("{e}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let run = |input: &str| {
+        let o = cordon(&["run", "--input", input, "--config", c, "--alerts", "-"])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(input.to_str().unwrap());
+    assert_eq!(
+        rx.calls.load(Ordering::SeqCst),
+        0,
+        "nothing before the decision"
+    );
+    let gate = actions(&config)
+        .into_iter()
+        .find(|a| a["state"] == "awaiting_approval")
+        .unwrap();
+    let o = cordon(&[
+        "actions",
+        "approve",
+        gate["id"].as_str().unwrap(),
+        "--config",
+        c,
+        "--by",
+        "ana",
+        "--reason",
+        "confirmed",
+    ])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Deciding twice is refused.
+    let o = cordon(&[
+        "actions",
+        "deny",
+        gate["id"].as_str().unwrap(),
+        "--config",
+        c,
+        "--by",
+        "bob",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("approved, not awaiting approval"));
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    run(empty.to_str().unwrap());
+    let acts = actions(&config);
+    let gate = acts
+        .iter()
+        .find(|a| a["action"] == "require_approval")
+        .unwrap();
+    assert_eq!(
+        (
+            gate["state"].as_str(),
+            gate["decided_by"].as_str(),
+            gate["reason"].as_str()
+        ),
+        (Some("approved"), Some("ana"), Some("confirmed"))
+    );
+    assert!(
+        acts.iter()
+            .any(|a| a["action"] == "isolate_server" && a["state"] == "succeeded"),
+        "{acts:?}"
+    );
+    assert_eq!(rx.effective.lock().unwrap().len(), 1);
+}
