@@ -177,6 +177,29 @@ backoff = "100ms"
     path
 }
 
+/// Points the configuration at one playbook file holding `yaml`.
+fn use_playbook(dir: &Path, config: &Path, yaml: &str) {
+    let playbooks = dir.join("playbooks");
+    std::fs::create_dir_all(&playbooks).unwrap();
+    std::fs::write(playbooks.join("p.yaml"), yaml).unwrap();
+    let text = std::fs::read_to_string(config).unwrap().replace(
+        "console_url",
+        &format!("playbooks = [\"{}\"]\nconsole_url", playbooks.display()),
+    );
+    std::fs::write(config, text).unwrap();
+}
+
+/// Writes events as JSON lines; returns the file.
+fn write_events(dir: &Path, events: &[Value]) -> PathBuf {
+    let input = dir.join("events.jsonl");
+    std::fs::write(
+        &input,
+        events.iter().map(|e| format!("{e}\n")).collect::<String>(),
+    )
+    .unwrap();
+    input
+}
+
 fn cordon(args: &[&str]) -> Command {
     let mut c = Command::new(bin());
     c.args(args)
@@ -533,25 +556,9 @@ async fn kill_9_during_delivery_then_the_action_completes_once_after_restart() {
     let config = write_config(dir.path(), idp.port, &hook);
     // The playbook: quarantine, then notify (webhooks only, so the held request is the
     // first step).
-    let playbooks = dir.path().join("playbooks");
-    std::fs::create_dir(&playbooks).unwrap();
-    std::fs::write(
-        playbooks.join("p.yaml"),
-        "id: quarantine\non: {rules: [cordon.mcp.chain.secret_read_then_egress]}\nsteps:\n  - action: quarantine_agent\n    target: gateway\n  - action: notify\n    target: chat\n",
-    )
-    .unwrap();
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "console_url",
-        &format!("playbooks = [\"{}\"]\nconsole_url", playbooks.display()),
-    );
-    std::fs::write(&config, text).unwrap();
+    use_playbook(dir.path(), &config, "id: quarantine\non: {rules: [cordon.mcp.chain.secret_read_then_egress]}\nsteps:\n  - action: quarantine_agent\n    target: gateway\n  - action: notify\n    target: chat\n");
     let events = generated_chain(dir.path(), "tok-kill-9");
-    let input = dir.path().join("events.jsonl");
-    std::fs::write(
-        &input,
-        events.iter().map(|e| format!("{e}\n")).collect::<String>(),
-    )
-    .unwrap();
+    let input = write_events(dir.path(), &events);
     let args = [
         "run",
         "--input",
@@ -610,25 +617,9 @@ async fn approval_from_the_command_line_releases_the_next_step() {
     let (rx, hook) = receiver(0).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), 1, &hook);
-    let playbooks = dir.path().join("playbooks");
-    std::fs::create_dir(&playbooks).unwrap();
-    std::fs::write(
-        playbooks.join("p.yaml"),
-        "id: gated\non: {rules: [cordon.mcp.chain.secret_read_then_egress]}\nsteps:\n  - action: require_approval\n    params: {expires: 1h}\n  - action: isolate_server\n    target: gateway\n",
-    )
-    .unwrap();
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "console_url",
-        &format!("playbooks = [\"{}\"]\nconsole_url", playbooks.display()),
-    );
-    std::fs::write(&config, text).unwrap();
+    use_playbook(dir.path(), &config, "id: gated\non: {rules: [cordon.mcp.chain.secret_read_then_egress]}\nsteps:\n  - action: require_approval\n    params: {expires: 1h}\n  - action: isolate_server\n    target: gateway\n");
     let events = generated_chain(dir.path(), "tok-gated");
-    let input = dir.path().join("events.jsonl");
-    std::fs::write(
-        &input,
-        events.iter().map(|e| format!("{e}\n")).collect::<String>(),
-    )
-    .unwrap();
+    let input = write_events(dir.path(), &events);
     let c = config.to_str().unwrap();
     let run = |input: &str| {
         let o = cordon(&["run", "--input", input, "--config", c, "--alerts", "-"])
