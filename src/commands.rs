@@ -54,9 +54,22 @@ pub struct RunArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     idle_after: Option<std::time::Duration>,
     /// Also append alerts to this Parquet alert store (`alerts/date=YYYY-MM-DD/*.parquet`),
-    /// queryable with `cordon sql`.
+    /// a directory or an object store URL (`s3://bucket/prefix`), queryable with `cordon sql`.
     #[arg(long)]
-    store: Option<PathBuf>,
+    store: Option<String>,
+    /// Serve the HTTP API (and console) here while running, and after the input ends until
+    /// interrupted; needs `--store` and `--keys`.
+    #[arg(long, requires_all = ["store", "keys"])]
+    listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus `/metrics` on this separate admin listener (needs `--keys`).
+    #[arg(long, requires = "keys")]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// The API keys file (`cordon keys create`).
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    /// Append every mutating API call here (JSON lines, with the key id and name).
+    #[arg(long)]
+    audit: Option<PathBuf>,
     /// Configuration (`cordon.toml`): its `[response]` section runs playbooks on alerts.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -109,6 +122,8 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         profiles = profiles.with_idle_after(d);
     }
     engine = engine.with_profiles(profiles);
+    let engine = std::sync::Arc::new(std::sync::Mutex::new(engine));
+    let progress = std::sync::Arc::new(crate::pipeline::Progress::default());
     let mut dead =
         DeadLetterSink::new(a.dead_letter.as_deref()).map_err(|e| Failure::input(e.to_string()))?;
     let mut sink = if a.alerts.as_os_str() == "-" {
@@ -121,10 +136,20 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         .as_deref()
         .map(crate::respond::Config::load)
         .transpose()?;
-    let mut store = a
+    let location = a
         .store
         .as_deref()
-        .map(cordon_query::store::AlertStore::open)
+        .map(cordon_query::store::Location::parse)
+        .transpose()
+        .map_err(|e| Failure::input(e.to_string()))?;
+    let mut store = location
+        .clone()
+        .map(|l| {
+            cordon_query::store::AlertStore::open_at(
+                l,
+                Some(cordon_query::store::DEFAULT_FLUSH_INTERVAL),
+            )
+        })
         .transpose()
         .map_err(|e| Failure::input(e.to_string()))?;
     let (enforce_tx, enforce_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -135,6 +160,42 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         )?),
         None => None,
     };
+    let services = crate::sqlcmd::runtime()?;
+    let siem = config
+        .as_ref()
+        .and_then(|c| c.siem.as_ref())
+        .map(|s| cordon_respond::siem::SiemSink::start(s, services.handle()))
+        .transpose()
+        .map_err(Failure::input)?;
+    let mut api = None;
+    if let (Some(listen), Some(keys), Some(location)) = (a.listen, &a.keys, &location) {
+        let mut state = crate::sqlcmd::api_state(location.clone(), keys, a.audit.as_deref(), 512)?;
+        if let Some(r) = &running {
+            state.outbox = Some(r.responder.outbox_arc());
+            let responder = r.responder.clone();
+            state.on_decision = Some(std::sync::Arc::new(move || responder.wake()));
+        }
+        state.live = Some(std::sync::Arc::new(crate::live::EngineLive {
+            engine: engine.clone(),
+            rule_paths: a.rules.clone(),
+        }));
+        let metrics = crate::live::MetricsSources {
+            progress: progress.clone(),
+            engine: engine.clone(),
+            store: store.as_ref().map(|s| s.stats_handle()),
+            responder: running.as_ref().map(|r| r.responder.clone()),
+            siem: siem.as_ref().map(|s| s.stats()),
+        };
+        api = Some(crate::sqlcmd::start_api(
+            &services,
+            std::sync::Arc::new(state),
+            listen,
+            a.admin_listen,
+            std::sync::Arc::new(move |out: &mut cordon_query::metrics::Exposition| {
+                metrics.render(out)
+            }),
+        )?);
+    }
     let stats = run_files(
         Input {
             paths: &a.input,
@@ -142,7 +203,8 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             max_record: a.max_record_bytes,
             lateness: a.allowed_lateness,
         },
-        &mut engine,
+        &engine,
+        &progress,
         &mut dead,
         |engine| {
             while let Ok(e) = enforce_rx.try_recv() {
@@ -151,6 +213,9 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         },
         |alert| {
             sink.emit(&alert)?;
+            if let Some(s) = &siem {
+                s.send(alert.to_ocsf());
+            }
             if let Some(s) = store.as_mut() {
                 s.append(alert.clone())?;
             }
@@ -165,6 +230,21 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
     if let Some(s) = store.as_mut() {
         s.flush().map_err(|e| Failure::input(e.to_string()))?;
     }
+    if let Some(api) = api {
+        eprintln!(
+            "cordon: input done ({} events, {} alerts); serving the API until interrupted",
+            stats.events, stats.alerts
+        );
+        api.wait(&services);
+    }
+    if let Some(s) = siem {
+        if !services.block_on(s.close(a.response_timeout)) {
+            eprintln!(
+                "warning: alerts still queued for the SIEM after {:?}",
+                a.response_timeout
+            );
+        }
+    }
     let mut response_stats = None;
     if let Some(r) = running {
         let responder = r.responder.clone();
@@ -177,6 +257,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         }
         response_stats = Some(responder.stats());
     }
+    let engine = engine.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(state) = &a.state {
         engine.profiles().snapshot(state).map_err(Failure::input)?;
     }
@@ -530,7 +611,9 @@ pub fn eval(a: EvalArgs) -> Result<(), Failure> {
             a.labels.display()
         ))
     })?;
-    let mut engine = Engine::new(&set).with_allowed_lateness(std::time::Duration::from_secs(10));
+    let engine = std::sync::Mutex::new(
+        Engine::new(&set).with_allowed_lateness(std::time::Duration::from_secs(10)),
+    );
     let mut dead = DeadLetterSink::new(None).map_err(|e| Failure::input(e.to_string()))?;
     let mut index = AlertIndex::new();
     let stats = run_files(
@@ -540,7 +623,8 @@ pub fn eval(a: EvalArgs) -> Result<(), Failure> {
             max_record: DEFAULT_MAX_RECORD,
             lateness: std::time::Duration::from_secs(10),
         },
-        &mut engine,
+        &engine,
+        &crate::pipeline::Progress::default(),
         &mut dead,
         |_| {},
         |al| {
@@ -608,31 +692,7 @@ pub fn baseline(action: BaselineAction) -> Result<(), Failure> {
     };
     let warm = p.events >= cordon_detect::profile::NOVELTY_WARMUP || p.peer.is_some();
     let hours = p.rate.hour_of_day();
-    let doc = serde_json::json!({
-        "agent": agent,
-        "events": p.events,
-        "peer": p.peer.as_deref(),
-        "last_seen": jiff::Timestamp::from_nanosecond(i128::from(p.last_seen()))
-            .ok()
-            .map(|t| t.to_string()),
-        "calls_per_minute": p.rate.rate(),
-        "calls_per_minute_by_hour_utc": hours,
-        "minutes_learnt": p.rate.buckets(),
-        "typical_result_bytes": p.volume.typical(),
-        "result_sizes_learnt": p.volume.count(),
-        "typical_argument_bytes": p.args_volume.typical(),
-        "deny_ratio": p.deny.ratio(),
-        "error_ratio": p.errors.ratio(),
-        "typical_session_calls": p.session_calls.typical(),
-        "typical_session_servers": p.session_breadth.typical(),
-        "sessions_learnt": p.session_calls.count(),
-        "distinct_tools": p.tools.len(),
-        "distinct_servers": p.servers.len(),
-        "distinct_methods": p.methods.len(),
-        "distinct_recipients": p.recipients.len(),
-        "novelty_reported": warm,
-        "memory_bytes": p.memory_bytes(),
-    });
+    let doc = crate::live::profile_json(&agent, &p);
     if json {
         println!(
             "{}",

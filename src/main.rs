@@ -5,6 +5,7 @@
 mod commands;
 mod demo;
 mod hunt;
+mod live;
 mod pipeline;
 mod respond;
 mod score;
@@ -29,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the rules over events from files, directories or stdin; write alerts.
-    Run(commands::RunArgs),
+    Run(Box<commands::RunArgs>),
     /// Check, test or list rule files.
     Rules {
         #[command(subcommand)]
@@ -131,7 +132,7 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Run(a) => commands::run(a),
+        Command::Run(a) => commands::run(*a),
         Command::Rules { action } => commands::rules(action),
         Command::Hunt(a) => hunt::hunt(a),
         Command::Generate(a) => commands::generate(a),

@@ -17,6 +17,9 @@ pub struct Config {
     /// Responses: outbox, playbooks, targets.
     #[serde(default)]
     pub response: Option<ResponseConfig>,
+    /// Alert delivery to a SIEM.
+    #[serde(default)]
+    pub siem: Option<cordon_respond::siem::SiemConfig>,
 }
 
 impl Config {

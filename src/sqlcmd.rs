@@ -24,9 +24,12 @@ pub enum Output {
 pub struct SqlArgs {
     /// The query (SELECT, WITH or EXPLAIN), over the table `alerts`.
     query: String,
-    /// The alert store (`cordon run --store DIR`).
+    /// The alert store (`cordon run --store`): a directory or an object store URL.
     #[arg(long)]
-    store: PathBuf,
+    store: String,
+    /// Configuration whose `[response]` outbox fills the `actions` table.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Output,
@@ -41,7 +44,8 @@ pub struct SqlArgs {
     max_rows: usize,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+/// The runtime of the API, the SIEM sink and queries.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -51,12 +55,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 /// `cordon sql`.
 pub fn sql(a: SqlArgs) -> Result<(), Failure> {
-    if !a.store.join("alerts").is_dir() {
-        return Err(Failure::input(format!(
-            "{}: not an alert store (no alerts/ directory; write one with `cordon run --store`)",
-            a.store.display()
-        )));
+    let location = cordon_query::store::Location::parse(&a.store)
+        .map_err(|e| Failure::input(e.to_string()))?;
+    if let cordon_query::store::Location::Local(p) = &location {
+        if !p.join("alerts").is_dir() {
+            return Err(Failure::input(format!(
+                "{}: not an alert store (no alerts/ directory; write one with `cordon run --store`)",
+                p.display()
+            )));
+        }
     }
+    let actions = match outbox(a.config.as_deref())? {
+        Some(o) => o.all().map_err(|e| Failure::input(e.to_string()))?,
+        None => Vec::new(),
+    };
     let limits = Limits {
         memory: a.memory_mib.max(1) << 20,
         time: a.timeout,
@@ -65,7 +77,7 @@ pub fn sql(a: SqlArgs) -> Result<(), Failure> {
     let fail = |e: sql::SqlError| Failure::input(e.to_string());
     let rt = runtime()?;
     let batches = rt.block_on(async {
-        let s = Sql::open(&a.store, limits).await?;
+        let s = Sql::open_at(&location, limits, &actions).await?;
         s.query(&a.query).await
     });
     let batches = batches.map_err(fail)?;
@@ -88,9 +100,9 @@ pub fn sql(a: SqlArgs) -> Result<(), Failure> {
 pub enum StoreAction {
     /// Merge each day's small Parquet files into one.
     Compact {
-        /// The alert store.
+        /// The alert store: a directory or an object store URL.
         #[arg(long)]
-        store: PathBuf,
+        store: String,
         /// Compact a day when it has more files than this.
         #[arg(long, default_value_t = 1)]
         min_files: usize,
@@ -100,8 +112,10 @@ pub enum StoreAction {
 /// `cordon store …`.
 pub fn store(a: StoreAction) -> Result<(), Failure> {
     let StoreAction::Compact { store, min_files } = a;
-    let mut s =
-        cordon_query::store::AlertStore::open(&store).map_err(|e| Failure::input(e.to_string()))?;
+    let location =
+        cordon_query::store::Location::parse(&store).map_err(|e| Failure::input(e.to_string()))?;
+    let mut s = cordon_query::store::AlertStore::open_at(location, None)
+        .map_err(|e| Failure::input(e.to_string()))?;
     let n = s
         .compact(min_files)
         .map_err(|e| Failure::input(e.to_string()))?;
@@ -165,15 +179,18 @@ pub fn keys(a: KeysAction) -> Result<(), Failure> {
 /// `cordon serve`.
 #[derive(Args)]
 pub struct ServeArgs {
-    /// The alert store.
+    /// The alert store: a directory or an object store URL.
     #[arg(long)]
-    store: PathBuf,
+    store: String,
     /// The keys file (`cordon keys create`).
     #[arg(long)]
     keys: PathBuf,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
+    /// Serve Prometheus `/metrics` on this separate admin listener.
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
     /// Configuration whose `[response]` outbox the action endpoints use.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -185,64 +202,132 @@ pub struct ServeArgs {
     memory_mib: usize,
 }
 
-/// `cordon serve`.
-pub fn serve(a: ServeArgs) -> Result<(), Failure> {
-    let keys = cordon_query::keys::Keys::load(&a.keys).map_err(Failure::input)?;
-    if keys.keys.is_empty() {
+fn outbox(config: Option<&std::path::Path>) -> Result<Option<cordon_respond::Outbox>, Failure> {
+    let Some(c) = config else { return Ok(None) };
+    match crate::respond::Config::load(c)?.response {
+        Some(r) => cordon_respond::Outbox::open(&r.outbox)
+            .map(Some)
+            .map_err(|e| Failure::input(e.to_string())),
+        None => Ok(None),
+    }
+}
+
+/// The API's state over a store: keys loaded (at least one), audit log opened.
+pub fn api_state(
+    store: cordon_query::store::Location,
+    keys: &std::path::Path,
+    audit: Option<&std::path::Path>,
+    memory_mib: usize,
+) -> Result<cordon_query::api::ApiState, Failure> {
+    let k = cordon_query::keys::Keys::load(keys).map_err(Failure::input)?;
+    if k.keys.is_empty() {
         return Err(Failure::input(format!(
             "{}: no API keys; create one with `cordon keys create --role admin --name you --keys {}`",
-            a.keys.display(),
-            a.keys.display()
+            keys.display(),
+            keys.display()
         )));
     }
-    let outbox = match &a.config {
-        Some(c) => match crate::respond::Config::load(c)?.response {
-            Some(r) => Some(std::sync::Arc::new(
-                cordon_respond::Outbox::open(&r.outbox)
-                    .map_err(|e| Failure::input(e.to_string()))?,
-            )),
-            None => None,
-        },
-        None => None,
+    store.create().map_err(|e| Failure::input(e.to_string()))?;
+    let mut state = cordon_query::api::ApiState::new(store, k);
+    state.limits = Limits {
+        memory: memory_mib.max(1) << 20,
+        ..Limits::default()
     };
-    let audit = a
-        .audit
-        .as_ref()
-        .map(|p| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map(std::sync::Mutex::new)
-                .map_err(|e| Failure::input(format!("{}: {e}", p.display())))
-        })
-        .transpose()?;
-    std::fs::create_dir_all(a.store.join("alerts"))
-        .map_err(|e| Failure::input(format!("{}: {e}", a.store.display())))?;
-    let state = std::sync::Arc::new(cordon_query::api::ApiState {
-        store: a.store.clone(),
-        keys,
-        outbox,
-        limits: Limits {
-            memory: a.memory_mib.max(1) << 20,
-            ..Limits::default()
-        },
-        audit,
-    });
-    let rt = runtime()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(a.listen)
-            .await
-            .map_err(|e| Failure::input(format!("{}: {e}", a.listen)))?;
+    match audit {
+        Some(p) => state.with_audit(p).map_err(Failure::input),
+        None => Ok(state),
+    }
+}
+
+/// The API's listeners, running on a runtime until a signal.
+pub struct ApiServers {
+    stop: std::sync::Arc<tokio::sync::Notify>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+impl ApiServers {
+    /// Waits for SIGINT or SIGTERM, then stops the listeners gracefully.
+    pub fn wait(self, rt: &tokio::runtime::Runtime) {
+        rt.block_on(async {
+            interrupted().await;
+            self.stop.notify_waiters();
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        });
+    }
+}
+
+/// Binds the API listener (and the admin listener, if asked) and serves them on `rt`.
+pub fn start_api(
+    rt: &tokio::runtime::Runtime,
+    state: std::sync::Arc<cordon_query::api::ApiState>,
+    listen: std::net::SocketAddr,
+    admin_listen: Option<std::net::SocketAddr>,
+    render: std::sync::Arc<dyn Fn(&mut cordon_query::metrics::Exposition) + Send + Sync>,
+) -> Result<ApiServers, Failure> {
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
+    let mut bind = |addr: std::net::SocketAddr, router: axum::Router, what: &str| {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .map_err(|e| Failure::input(format!("--{what} {addr}: {e}")))?;
         let bound = listener
             .local_addr()
             .map_err(|e| Failure::input(e.to_string()))?;
-        eprintln!("cordon: API on http://{bound}");
-        axum::serve(listener, cordon_query::api::app(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .map_err(|e| Failure::input(e.to_string()))
-    })
+        eprintln!("cordon: {what} on http://{bound}");
+        let stop = stop.clone();
+        tasks.push(rt.spawn(async move {
+            let shutdown = async move { stop.notified().await };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "listener stopped");
+            }
+        }));
+        Ok::<(), Failure>(())
+    };
+    bind(listen, cordon_query::api::app(state.clone()), "listen")?;
+    if let Some(addr) = admin_listen {
+        bind(
+            addr,
+            cordon_query::api::admin_app(state, render),
+            "admin-listen",
+        )?;
+    }
+    Ok(ApiServers { stop, tasks })
+}
+
+/// `cordon serve`.
+pub fn serve(a: ServeArgs) -> Result<(), Failure> {
+    let location = cordon_query::store::Location::parse(&a.store)
+        .map_err(|e| Failure::input(e.to_string()))?;
+    let mut state = api_state(location, &a.keys, a.audit.as_deref(), a.memory_mib)?;
+    state.outbox = outbox(a.config.as_deref())?.map(std::sync::Arc::new);
+    let rt = runtime()?;
+    let servers = start_api(
+        &rt,
+        std::sync::Arc::new(state),
+        a.listen,
+        a.admin_listen,
+        std::sync::Arc::new(|_: &mut cordon_query::metrics::Exposition| {}),
+    )?;
+    servers.wait(&rt);
+    Ok(())
 }

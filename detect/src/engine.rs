@@ -6,7 +6,7 @@
 //! in beside it through the same trait.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 
 use cordon_ingest::{CoreField, Event};
 use cordon_rules::{CompiledQuery, Rule, RuleSet, Verdict};
@@ -160,6 +160,20 @@ impl Late {
 /// Counters of one rule.
 pub type RuleCounters = RuleStats;
 
+/// What a rule reload changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reload {
+    /// Rules whose id, version and query are unchanged: their open partial matches, counters
+    /// and suppression windows carry over.
+    pub kept: Vec<String>,
+    /// New rule ids.
+    pub added: Vec<String>,
+    /// Rules whose version or query changed: they start without partial matches.
+    pub changed: Vec<String>,
+    /// Rule ids no longer present.
+    pub removed: Vec<String>,
+}
+
 /// The detector of one multi-event rule, with the index of its rule.
 struct StatefulRule {
     rule: usize,
@@ -259,6 +273,82 @@ impl Engine {
             profiles: Profiles::default(),
             enforced: crate::enforce::Enforced::default(),
         }
+    }
+
+    /// Swaps in a new rule set between two events (hot reload). Unchanged rules (same id,
+    /// version and query) keep their partial matches, counters and suppression windows;
+    /// changed and new rules start empty; profiles, enforcement and the reorder buffer are
+    /// untouched. The set was validated when it was loaded, so this cannot fail.
+    pub fn replace_rules(&mut self, set: &RuleSet) -> Reload {
+        let rules = set.rules.clone();
+        let mut report = Reload::default();
+        let old_by_id: HashMap<&str, usize> = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.as_str(), i))
+            .collect();
+        // old index → new index, for rules that carry over unchanged.
+        let mut map: Vec<Option<usize>> = vec![None; self.rules.len()];
+        for (n, r) in rules.iter().enumerate() {
+            match old_by_id.get(r.id.as_str()) {
+                Some(&o)
+                    if self.rules[o].version == r.version
+                        && self.rules[o].query_text == r.query_text =>
+                {
+                    map[o] = Some(n);
+                    report.kept.push(r.id.clone());
+                }
+                Some(_) => report.changed.push(r.id.clone()),
+                None => report.added.push(r.id.clone()),
+            }
+        }
+        let new_ids: std::collections::HashSet<&str> =
+            rules.iter().map(|r| r.id.as_str()).collect();
+        report.removed = self
+            .rules
+            .iter()
+            .filter(|r| !new_ids.contains(r.id.as_str()))
+            .map(|r| r.id.clone())
+            .collect();
+        let mut old_detectors: HashMap<usize, Box<dyn Stateful>> =
+            std::mem::take(&mut self.stateful)
+                .into_iter()
+                .map(|s| (s.rule, s.detector))
+                .collect();
+        let carried: HashMap<usize, usize> = map
+            .iter()
+            .enumerate()
+            .filter_map(|(o, n)| n.map(|n| (n, o)))
+            .collect();
+        self.stateful = rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                if let Some(d) = carried.get(&i).and_then(|o| old_detectors.remove(o)) {
+                    return Some(StatefulRule {
+                        rule: i,
+                        detector: d,
+                    });
+                }
+                let detector: Box<dyn Stateful> = match &r.query.query {
+                    CompiledQuery::Event(_) => return None,
+                    CompiledQuery::Sequence(s) => Box::new(SequenceDetector::new(s.clone())),
+                    CompiledQuery::Sample(s) => Box::new(SampleDetector::new(s.clone())),
+                    CompiledQuery::Threshold(t) => Box::new(ThresholdDetector::new(t.clone())),
+                };
+                Some(StatefulRule { rule: i, detector })
+            })
+            .collect();
+        let mut stats = vec![RuleStats::default(); rules.len()];
+        for (n, o) in &carried {
+            stats[*n] = self.rule_stats[*o].clone();
+        }
+        self.suppressor.remap(&map);
+        self.rule_stats = stats;
+        self.index = RuleIndex::build(&rules);
+        self.rules = rules;
+        report
     }
 
     /// Sets how far behind the latest event time an event may arrive and still be put in

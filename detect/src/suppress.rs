@@ -60,6 +60,16 @@ impl Suppressor {
         }
     }
 
+    /// Renumbers rules after a reload: `map[old]` is the rule's new index, or `None` when it
+    /// was removed (its keys go).
+    pub fn remap(&mut self, map: &[Option<usize>]) {
+        let old = std::mem::take(&mut self.last_alert);
+        self.last_alert = old
+            .into_iter()
+            .filter_map(|((r, k), v)| map.get(r).copied().flatten().map(|n| ((n, k), v)))
+            .collect();
+    }
+
     /// Keys evicted because the table was full.
     pub fn evicted(&self) -> u64 {
         self.evicted

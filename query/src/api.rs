@@ -3,9 +3,14 @@
 //! (`Authorization: Bearer cordon_…`): none or a wrong one is 401, a role too low is 403, a
 //! malformed body 400 naming the field. Filters are bound as SQL parameters, never pasted into
 //! SQL text. Every mutating call is appended to an audit log with the key's id and name.
-//! The OpenAPI description is at `/openapi.json`.
+//! The OpenAPI description is at `/openapi.json`. Prometheus metrics are served by
+//! [`admin_app`] on a separate listener, so that scraping never competes with analysts and the
+//! metrics port can be firewalled apart.
+//!
+//! The API works over any store. Inside `cordon run` it is also given the running engine
+//! ([`Live`]: agents' profiles, the rules in force, hot reload) and the responder's outbox.
 
-use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path as UrlPath, Query, State};
@@ -18,20 +23,89 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::keys::{Keys, Role, StoredKey};
+use crate::lifecycle::{Change, LifecycleEvent};
 use crate::sql::{self, Limits, Sql, SqlError};
+use crate::store::Location;
+
+/// The running engine as the API sees it; `cordon run` implements it over its engine.
+pub trait Live: Send + Sync {
+    /// An agent's learnt profile as JSON, if the engine knows the agent.
+    fn agent(&self, id: &str) -> Option<Value>;
+    /// The rules in force.
+    fn rules(&self) -> Vec<Value>;
+    /// Loads the rule files again; if they are valid, swaps them in between two events and
+    /// says what changed; otherwise refuses with every error and keeps the running set.
+    fn reload(&self) -> Result<Value, String>;
+}
 
 /// What the handlers share.
 pub struct ApiState {
     /// The alert store.
-    pub store: PathBuf,
+    pub store: Location,
     /// The API keys.
     pub keys: Keys,
     /// The response outbox, when responses are configured.
     pub outbox: Option<Arc<cordon_respond::Outbox>>,
+    /// Called after an approval decision (wakes the responder's worker).
+    pub on_decision: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// The running engine, inside `cordon run`.
+    pub live: Option<Arc<dyn Live>>,
     /// Limits of analyst SQL.
     pub limits: Limits,
     /// The audit log of mutating calls (JSON lines), if any.
     pub audit: Option<Mutex<std::fs::File>>,
+    /// Requests answered, by status code.
+    pub requests: Mutex<std::collections::BTreeMap<u16, u64>>,
+    /// Analyst queries that failed on a limit (memory, time, rows).
+    pub queries_limited: AtomicU64,
+}
+
+impl ApiState {
+    /// A state over a store and keys, with nothing else attached.
+    pub fn new(store: Location, keys: Keys) -> ApiState {
+        ApiState {
+            store,
+            keys,
+            outbox: None,
+            on_decision: None,
+            live: None,
+            limits: Limits::default(),
+            audit: None,
+            requests: Mutex::new(Default::default()),
+            queries_limited: AtomicU64::new(0),
+        }
+    }
+
+    /// Opens (appending) the audit log.
+    pub fn with_audit(mut self, path: &std::path::Path) -> Result<ApiState, String> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.audit = Some(Mutex::new(f));
+        Ok(self)
+    }
+
+    /// The metrics of the API, in Prometheus text format.
+    pub fn metrics(&self, out: &mut crate::metrics::Exposition) {
+        if let Ok(r) = self.requests.lock() {
+            for (code, n) in r.iter() {
+                out.counter(
+                    "cordon_api_requests_total",
+                    "HTTP API requests answered, by status code",
+                    &[("code", &code.to_string())],
+                    *n as f64,
+                );
+            }
+        }
+        out.counter(
+            "cordon_api_queries_limited_total",
+            "Analyst SQL queries stopped by a memory, time or row limit",
+            &[],
+            self.queries_limited.load(Ordering::Relaxed) as f64,
+        );
+    }
 }
 
 /// An API error: a status and a message, as `{"error": …}`.
@@ -109,21 +183,67 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/api/v1/alerts", get(list_alerts))
         .route("/api/v1/alerts/{id}", get(get_alert))
+        .route("/api/v1/alerts/{id}/{change}", post(change_alert))
         .route("/api/v1/sql", post(run_sql))
         .route("/api/v1/actions", get(list_actions))
         .route("/api/v1/actions/{id}/{decision}", post(decide))
+        .route("/api/v1/agents/{id}", get(get_agent))
+        .route("/api/v1/rules", get(list_rules))
+        .route("/api/v1/rules/reload", post(reload_rules))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
 }
 
-async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
-    if s.store.join("alerts").is_dir() {
-        Json(json!({"ready": true})).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": "the alert store is not there"})),
+/// The admin router: `/metrics` (Prometheus text format; any valid key, so a scraper gets a
+/// viewer key) and `/healthz`. `render` appends the process's metrics.
+pub fn admin_app(
+    state: Arc<ApiState>,
+    render: Arc<dyn Fn(&mut crate::metrics::Exposition) + Send + Sync>,
+) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move |State(s): State<Arc<ApiState>>, headers: HeaderMap| {
+                let render = render.clone();
+                async move {
+                    authorize(&s, &headers, Role::Viewer)?;
+                    let mut out = crate::metrics::Exposition::default();
+                    render(&mut out);
+                    s.metrics(&mut out);
+                    Ok::<_, ApiError>(
+                        (
+                            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                            out.finish(),
+                        )
+                            .into_response(),
+                    )
+                }
+            }),
         )
-            .into_response()
+        .with_state(state)
+}
+
+async fn count(
+    State(s): State<Arc<ApiState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let resp = next.run(req).await;
+    if let Ok(mut r) = s.requests.lock() {
+        *r.entry(resp.status().as_u16()).or_default() += 1;
+    }
+    resp
+}
+
+async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
+    match s.store.list("alerts").await {
+        Ok(_) => Json(json!({"ready": true})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": format!("the alert store cannot be read: {e}")})),
+        )
+            .into_response(),
     }
 }
 
@@ -148,6 +268,8 @@ pub struct AlertQuery {
     pub rule: Option<String>,
     /// Agent id.
     pub agent: Option<String>,
+    /// Status: new, in_progress, resolved or suppressed.
+    pub status: Option<String>,
     /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,
     /// The `next` cursor of the previous page.
@@ -167,7 +289,28 @@ fn ts_param(name: &str, v: &str) -> Result<ScalarValue, ApiError> {
 }
 
 async fn sql_session(s: &ApiState) -> Result<Sql, ApiError> {
-    Ok(Sql::open(&s.store, s.limits).await?)
+    let actions = match &s.outbox {
+        Some(o) => o.all().map_err(internal)?,
+        None => Vec::new(),
+    };
+    Ok(Sql::open_at(&s.store, s.limits, &actions).await?)
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// Runs a query, counting the ones stopped by a limit.
+async fn query(
+    s: &ApiState,
+    sql: &str,
+    params: Vec<ScalarValue>,
+) -> Result<Vec<arrow::record_batch::RecordBatch>, ApiError> {
+    let r = sql_session(s).await?.query_with(sql, params).await;
+    if let Err(SqlError::Memory { .. } | SqlError::Timeout(_) | SqlError::TooManyRows(_)) = &r {
+        s.queries_limited.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(r?)
 }
 
 fn rows(batches: &[arrow::record_batch::RecordBatch]) -> Result<Vec<Value>, ApiError> {
@@ -207,6 +350,15 @@ async fn list_alerts(
     if let Some(v) = &q.agent {
         bind("agent_id = ?", ScalarValue::Utf8(Some(v.clone())));
     }
+    if let Some(v) = &q.status {
+        if !STATUSES.contains(&v.as_str()) {
+            return Err(bad(format!(
+                "status: expected one of {}, got {v:?}",
+                STATUSES.join(", ")
+            )));
+        }
+        bind("status = ?", ScalarValue::Utf8(Some(v.clone())));
+    }
     if let Some(c) = &q.cursor {
         let (ms, id) = c
             .split_once('~')
@@ -229,8 +381,9 @@ async fn list_alerts(
         return Err(bad("limit: expected 1 to 1000"));
     }
     let sql = format!(
-        "SELECT alert_id, time, rule_id, title, severity, agent_id, session_id, target, message, event_count \
-         FROM alerts {} ORDER BY time DESC, alert_id DESC LIMIT {}",
+        "SELECT alert_id, time, rule_id, title, severity, agent_id, session_id, target, message, event_count, \
+         status, assignee \
+         FROM alert_status {} ORDER BY time DESC, alert_id DESC LIMIT {}",
         if clauses.is_empty() {
             String::new()
         } else {
@@ -238,7 +391,7 @@ async fn list_alerts(
         },
         limit + 1
     );
-    let batches = sql_session(&s).await?.query_with(&sql, params).await?;
+    let batches = query(&s, &sql, params).await?;
     let mut items = rows(&batches)?;
     let next = if items.len() > limit {
         items.truncate(limit);
@@ -256,26 +409,220 @@ async fn list_alerts(
     Ok(Json(json!({"alerts": items, "next": next})).into_response())
 }
 
+/// The statuses an alert can have.
+pub const STATUSES: [&str; 4] = ["new", "in_progress", "resolved", "suppressed"];
+
 async fn get_alert(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     authorize(&s, &headers, Role::Viewer)?;
-    let batches = sql_session(&s)
-        .await?
-        .query_with(
-            "SELECT ocsf FROM alerts WHERE alert_id = $1 LIMIT 1",
-            vec![ScalarValue::Utf8(Some(id.clone()))],
-        )
-        .await?;
+    let id_param = || vec![ScalarValue::Utf8(Some(id.clone()))];
+    let batches = query(
+        &s,
+        "SELECT ocsf FROM alerts WHERE alert_id = $1 LIMIT 1",
+        id_param(),
+    )
+    .await?;
     let items = rows(&batches)?;
     let Some(row) = items.first() else {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no alert {id}")));
     };
-    let ocsf: Value = serde_json::from_str(row["ocsf"].as_str().unwrap_or("{}"))
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(Json(ocsf).into_response())
+    let ocsf: Value =
+        serde_json::from_str(row["ocsf"].as_str().unwrap_or("{}")).map_err(internal)?;
+    let history = rows(
+        &query(
+            &s,
+            "SELECT event_id, time, change, status, assignee, reason, actor_id, actor_name \
+             FROM alert_events WHERE alert_id = $1 ORDER BY time, event_id",
+            id_param(),
+        )
+        .await?,
+    )?;
+    let status = history
+        .last()
+        .and_then(|h| h["status"].as_str())
+        .unwrap_or("new");
+    let assignee = history
+        .iter()
+        .rev()
+        .find_map(|h| h["assignee"].as_str().map(str::to_owned));
+    let actions: Vec<Value> = match &s.outbox {
+        Some(o) => o
+            .all()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|r| r.alert_id == id)
+            .map(|r| {
+                let attempts = o.attempts(&r.id).unwrap_or_default();
+                let mut v = serde_json::to_value(r.redacted()).unwrap_or(Value::Null);
+                v["attempt_log"] = serde_json::to_value(attempts).unwrap_or(Value::Null);
+                v
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(Json(json!({
+        "finding": ocsf,
+        "status": status,
+        "assignee": assignee,
+        "history": history,
+        "actions": actions,
+    }))
+    .into_response())
+}
+
+/// Body of a lifecycle change.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeBody {
+    /// Why (required for resolve and suppress).
+    pub reason: Option<String>,
+    /// Who the alert goes to (required for assign).
+    pub assignee: Option<String>,
+}
+
+async fn change_alert(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    UrlPath((id, change)): UrlPath<(String, String)>,
+    body: Result<Json<ChangeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let who = authorize(&s, &headers, Role::Analyst)?;
+    let change: Change = change
+        .parse()
+        .map_err(|e: String| ApiError(StatusCode::NOT_FOUND, e))?;
+    let Json(body) = match body {
+        Ok(b) => b,
+        // An empty body is fine for ack.
+        Err(axum::extract::rejection::JsonRejection::MissingJsonContentType(_)) => {
+            Json(ChangeBody::default())
+        }
+        Err(e) => return Err(bad(e.body_text())),
+    };
+    let reason = body.reason.filter(|r| !r.trim().is_empty());
+    let assignee = body.assignee.filter(|r| !r.trim().is_empty());
+    match change {
+        Change::Assign if assignee.is_none() => {
+            return Err(bad("assignee: required to assign an alert"))
+        }
+        Change::Resolve | Change::Suppress if reason.is_none() => {
+            return Err(bad(format!(
+                "reason: required to {} an alert",
+                change.name()
+            )))
+        }
+        _ => {}
+    }
+    let exists = query(
+        &s,
+        "SELECT alert_id FROM alerts WHERE alert_id = $1 LIMIT 1",
+        vec![ScalarValue::Utf8(Some(id.clone()))],
+    )
+    .await?;
+    if exists.iter().all(|b| b.num_rows() == 0) {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no alert {id}")));
+    }
+    let mut ev = LifecycleEvent::new(&id, change, &who.id, &who.name);
+    ev.reason = reason;
+    ev.assignee = assignee;
+    s.store
+        .append_lifecycle(std::slice::from_ref(&ev))
+        .await
+        .map_err(internal)?;
+    audit(
+        &s,
+        &who,
+        change.name(),
+        &id,
+        &json!({"reason": ev.reason, "assignee": ev.assignee}),
+    );
+    Ok(Json(json!({"event": ev, "ocsf": ev.to_ocsf()})).into_response())
+}
+
+fn live(s: &ApiState) -> Result<Arc<dyn Live>, ApiError> {
+    s.live.clone().ok_or_else(|| {
+        ApiError(
+            StatusCode::CONFLICT,
+            "no engine runs in this process; serve the API from `cordon run --listen`".into(),
+        )
+    })
+}
+
+async fn get_agent(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, Role::Viewer)?;
+    let profile = match &s.live {
+        Some(l) => {
+            let (l, id) = (l.clone(), id.clone());
+            tokio::task::spawn_blocking(move || l.agent(&id))
+                .await
+                .map_err(internal)?
+        }
+        None => None,
+    };
+    let alerts = rows(
+        &query(
+            &s,
+            "SELECT alert_id, time, rule_id, title, severity, status, session_id \
+             FROM alert_status WHERE agent_id = $1 ORDER BY time DESC LIMIT 100",
+            vec![ScalarValue::Utf8(Some(id.clone()))],
+        )
+        .await?,
+    )?;
+    if profile.is_none() && alerts.is_empty() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no agent {id}: no profile and no alerts"),
+        ));
+    }
+    Ok(Json(json!({"agent": id, "profile": profile, "alerts": alerts})).into_response())
+}
+
+async fn list_rules(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, Role::Viewer)?;
+    let l = live(&s)?;
+    let rules = tokio::task::spawn_blocking(move || l.rules())
+        .await
+        .map_err(internal)?;
+    Ok(Json(json!({"rules": rules})).into_response())
+}
+
+async fn reload_rules(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = authorize(&s, &headers, Role::Admin)?;
+    let l = live(&s)?;
+    let result = tokio::task::spawn_blocking(move || l.reload())
+        .await
+        .map_err(internal)?;
+    match result {
+        Ok(report) => {
+            audit(&s, &who, "rules.reload", "rules", &report);
+            Ok(Json(json!({"reloaded": true, "changes": report})).into_response())
+        }
+        Err(errors) => {
+            audit(
+                &s,
+                &who,
+                "rules.reload.refused",
+                "rules",
+                &json!({"errors": errors}),
+            );
+            Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the rule set was refused; the running rules stay:\n{errors}"),
+            ))
+        }
+    }
 }
 
 /// Body of `POST /api/v1/sql`.
@@ -293,7 +640,7 @@ async fn run_sql(
 ) -> Result<Response, ApiError> {
     authorize(&s, &headers, Role::Analyst)?;
     let Json(body) = body.map_err(|e| bad(e.body_text()))?;
-    let batches = sql_session(&s).await?.query(&body.query).await?;
+    let batches = query(&s, &body.query, Vec::new()).await?;
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -396,5 +743,8 @@ async fn decide(
         )
         .map_err(|e| ApiError(StatusCode::CONFLICT, e))?;
     audit(&s, &who, &decision, &id, &json!({"reason": body.reason}));
+    if let Some(wake) = &s.on_decision {
+        wake();
+    }
     Ok(Json(json!({"action": r.redacted()})).into_response())
 }

@@ -10,6 +10,8 @@ pub mod api;
 pub mod eval;
 pub mod index;
 pub mod keys;
+pub mod lifecycle;
+pub mod metrics;
 pub mod sql;
 pub mod store;
 

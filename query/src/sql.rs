@@ -1,6 +1,12 @@
-//! SQL over the alert store, with DataFusion: the `alerts` table is the store's Parquet files
-//! (the `date` partition column comes from the directory names, so `WHERE date = '…'` reads
-//! one day's files only).
+//! SQL over the alert store, with DataFusion. Tables:
+//!
+//! - `alerts`: the store's Parquet files (the `date` partition column comes from the directory
+//!   names, so `WHERE date = '…'` reads one day's files only);
+//! - `alert_events`: the lifecycle stream (ack, assign, resolve, suppress), same layout;
+//! - `actions`: the response outbox's actions as of when the session opened (parameters with
+//!   tokens redacted);
+//! - `alert_status`: a view, each alert with the status of its latest lifecycle event (`new`
+//!   when none), its assignee and who changed it last.
 //!
 //! Analyst SQL is read-only — only queries (`SELECT`, `WITH`, `EXPLAIN`): DDL, DML and
 //! statements such as `SET` or `COPY` are refused before planning — and runs under three
@@ -18,7 +24,83 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::store::alerts_schema;
+use crate::store::{alerts_schema, Location};
+
+/// The `alert_status` view: each alert with its current status.
+const STATUS_VIEW: &str = "CREATE VIEW alert_status AS \
+SELECT a.alert_id, a.time, a.date, a.rule_id, a.title, a.severity, a.severity_id, a.agent_id, \
+       a.session_id, a.target, a.message, a.event_count, a.playbook, COALESCE(l.status, 'new') AS status, l.assignee, \
+       l.time AS status_time, l.actor_name AS status_by \
+FROM alerts a LEFT JOIN ( \
+  SELECT alert_id, status, time, actor_name, assignee FROM ( \
+    SELECT alert_id, status, time, actor_name, \
+      first_value(assignee) OVER (PARTITION BY alert_id \
+        ORDER BY CASE WHEN assignee IS NULL THEN 1 ELSE 0 END, time DESC, event_id DESC) AS assignee, \
+      row_number() OVER (PARTITION BY alert_id ORDER BY time DESC, event_id DESC) AS rn \
+    FROM alert_events) WHERE rn = 1 \
+) l ON a.alert_id = l.alert_id";
+
+/// The schema of the `actions` table.
+pub fn actions_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let ts = || DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("action_id", DataType::Utf8, false),
+        Field::new("alert_id", DataType::Utf8, false),
+        Field::new("rule_id", DataType::Utf8, false),
+        Field::new("playbook", DataType::Utf8, false),
+        Field::new("step", DataType::Int32, false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("target", DataType::Utf8, true),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("attempts", DataType::Int32, false),
+        Field::new("created", ts(), false),
+        Field::new("updated", ts(), false),
+        Field::new("expires", ts(), true),
+        Field::new("last_error", DataType::Utf8, true),
+        Field::new("decided_by", DataType::Utf8, true),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("params", DataType::Utf8, false),
+    ]))
+}
+
+/// Actions (redacted) as a batch of [`actions_schema`].
+pub fn actions_batch(
+    actions: &[cordon_respond::ActionRecord],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::array::{ArrayRef, Int32Array, StringArray, TimestampMillisecondArray};
+    let a: Vec<cordon_respond::ActionRecord> = actions.iter().map(|r| r.redacted()).collect();
+    let s = |f: &dyn Fn(&cordon_respond::ActionRecord) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(a.iter().map(f).collect::<Vec<_>>()))
+    };
+    let ts = |v: Vec<Option<i64>>| -> ArrayRef {
+        Arc::new(TimestampMillisecondArray::from(v).with_timezone("UTC"))
+    };
+    let i = |f: &dyn Fn(&cordon_respond::ActionRecord) -> i32| -> ArrayRef {
+        Arc::new(Int32Array::from(a.iter().map(f).collect::<Vec<_>>()))
+    };
+    RecordBatch::try_new(
+        actions_schema(),
+        vec![
+            s(&|r| Some(r.id.clone())),
+            s(&|r| Some(r.alert_id.clone())),
+            s(&|r| Some(r.rule_id.clone())),
+            s(&|r| Some(r.playbook.clone())),
+            i(&|r| r.step as i32),
+            s(&|r| Some(r.action.name().to_owned())),
+            s(&|r| r.target.clone()),
+            s(&|r| Some(r.state.name().to_owned())),
+            i(&|r| r.attempts as i32),
+            ts(a.iter().map(|r| Some(r.created_ms)).collect()),
+            ts(a.iter().map(|r| Some(r.updated_ms)).collect()),
+            ts(a.iter().map(|r| r.expires_ms).collect()),
+            s(&|r| r.last_error.clone()),
+            s(&|r| r.decided_by.clone()),
+            s(&|r| r.reason.clone()),
+            s(&|r| serde_json::to_string(&r.params).ok()),
+        ],
+    )
+}
 
 /// Limits of one query.
 #[derive(Clone, Copy, Debug)]
@@ -79,8 +161,17 @@ impl std::fmt::Debug for Sql {
 }
 
 impl Sql {
-    /// A session over the store at `root`, with its limits.
+    /// A session over the local store at `root`, with its limits and no actions.
     pub async fn open(root: &std::path::Path, limits: Limits) -> Result<Sql, SqlError> {
+        Sql::open_at(&Location::Local(root.to_path_buf()), limits, &[]).await
+    }
+
+    /// A session over the store at a location, with its limits and the outbox's actions.
+    pub async fn open_at(
+        location: &Location,
+        limits: Limits,
+        actions: &[cordon_respond::ActionRecord],
+    ) -> Result<Sql, SqlError> {
         let q = |e: datafusion::error::DataFusionError| SqlError::Query(e.to_string());
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(limits.memory, 1.0)
@@ -90,16 +181,37 @@ impl Sql {
             .with_target_partitions(2)
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
-        let dir = root.join("alerts");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| SqlError::Query(format!("{}: {e}", dir.display())))?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet")
-            .with_table_partition_cols(vec![("date".to_owned(), arrow::datatypes::DataType::Utf8)]);
-        let url = format!("{}/", dir.display());
-        ctx.register_listing_table("alerts", &url, options, Some(alerts_schema()), None)
+        location
+            .create()
+            .map_err(|e| SqlError::Query(e.to_string()))?;
+        if let Some((base, store)) = location.object_store() {
+            ctx.register_object_store(&base, store);
+        }
+        for (table, schema) in [
+            ("alerts", alerts_schema()),
+            ("alert_events", crate::lifecycle::schema()),
+        ] {
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet")
+                .with_table_partition_cols(vec![(
+                    "date".to_owned(),
+                    arrow::datatypes::DataType::Utf8,
+                )]);
+            ctx.register_listing_table(
+                table,
+                location.table_url(table),
+                options,
+                Some(schema),
+                None,
+            )
             .await
             .map_err(q)?;
+        }
+        let batch = actions_batch(actions).map_err(|e| SqlError::Query(e.to_string()))?;
+        let mem = datafusion::datasource::MemTable::try_new(actions_schema(), vec![vec![batch]])
+            .map_err(q)?;
+        ctx.register_table("actions", Arc::new(mem)).map_err(q)?;
+        ctx.sql(STATUS_VIEW).await.map_err(q)?;
         Ok(Sql { ctx, limits })
     }
 

@@ -1,7 +1,9 @@
 //! The HTTP API: each role can do exactly what its row of the table allows (a matrix over
 //! every endpoint), a missing or wrong key is 401, a forbidden call 403, a malformed body or
 //! filter 400 naming the field; filters cannot inject SQL; pagination walks every alert once;
-//! and the same app answers over a real socket.
+//! and the same app answers over a real socket. Alert lifecycle changes land in the
+//! `alert_events` table and the `alert_status` view; `actions` is queryable by SQL; metrics
+//! need a key on the admin router.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,15 +11,39 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use cordon_query::api::{app, ApiState};
+use cordon_query::api::{admin_app, app, ApiState, Live};
 use cordon_query::keys::{Keys, Role};
 use cordon_query::sql::Limits;
 use cordon_query::store::AlertStore;
 use serde_json::Value;
 use tower::ServiceExt;
 
+/// A stand-in for the running engine: one agent, one rule, and a reload that succeeds
+/// once and then refuses.
+struct FakeLive {
+    reloads: std::sync::atomic::AtomicU32,
+}
+
+impl Live for FakeLive {
+    fn agent(&self, id: &str) -> Option<Value> {
+        (id == "agent-known").then(|| serde_json::json!({"agent": id, "events": 42}))
+    }
+    fn rules(&self) -> Vec<Value> {
+        vec![serde_json::json!({"id": "r1", "version": 1})]
+    }
+    fn reload(&self) -> Result<Value, String> {
+        match self
+            .reloads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        {
+            0 => Ok(serde_json::json!({"kept": ["r1"]})),
+            _ => Err("rules/bad.yaml:3:8: unknown field `serverity`".into()),
+        }
+    }
+}
+
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     state: Arc<ApiState>,
     keys: Vec<(Role, String)>,
     alerts: usize,
@@ -76,16 +102,20 @@ fn fixture() -> Fixture {
     for role in [Role::Viewer, Role::Analyst, Role::Responder, Role::Admin] {
         plain.push((role, keys.create(role, &format!("{role:?}")).0));
     }
-    let audit = std::fs::File::create(dir.path().join("audit.jsonl")).unwrap();
-    let state = Arc::new(ApiState {
-        store: dir.path().to_path_buf(),
+    let mut state = ApiState::new(
+        cordon_query::store::Location::Local(dir.path().to_path_buf()),
         keys,
-        outbox: Some(Arc::new(outbox)),
-        limits: Limits::default(),
-        audit: Some(std::sync::Mutex::new(audit)),
-    });
+    )
+    .with_audit(&dir.path().join("audit.jsonl"))
+    .unwrap();
+    state.outbox = Some(Arc::new(outbox));
+    state.limits = Limits::default();
+    state.live = Some(Arc::new(FakeLive {
+        reloads: Default::default(),
+    }));
+    let state = Arc::new(state);
     Fixture {
-        _dir: dir,
+        dir,
         state,
         keys: plain,
         alerts,
@@ -141,6 +171,17 @@ async fn each_role_can_do_exactly_what_its_row_allows() {
         assert_eq!(s, StatusCode::OK, "{v}");
         v["alerts"][0]["alert_id"].as_str().unwrap().to_owned()
     };
+    let agent = {
+        let (_, v) = call(
+            &f,
+            "GET",
+            "/api/v1/alerts?limit=1",
+            Some(key(&f, Role::Viewer)),
+            None,
+        )
+        .await;
+        v["alerts"][0]["agent_id"].as_str().unwrap().to_owned()
+    };
     // (method, path, body, lowest role allowed)
     let matrix: Vec<(&str, String, Option<&str>, Role)> = vec![
         ("GET", "/openapi.json".into(), None, Role::Viewer),
@@ -158,6 +199,20 @@ async fn each_role_can_do_exactly_what_its_row_allows() {
             Some(r#"{"query": "SELECT count(*) AS n FROM alerts"}"#),
             Role::Analyst,
         ),
+        (
+            "POST",
+            format!("/api/v1/alerts/{alert_id}/ack"),
+            Some(r#"{"reason": "looking"}"#),
+            Role::Analyst,
+        ),
+        (
+            "POST",
+            format!("/api/v1/alerts/{alert_id}/assign"),
+            Some(r#"{"assignee": "bob"}"#),
+            Role::Analyst,
+        ),
+        ("GET", format!("/api/v1/agents/{agent}"), None, Role::Viewer),
+        ("GET", "/api/v1/rules".into(), None, Role::Viewer),
         // A denial keeps the gate for the other roles' turn: deny is checked on a copy below.
         (
             "POST",
@@ -229,7 +284,38 @@ async fn each_role_can_do_exactly_what_its_row_allows() {
     )
     .await;
     assert_eq!(s, StatusCode::CONFLICT, "already decided");
-    let audit = std::fs::read_to_string(f.state.store.join("audit.jsonl")).unwrap();
+    // Reload is admin-only; a refused rule set is a 422 carrying its errors.
+    for role in [Role::Viewer, Role::Analyst, Role::Responder] {
+        let (s, _) = call(
+            &f,
+            "POST",
+            "/api/v1/rules/reload",
+            Some(key(&f, role)),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{role:?}");
+    }
+    let (s, v) = call(
+        &f,
+        "POST",
+        "/api/v1/rules/reload",
+        Some(key(&f, Role::Admin)),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = call(
+        &f,
+        "POST",
+        "/api/v1/rules/reload",
+        Some(key(&f, Role::Admin)),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("bad.yaml:3:8"), "{v}");
+    let audit = std::fs::read_to_string(f.dir.path().join("audit.jsonl")).unwrap();
     assert!(
         audit.contains("\"action\":\"approve\"") && audit.contains("\"key_name\":\"Responder\""),
         "{audit}"
@@ -271,6 +357,201 @@ async fn malformed_input_is_a_400_that_names_the_field() {
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(v["error"].as_str().unwrap().contains("only queries"), "{v}");
+    // Lifecycle bodies: assign needs an assignee, resolve and suppress a reason.
+    let (_, v) = call(&f, "GET", "/api/v1/alerts?limit=1", Some(k), None).await;
+    let id = v["alerts"][0]["alert_id"].as_str().unwrap().to_owned();
+    for (change, body, field) in [
+        ("assign", "{}", "assignee:"),
+        ("resolve", r#"{"assignee": "x"}"#, "reason:"),
+        ("suppress", r#"{"reason": "  "}"#, "reason:"),
+        ("ack", r#"{"reson": "typo"}"#, "reson"),
+    ] {
+        let uri = format!("/api/v1/alerts/{id}/{change}");
+        let (s, v) = call(&f, "POST", &uri, Some(k), Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{change}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains(field),
+            "{change}: {v}"
+        );
+    }
+    let (s, v) = call(
+        &f,
+        "POST",
+        &format!("/api/v1/alerts/{id}/close"),
+        Some(k),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("expected ack"), "{v}");
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/api/v1/alerts/no-such-alert/ack",
+        Some(k),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = call(&f, "GET", "/api/v1/alerts?status=closed", Some(k), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().starts_with("status:"), "{v}");
+    let (s, _) = call(&f, "GET", "/api/v1/agents/agent-nobody", Some(k), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_is_appended_and_the_status_view_follows_it() {
+    let f = fixture();
+    let k = key(&f, Role::Analyst);
+    let (_, v) = call(&f, "GET", "/api/v1/alerts?limit=2", Some(k), None).await;
+    let ids: Vec<String> = v["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alert_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(v["alerts"][0]["status"] == "new", "{v}");
+    let post = |id: &str, change: &str, body: &'static str| {
+        let uri = format!("/api/v1/alerts/{id}/{change}");
+        let f = &f;
+        async move { call(f, "POST", &uri, Some(k), Some(body)).await }
+    };
+    let (s, v) = post(
+        &ids[0],
+        "assign",
+        r#"{"assignee": "bob", "reason": "on call"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["ocsf"]["activity_id"], 2);
+    assert_eq!(v["ocsf"]["type_uid"], 200402);
+    let (s, v) = post(&ids[0], "resolve", r#"{"reason": "token rotated"}"#).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["ocsf"]["activity_id"], 3);
+    assert_eq!(v["ocsf"]["status_id"], 4);
+    let (s, _) = post(&ids[1], "suppress", r#"{"reason": "known scanner"}"#).await;
+    assert_eq!(s, StatusCode::OK);
+    // The detail shows the history in order, the status and the assignee kept by resolve.
+    let (_, d) = call(
+        &f,
+        "GET",
+        &format!("/api/v1/alerts/{}", ids[0]),
+        Some(k),
+        None,
+    )
+    .await;
+    assert_eq!(d["status"], "resolved", "{d}");
+    assert_eq!(d["assignee"], "bob");
+    let changes: Vec<&str> = d["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["change"].as_str().unwrap())
+        .collect();
+    assert_eq!(changes, ["assign", "resolve"]);
+    assert_eq!(d["history"][0]["actor_name"], "Analyst");
+    assert!(!d["finding"]["evidences"].as_array().unwrap().is_empty());
+    // The alert behind the approval gate lists it with its attempts.
+    let (_, acts) = call(&f, "GET", "/api/v1/actions", Some(k), None).await;
+    let gated = acts["actions"][0]["alert_id"].as_str().unwrap().to_owned();
+    let (_, g) = call(&f, "GET", &format!("/api/v1/alerts/{gated}"), Some(k), None).await;
+    assert_eq!(g["actions"][0]["id"], "act_gate", "{g}");
+    assert!(g["actions"][0]["attempt_log"].is_array());
+    // Filters by status, and SQL over the view, the lifecycle table and the actions.
+    let (_, v) = call(&f, "GET", "/api/v1/alerts?status=resolved", Some(k), None).await;
+    assert_eq!(v["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(v["alerts"][0]["alert_id"], ids[0].as_str());
+    let (_, v) = call(
+        &f,
+        "GET",
+        "/api/v1/alerts?status=new&limit=1000",
+        Some(k),
+        None,
+    )
+    .await;
+    assert_eq!(v["alerts"].as_array().unwrap().len(), f.alerts - 2);
+    let (s, v) = call(
+        &f,
+        "POST",
+        "/api/v1/sql",
+        Some(k),
+        Some(r#"{"query": "SELECT status, count(*) AS n FROM alert_status GROUP BY status ORDER BY status"}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{v}");
+    assert_eq!(rows[1]["status"], "resolved");
+    let (_, v) = call(
+        &f,
+        "POST",
+        "/api/v1/sql",
+        Some(k),
+        Some(r#"{"query": "SELECT count(*) AS n FROM alert_events WHERE change = 'suppress'"}"#),
+    )
+    .await;
+    assert_eq!(v["rows"][0]["n"], 1, "{v}");
+    let (_, v) = call(
+        &f,
+        "POST",
+        "/api/v1/sql",
+        Some(k),
+        Some(r#"{"query": "SELECT action_id, action, state FROM actions"}"#),
+    )
+    .await;
+    assert_eq!(v["rows"][0]["state"], "awaiting_approval", "{v}");
+    // The lifecycle stream is Parquet under alert_events/date=…/.
+    let day_dirs: Vec<_> = std::fs::read_dir(f.dir.path().join("alert_events"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        day_dirs.iter().all(|d| d.starts_with("date=")),
+        "{day_dirs:?}"
+    );
+    // Agents: the live profile and the agent's alerts.
+    let (s, v) = call(&f, "GET", "/api/v1/agents/agent-known", Some(k), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["profile"]["events"], 42);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_a_key_and_count_requests() {
+    let f = fixture();
+    let _ = call(&f, "GET", "/api/v1/alerts", None, None).await;
+    let admin = admin_app(
+        f.state.clone(),
+        Arc::new(|out: &mut cordon_query::metrics::Exposition| {
+            out.counter("cordon_events_total", "Events", &[], 7.0)
+        }),
+    );
+    let get = |key: Option<&str>| {
+        let mut r = Request::builder().uri("/metrics");
+        if let Some(k) = key {
+            r = r.header("authorization", format!("Bearer {k}"));
+        }
+        r.body(Body::empty()).unwrap()
+    };
+    let resp = admin.clone().oneshot(get(None)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = admin
+        .oneshot(get(Some(key(&f, Role::Viewer))))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("cordon_events_total 7"), "{text}");
+    assert!(
+        text.contains("cordon_api_requests_total{code=\"401\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

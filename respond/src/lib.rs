@@ -13,6 +13,7 @@ pub mod config;
 pub mod outbox;
 pub mod playbook;
 pub mod runner;
+pub mod siem;
 pub mod sign;
 pub mod sinks;
 

@@ -101,7 +101,7 @@ enum Outcome {
 pub use crate::outbox::action_id;
 
 /// `Retry-After`: seconds, or an HTTP date.
-fn retry_after(v: &str) -> Option<Duration> {
+pub(crate) fn retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
     if let Ok(s) = v.parse::<u64>() {
         return Some(Duration::from_secs(s));
@@ -184,6 +184,12 @@ impl Responder {
     /// The outbox.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
+    }
+
+    /// The outbox, shared (the API decides approvals on the same one: redb has one writer
+    /// per file).
+    pub fn outbox_arc(&self) -> Arc<Outbox> {
+        self.outbox.clone()
     }
 
     /// The counters.
