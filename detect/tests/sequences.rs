@@ -525,3 +525,45 @@ fn the_global_cap_evicts_the_oldest_partials_and_counts_them() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].events[0].agent_id(), Some("agent999"));
 }
+
+#[test]
+fn a_reload_keeps_partial_matches_of_unchanged_rules_only() {
+    let two = |second_version: u32| {
+        RuleSet::from_text(
+            "t.yaml",
+            &format!(
+                "id: same\ntitle: t\nseverity: high\nquery: |\n  {AB}\n---\n\
+                 id: bumped\nversion: {second_version}\ntitle: t\nseverity: high\nquery: |\n  {AB}\n"
+            ),
+        )
+        .unwrap()
+    };
+    let mut e = Engine::new(&two(1));
+    let mut out = Vec::new();
+    e.observe(&ev(1, "a", "x", ""), &mut out);
+    // Between step 1 and step 2: a new version of one rule, one rule added, none removed.
+    let mut next = two(2);
+    next.rules.push(
+        rule(r#"tool where gen_ai.tool.name == "b""#)
+            .rules
+            .remove(0),
+    );
+    let report = e.replace_rules(&next);
+    assert_eq!(report.kept, ["same"]);
+    assert_eq!(report.changed, ["bumped"]);
+    assert_eq!(report.added, ["t"]);
+    assert!(report.removed.is_empty());
+    e.observe(&ev(2, "b", "x", ""), &mut out);
+    e.finish(&mut out);
+    let mut fired: Vec<&str> = out.iter().map(|a| a.rule_id.as_str()).collect();
+    fired.sort_unstable();
+    // `same` completes its chain across the reload; `bumped` starts empty; `t` is live.
+    assert_eq!(fired, ["same", "t"]);
+    assert_eq!(e.rules().len(), 3);
+    assert_eq!(e.rule_stats()[0].alerts, 1);
+    // Removed rules go; a rule whose query changed under the same id starts again.
+    let report = e.replace_rules(&rule(AB));
+    assert_eq!(report.removed, ["same", "bumped"]);
+    assert_eq!(report.changed, ["t"]);
+    assert_eq!(e.rule_stats()[0].alerts, 0);
+}
