@@ -294,7 +294,8 @@ fn keys_and_serve() {
     assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
 }
 
-/// A real S3 protocol peer on loopback: moto's server (`pip install 'moto[server]'`).
+/// A real S3 protocol peer on loopback: moto's server (`pip install 'moto[server]'`). If the
+/// module is missing the server exits at once and the test fails on the connection wait.
 struct S3 {
     child: std::process::Child,
     port: u16,
@@ -326,12 +327,12 @@ fn s3() -> S3 {
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    let child = Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("moto_server (an S3 server for tests): pip install 'moto[server]', or run .ci/run");
+        .expect("python3 for moto's S3 server: pip install 'moto[server]', or run .ci/run");
     let s = S3 { child, port };
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -340,7 +341,7 @@ fn s3() -> S3 {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    panic!("moto_server did not listen on {port}");
+    panic!("moto's S3 server did not listen on {port}: is it installed? pip install 'moto[server]'");
 }
 
 #[test]
