@@ -70,6 +70,8 @@ pub struct RunArgs {
     /// Append every mutating API call here (JSON lines, with the key id and name).
     #[arg(long)]
     audit: Option<PathBuf>,
+    #[command(flatten)]
+    tls: crate::sqlcmd::TlsArgs,
     /// Configuration (`cordon.toml`): its `[response]` section runs playbooks on alerts.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -191,6 +193,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             std::sync::Arc::new(state),
             listen,
             a.admin_listen,
+            &a.tls,
             std::sync::Arc::new(move |out: &mut cordon_query::metrics::Exposition| {
                 metrics.render(out)
             }),

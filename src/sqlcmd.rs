@@ -200,6 +200,8 @@ pub struct ServeArgs {
     /// Memory an analyst's query may use, in MiB.
     #[arg(long, default_value_t = 512)]
     memory_mib: usize,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn outbox(config: Option<&std::path::Path>) -> Result<Option<cordon_respond::Outbox>, Failure> {
@@ -273,42 +275,97 @@ impl ApiServers {
     }
 }
 
-/// Binds the API listener (and the admin listener, if asked) and serves them on `rt`.
+/// TLS for the API listener: `--tls-cert`, `--tls-key`, and `--client-ca` for mutual TLS.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// Serve the API over HTTPS with this certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by these CAs (PEM): mutual TLS.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> Option<cordon_query::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(cordon_query::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Binds the API listener (HTTPS with `tls`) and the admin listener, if asked, and serves
+/// them on `rt`.
 pub fn start_api(
     rt: &tokio::runtime::Runtime,
     state: std::sync::Arc<cordon_query::api::ApiState>,
     listen: std::net::SocketAddr,
     admin_listen: Option<std::net::SocketAddr>,
+    tls: &TlsArgs,
     render: std::sync::Arc<dyn Fn(&mut cordon_query::metrics::Exposition) + Send + Sync>,
 ) -> Result<ApiServers, Failure> {
     let stop = std::sync::Arc::new(tokio::sync::Notify::new());
     let mut tasks = Vec::new();
-    let mut bind = |addr: std::net::SocketAddr, router: axum::Router, what: &str| {
+    let tls = tls
+        .files()
+        .map(|f| f.server_config())
+        .transpose()
+        .map_err(Failure::input)?;
+    let mut bind = |addr: std::net::SocketAddr,
+                    router: axum::Router,
+                    what: &str,
+                    tls: Option<std::sync::Arc<rustls::ServerConfig>>| {
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(addr))
             .map_err(|e| Failure::input(format!("--{what} {addr}: {e}")))?;
         let bound = listener
             .local_addr()
             .map_err(|e| Failure::input(e.to_string()))?;
-        eprintln!("cordon: {what} on http://{bound}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        eprintln!("cordon: {what} on {scheme}://{bound}");
         let stop = stop.clone();
-        tasks.push(rt.spawn(async move {
-            let shutdown = async move { stop.notified().await };
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "listener stopped");
+        let shutdown = async move { stop.notified().await };
+        let task = match tls {
+            None => rt.spawn(async move {
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "listener stopped");
+                }
+            }),
+            Some(config) => {
+                let _guard = rt.enter();
+                let listener = cordon_query::tls::TlsListener::new(listener, config)
+                    .map_err(|e| Failure::input(e.to_string()))?;
+                rt.spawn(async move {
+                    if let Err(e) = axum::serve(listener, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                    {
+                        tracing::error!(error = %e, "listener stopped");
+                    }
+                })
             }
-        }));
+        };
+        tasks.push(task);
         Ok::<(), Failure>(())
     };
-    bind(listen, cordon_query::api::app(state.clone()), "listen")?;
+    bind(listen, cordon_query::api::app(state.clone()), "listen", tls)?;
     if let Some(addr) = admin_listen {
         bind(
             addr,
             cordon_query::api::admin_app(state, render),
             "admin-listen",
+            None,
         )?;
     }
     Ok(ApiServers { stop, tasks })
@@ -326,6 +383,7 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
         std::sync::Arc::new(state),
         a.listen,
         a.admin_listen,
+        &a.tls,
         std::sync::Arc::new(|_: &mut cordon_query::metrics::Exposition| {}),
     )?;
     servers.wait(&rt);

@@ -328,7 +328,14 @@ fn s3() -> S3 {
         .unwrap()
         .port();
     let child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -341,7 +348,9 @@ fn s3() -> S3 {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    panic!("moto's S3 server did not listen on {port}: is it installed? pip install 'moto[server]'");
+    panic!(
+        "moto's S3 server did not listen on {port}: is it installed? pip install 'moto[server]'"
+    );
 }
 
 #[test]

@@ -538,7 +538,7 @@ async fn change_alert(
         &id,
         &json!({"reason": ev.reason, "assignee": ev.assignee}),
     );
-    Ok(Json(json!({"event": ev, "ocsf": ev.to_ocsf()})).into_response())
+    Ok(Json(json!({"event": ev.to_json(), "ocsf": ev.to_ocsf()})).into_response())
 }
 
 fn live(s: &ApiState) -> Result<Arc<dyn Live>, ApiError> {

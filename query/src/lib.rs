@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod sql;
 pub mod store;
+pub mod tls;
 
 pub use eval::{evaluate, Label, Labels, Report, ScenarioScore};
 pub use index::{AlertFilter, AlertIndex};

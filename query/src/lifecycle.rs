@@ -109,6 +109,23 @@ impl LifecycleEvent {
         }
     }
 
+    /// The event as the API shows it (the columns of `alert_events`, time as RFC 3339).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "event_id": self.event_id,
+            "alert_id": self.alert_id,
+            "time": jiff::Timestamp::from_millisecond(self.time_ms)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            "change": self.change.name(),
+            "status": self.change.status().0,
+            "assignee": self.assignee,
+            "reason": self.reason,
+            "actor_id": self.actor_id,
+            "actor_name": self.actor_name,
+        })
+    }
+
     /// The event as an OCSF Detection Finding Update or Close activity.
     pub fn to_ocsf(&self) -> Value {
         let (status, status_id) = self.change.status();

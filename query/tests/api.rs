@@ -669,3 +669,96 @@ async fn sql_answers_json_csv_and_arrow_over_a_real_socket() {
         .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::UNAUTHORIZED);
 }
+
+/// A CA, and a certificate it signs for `name` (a server's address or a client's id).
+fn pki(
+    dir: &std::path::Path,
+    tag: &str,
+    names: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let paths = (
+        dir.join(format!("{tag}-ca.pem")),
+        dir.join(format!("{tag}.pem")),
+        dir.join(format!("{tag}-key.pem")),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
+    let f = fixture();
+    let d = f.dir.path();
+    let (server_ca, server_cert, server_key) = pki(d, "server", &["localhost", "127.0.0.1"]);
+    let (client_ca, client_cert, client_key) = pki(d, "client", &["soar-worker"]);
+    let (_, rogue_cert, rogue_key) = pki(d, "rogue", &["soar-worker"]);
+    let config = cordon_query::tls::TlsFiles {
+        cert: server_cert,
+        key: server_key,
+        client_ca: Some(client_ca),
+    }
+    .server_config()
+    .unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = cordon_query::tls::TlsListener::new(tcp, config).unwrap();
+    let failed = listener.failed.clone();
+    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
+    let router = app(f.state.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let client = |identity: Option<(&std::path::Path, &std::path::Path)>| {
+        let mut b = reqwest::Client::builder().add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&server_ca).unwrap()).unwrap(),
+        );
+        if let Some((cert, key)) = identity {
+            let mut pem = std::fs::read(cert).unwrap();
+            pem.extend(std::fs::read(key).unwrap());
+            b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        b.build().unwrap()
+    };
+    let url = format!("https://127.0.0.1:{}/api/v1/alerts?limit=1", addr.port());
+    let ok = client(Some((&client_cert, &client_key)))
+        .get(&url)
+        .bearer_auth(key(&f, Role::Viewer))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), reqwest::StatusCode::OK);
+    // The certificate does not replace the key.
+    let no_key = client(Some((&client_cert, &client_key)))
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status(), reqwest::StatusCode::UNAUTHORIZED);
+    // No client certificate, or one from another CA: no HTTP at all.
+    for c in [client(None), client(Some((&rogue_cert, &rogue_key)))] {
+        let r = c.get(&url).bearer_auth(key(&f, Role::Viewer)).send().await;
+        assert!(r.is_err(), "{r:?}");
+    }
+    // Plain HTTP to the TLS port fails too.
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{}/healthz", addr.port()))
+            .await
+            .is_err()
+    );
+    for _ in 0..100 {
+        if failed.load(std::sync::atomic::Ordering::Relaxed) >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(failed.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+}
