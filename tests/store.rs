@@ -292,6 +292,37 @@ fn keys_and_serve() {
     let _ = child.wait();
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+    // TLS files that are not there, or a client CA without a certificate: exit 2, saying which.
+    let store = dir.path().join("store");
+    let base = [
+        "serve",
+        "--store",
+        store.to_str().unwrap(),
+        "--keys",
+        keys.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let o = cordon(
+        &[
+            &base[..],
+            &["--tls-cert", "/nope/cert.pem", "--tls-key", "/nope/key.pem"],
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("--tls-cert /nope/cert.pem"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = cordon(&[&base[..], &["--client-ca", "/nope/ca.pem"]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("--tls-cert"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 /// A real S3 protocol peer on loopback: moto's server (`pip install 'moto[server]'`). If the

@@ -3,7 +3,8 @@
 //! (`Authorization: Bearer cordon_…`): none or a wrong one is 401, a role too low is 403, a
 //! malformed body 400 naming the field. Filters are bound as SQL parameters, never pasted into
 //! SQL text. Every mutating call is appended to an audit log with the key's id and name.
-//! The OpenAPI description is at `/openapi.json`. Prometheus metrics are served by
+//! The OpenAPI description is at `/openapi.json`; the analyst console (static page, script and
+//! style embedded in the binary) is at `/` and calls this same API with the analyst's key. Prometheus metrics are served by
 //! [`admin_app`] on a separate listener, so that scraping never competes with analysts and the
 //! metrics port can be firewalled apart.
 //!
@@ -181,6 +182,19 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", CONSOLE_HTML) }),
+        )
+        .route(
+            "/console/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", CONSOLE_JS) }),
+        )
+        .route(
+            "/console/app.css",
+            get(|| async { asset("text/css; charset=utf-8", CONSOLE_CSS) }),
+        )
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/alerts", get(list_alerts))
         .route("/api/v1/alerts/{id}", get(get_alert))
         .route("/api/v1/alerts/{id}/{change}", post(change_alert))
@@ -222,6 +236,35 @@ pub fn admin_app(
             }),
         )
         .with_state(state)
+}
+
+/// The console's page, script and style, embedded in the binary (no CDN; works offline).
+const CONSOLE_HTML: &str = include_str!("console/index.html");
+const CONSOLE_JS: &str = include_str!("console/app.js");
+const CONSOLE_CSS: &str = include_str!("console/app.css");
+
+/// A console asset. The assets hold no data (every datum comes from the API with a key), so
+/// they are served without one; a strict content security policy allows only this origin's
+/// script and style.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn whoami(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let k = authorize(&s, &headers, Role::Viewer)?;
+    Ok(Json(json!({"id": k.id, "name": k.name, "role": k.role})).into_response())
 }
 
 async fn count(
