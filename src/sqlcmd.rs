@@ -231,6 +231,7 @@ pub fn api_state(
     }
     store.create().map_err(|e| Failure::input(e.to_string()))?;
     let mut state = cordon_query::api::ApiState::new(store, k);
+    state.keys_file = Some(keys.to_path_buf());
     state.limits = Limits {
         memory: memory_mib.max(1) << 20,
         ..Limits::default()

@@ -43,8 +43,10 @@ pub trait Live: Send + Sync {
 pub struct ApiState {
     /// The alert store.
     pub store: Location,
-    /// The API keys.
-    pub keys: Keys,
+    /// The API keys (changed by the admin endpoints, which save them to `keys_file`).
+    pub keys: std::sync::RwLock<Keys>,
+    /// Where the keys are kept, for the admin endpoints; none: keys are read-only here.
+    pub keys_file: Option<std::path::PathBuf>,
     /// The response outbox, when responses are configured.
     pub outbox: Option<Arc<cordon_respond::Outbox>>,
     /// Called after an approval decision (wakes the responder's worker).
@@ -66,7 +68,8 @@ impl ApiState {
     pub fn new(store: Location, keys: Keys) -> ApiState {
         ApiState {
             store,
-            keys,
+            keys: std::sync::RwLock::new(keys),
+            keys_file: None,
             outbox: None,
             on_decision: None,
             live: None,
@@ -146,8 +149,8 @@ fn authorize(state: &ApiState, headers: &HeaderMap, need: Role) -> Result<Stored
                 "an API key is needed: Authorization: Bearer <key>".into(),
             )
         })?;
-    let key = state
-        .keys
+    let keys = state.keys.read().unwrap_or_else(|p| p.into_inner());
+    let key = keys
         .check(presented.trim())
         .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown API key".into()))?;
     if key.role < need {
@@ -204,6 +207,8 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route("/api/v1/agents/{id}", get(get_agent))
         .route("/api/v1/rules", get(list_rules))
         .route("/api/v1/rules/reload", post(reload_rules))
+        .route("/api/v1/keys", get(list_keys).post(create_key))
+        .route("/api/v1/keys/{id}", axum::routing::delete(revoke_key))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
 }
@@ -582,6 +587,104 @@ async fn change_alert(
         &json!({"reason": ev.reason, "assignee": ev.assignee}),
     );
     Ok(Json(json!({"event": ev.to_json(), "ocsf": ev.to_ocsf()})).into_response())
+}
+
+fn keys_file(s: &ApiState) -> Result<&std::path::Path, ApiError> {
+    s.keys_file.as_deref().ok_or_else(|| {
+        ApiError(
+            StatusCode::CONFLICT,
+            "keys are read-only in this process (no keys file)".into(),
+        )
+    })
+}
+
+async fn list_keys(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, Role::Admin)?;
+    let keys = s.keys.read().unwrap_or_else(|p| p.into_inner());
+    let items: Vec<Value> = keys
+        .keys
+        .iter()
+        .map(|k| json!({"id": k.id, "role": k.role, "name": k.name, "created": k.created}))
+        .collect();
+    Ok(Json(json!({"keys": items})).into_response())
+}
+
+/// Body of `POST /api/v1/keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    /// viewer, analyst, responder or admin.
+    pub role: Role,
+    /// Who it is for.
+    pub name: String,
+}
+
+async fn create_key(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Result<Json<NewKey>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let who = authorize(&s, &headers, Role::Admin)?;
+    let path = keys_file(&s)?;
+    let Json(body) = body.map_err(|e| bad(e.body_text()))?;
+    if body.name.trim().is_empty() {
+        return Err(bad("name: required (who the key is for)"));
+    }
+    let (key, stored) = {
+        let mut keys = s.keys.write().unwrap_or_else(|p| p.into_inner());
+        // From the file, so that keys created elsewhere meanwhile are kept.
+        let mut fresh = Keys::load(path).map_err(internal)?;
+        let created = fresh.create(body.role, body.name.trim());
+        fresh.save(path).map_err(internal)?;
+        *keys = fresh;
+        created
+    };
+    audit(
+        &s,
+        &who,
+        "keys.create",
+        &stored.id,
+        &json!({"role": stored.role, "name": stored.name}),
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"key": key, "id": stored.id, "role": stored.role, "name": stored.name,
+            "note": "the key is shown once; only its hash is kept"}),
+        ),
+    )
+        .into_response())
+}
+
+async fn revoke_key(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let who = authorize(&s, &headers, Role::Admin)?;
+    let path = keys_file(&s)?;
+    if id == who.id {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "a key cannot revoke itself; use another admin key".into(),
+        ));
+    }
+    {
+        let mut keys = s.keys.write().unwrap_or_else(|p| p.into_inner());
+        let mut fresh = Keys::load(path).map_err(internal)?;
+        let before = fresh.keys.len();
+        fresh.keys.retain(|k| k.id != id);
+        if fresh.keys.len() == before {
+            return Err(ApiError(StatusCode::NOT_FOUND, format!("no key {id}")));
+        }
+        fresh.save(path).map_err(internal)?;
+        *keys = fresh;
+    }
+    audit(&s, &who, "keys.revoke", &id, &json!({}));
+    Ok(Json(json!({"revoked": id})).into_response())
 }
 
 fn live(s: &ApiState) -> Result<Arc<dyn Live>, ApiError> {

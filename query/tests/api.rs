@@ -102,6 +102,7 @@ fn fixture() -> Fixture {
     for role in [Role::Viewer, Role::Analyst, Role::Responder, Role::Admin] {
         plain.push((role, keys.create(role, &format!("{role:?}")).0));
     }
+    keys.save(&dir.path().join("keys.json")).unwrap();
     let mut state = ApiState::new(
         cordon_query::store::Location::Local(dir.path().to_path_buf()),
         keys,
@@ -109,6 +110,7 @@ fn fixture() -> Fixture {
     .with_audit(&dir.path().join("audit.jsonl"))
     .unwrap();
     state.outbox = Some(Arc::new(outbox));
+    state.keys_file = Some(dir.path().join("keys.json"));
     state.limits = Limits::default();
     state.live = Some(Arc::new(FakeLive {
         reloads: Default::default(),
@@ -213,6 +215,7 @@ async fn each_role_can_do_exactly_what_its_row_allows() {
         ),
         ("GET", format!("/api/v1/agents/{agent}"), None, Role::Viewer),
         ("GET", "/api/v1/rules".into(), None, Role::Viewer),
+        ("GET", "/api/v1/keys".into(), None, Role::Admin),
         // A denial keeps the gate for the other roles' turn: deny is checked on a copy below.
         (
             "POST",
@@ -514,6 +517,79 @@ async fn lifecycle_is_appended_and_the_status_view_follows_it() {
     let (s, v) = call(&f, "GET", "/api/v1/agents/agent-known", Some(k), None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["profile"]["events"], 42);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_create_and_revoke_keys() {
+    let f = fixture();
+    let admin = key(&f, Role::Admin);
+    let body = r#"{"role": "viewer", "name": "new soc member"}"#;
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/api/v1/keys",
+        Some(key(&f, Role::Responder)),
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v) = call(
+        &f,
+        "POST",
+        "/api/v1/keys",
+        Some(admin),
+        Some(r#"{"role": "root", "name": "x"}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = call(&f, "POST", "/api/v1/keys", Some(admin), Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let new = v["key"].as_str().unwrap().to_owned();
+    let id = v["id"].as_str().unwrap().to_owned();
+    // Stored hashed, usable at once, listed without the secret.
+    let file = std::fs::read_to_string(f.dir.path().join("keys.json")).unwrap();
+    assert!(file.contains(&id) && !file.contains(&new));
+    assert_eq!(
+        call(&f, "GET", "/api/v1/alerts?limit=1", Some(&new), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, v) = call(&f, "GET", "/api/v1/keys", Some(admin), None).await;
+    assert_eq!(v["keys"].as_array().unwrap().len(), 5);
+    assert!(!v.to_string().contains("sha256"));
+    // Revoked: refused at once; an admin cannot revoke its own key.
+    let (s, _) = call(
+        &f,
+        "DELETE",
+        &format!("/api/v1/keys/{id}"),
+        Some(admin),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        call(&f, "GET", "/api/v1/alerts?limit=1", Some(&new), None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, me) = call(&f, "GET", "/api/v1/whoami", Some(admin), None).await;
+    let (s, _) = call(
+        &f,
+        "DELETE",
+        &format!("/api/v1/keys/{}", me["id"].as_str().unwrap()),
+        Some(admin),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let audit = std::fs::read_to_string(f.dir.path().join("audit.jsonl")).unwrap();
+    assert!(audit.contains("keys.create") && audit.contains("keys.revoke"));
+    assert!(
+        !audit.contains(&new),
+        "the new key never reaches the audit log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
