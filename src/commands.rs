@@ -72,6 +72,10 @@ pub struct RunArgs {
     audit: Option<PathBuf>,
     #[command(flatten)]
     tls: crate::sqlcmd::TlsArgs,
+    /// Cores analyst SQL may use at once (default: all but one, so a heavy query never takes
+    /// the pipeline's core).
+    #[arg(long)]
+    query_threads: Option<usize>,
     /// Configuration (`cordon.toml`): its `[response]` section runs playbooks on alerts.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -170,8 +174,17 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         .transpose()
         .map_err(Failure::input)?;
     let mut api = None;
+    let mut query_pool = None;
     if let (Some(listen), Some(keys), Some(location)) = (a.listen, &a.keys, &location) {
-        let mut state = crate::sqlcmd::api_state(location.clone(), keys, a.audit.as_deref(), 512)?;
+        let (mut state, pool) = crate::sqlcmd::api_state(
+            location.clone(),
+            keys,
+            a.audit.as_deref(),
+            512,
+            a.query_threads
+                .unwrap_or_else(|| crate::sqlcmd::cores().saturating_sub(1).max(1)),
+        )?;
+        query_pool = Some(pool);
         if let Some(r) = &running {
             state.outbox = Some(r.responder.outbox_arc());
             let responder = r.responder.clone();
@@ -240,6 +253,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         );
         api.wait(&services);
     }
+    drop(query_pool);
     if let Some(s) = siem {
         if !services.block_on(s.close(a.response_timeout)) {
             eprintln!(

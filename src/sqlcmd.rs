@@ -73,6 +73,7 @@ pub fn sql(a: SqlArgs) -> Result<(), Failure> {
         memory: a.memory_mib.max(1) << 20,
         time: a.timeout,
         rows: a.max_rows,
+        threads: cores(),
     };
     let fail = |e: sql::SqlError| Failure::input(e.to_string());
     let rt = runtime()?;
@@ -200,6 +201,9 @@ pub struct ServeArgs {
     /// Memory an analyst's query may use, in MiB.
     #[arg(long, default_value_t = 512)]
     memory_mib: usize,
+    /// Cores analyst SQL may use at once (default: all).
+    #[arg(long)]
+    query_threads: Option<usize>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -214,13 +218,26 @@ fn outbox(config: Option<&std::path::Path>) -> Result<Option<cordon_respond::Out
     }
 }
 
-/// The API's state over a store: keys loaded (at least one), audit log opened.
+/// This machine's cores.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
+/// Analyst SQL's share of the machine: `threads` workers of a runtime of its own.
+pub struct QueryPool {
+    /// The runtime, kept alive as long as the API.
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// The API's state over a store: keys loaded (at least one), audit log opened, analyst SQL on
+/// its own runtime of `query_threads` workers. Keep the returned pool alive with the state.
 pub fn api_state(
     store: cordon_query::store::Location,
     keys: &std::path::Path,
     audit: Option<&std::path::Path>,
     memory_mib: usize,
-) -> Result<cordon_query::api::ApiState, Failure> {
+    query_threads: usize,
+) -> Result<(cordon_query::api::ApiState, QueryPool), Failure> {
     let k = cordon_query::keys::Keys::load(keys).map_err(Failure::input)?;
     if k.keys.is_empty() {
         return Err(Failure::input(format!(
@@ -232,14 +249,24 @@ pub fn api_state(
     store.create().map_err(|e| Failure::input(e.to_string()))?;
     let mut state = cordon_query::api::ApiState::new(store, k);
     state.keys_file = Some(keys.to_path_buf());
+    let threads = query_threads.max(1);
     state.limits = Limits {
         memory: memory_mib.max(1) << 20,
+        threads,
         ..Limits::default()
     };
-    match audit {
-        Some(p) => state.with_audit(p).map_err(Failure::input),
-        None => Ok(state),
-    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("cordon-sql")
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::input(format!("runtime: {e}")))?;
+    state.query_runtime = Some(runtime.handle().clone());
+    let state = match audit {
+        Some(p) => state.with_audit(p).map_err(Failure::input)?,
+        None => state,
+    };
+    Ok((state, QueryPool { _runtime: runtime }))
 }
 
 /// The API's listeners, running on a runtime until a signal.
@@ -376,7 +403,13 @@ pub fn start_api(
 pub fn serve(a: ServeArgs) -> Result<(), Failure> {
     let location = cordon_query::store::Location::parse(&a.store)
         .map_err(|e| Failure::input(e.to_string()))?;
-    let mut state = api_state(location, &a.keys, a.audit.as_deref(), a.memory_mib)?;
+    let (mut state, pool) = api_state(
+        location,
+        &a.keys,
+        a.audit.as_deref(),
+        a.memory_mib,
+        a.query_threads.unwrap_or_else(cores),
+    )?;
     state.outbox = outbox(a.config.as_deref())?.map(std::sync::Arc::new);
     let rt = runtime()?;
     let servers = start_api(
@@ -388,5 +421,6 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
         std::sync::Arc::new(|_: &mut cordon_query::metrics::Exposition| {}),
     )?;
     servers.wait(&rt);
+    drop(pool);
     Ok(())
 }

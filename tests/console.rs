@@ -8,32 +8,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{api_key as key, cordon};
+
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-
-fn cordon(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cordon"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn key(keys: &Path, role: &str) -> String {
-    let o = cordon(&[
-        "keys",
-        "create",
-        "--role",
-        role,
-        "--name",
-        role,
-        "--keys",
-        keys.to_str().unwrap(),
-    ]);
-    assert!(o.status.success());
-    String::from_utf8(o.stdout).unwrap().trim().to_owned()
-}
 
 fn chromium() -> String {
     for c in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {

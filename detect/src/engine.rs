@@ -180,6 +180,16 @@ struct StatefulRule {
     detector: Box<dyn Stateful>,
 }
 
+/// The detector of a multi-event rule (none for a single-event one).
+fn detector(r: &Rule) -> Option<Box<dyn Stateful>> {
+    Some(match &r.query.query {
+        CompiledQuery::Event(_) => return None,
+        CompiledQuery::Sequence(s) => Box::new(SequenceDetector::new(s.clone())),
+        CompiledQuery::Sample(s) => Box::new(SampleDetector::new(s.clone())),
+        CompiledQuery::Threshold(t) => Box::new(ThresholdDetector::new(t.clone())),
+    })
+}
+
 /// Sweep stateful detectors for expired spans at most this often (event time).
 const SWEEP_EVERY: i64 = 1_000_000_000;
 
@@ -243,15 +253,7 @@ impl Engine {
         let stateful = rules
             .iter()
             .enumerate()
-            .filter_map(|(i, r)| {
-                let detector: Box<dyn Stateful> = match &r.query.query {
-                    CompiledQuery::Event(_) => return None,
-                    CompiledQuery::Sequence(s) => Box::new(SequenceDetector::new(s.clone())),
-                    CompiledQuery::Sample(s) => Box::new(SampleDetector::new(s.clone())),
-                    CompiledQuery::Threshold(t) => Box::new(ThresholdDetector::new(t.clone())),
-                };
-                Some(StatefulRule { rule: i, detector })
-            })
+            .filter_map(|(i, r)| detector(r).map(|detector| StatefulRule { rule: i, detector }))
             .collect();
         Engine {
             index: RuleIndex::build(&rules),
@@ -325,19 +327,9 @@ impl Engine {
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
-                if let Some(d) = carried.get(&i).and_then(|o| old_detectors.remove(o)) {
-                    return Some(StatefulRule {
-                        rule: i,
-                        detector: d,
-                    });
-                }
-                let detector: Box<dyn Stateful> = match &r.query.query {
-                    CompiledQuery::Event(_) => return None,
-                    CompiledQuery::Sequence(s) => Box::new(SequenceDetector::new(s.clone())),
-                    CompiledQuery::Sample(s) => Box::new(SampleDetector::new(s.clone())),
-                    CompiledQuery::Threshold(t) => Box::new(ThresholdDetector::new(t.clone())),
-                };
-                Some(StatefulRule { rule: i, detector })
+                let kept = carried.get(&i).and_then(|o| old_detectors.remove(o));
+                kept.or_else(|| detector(r))
+                    .map(|detector| StatefulRule { rule: i, detector })
             })
             .collect();
         let mut stats = vec![RuleStats::default(); rules.len()];

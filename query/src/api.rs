@@ -55,6 +55,9 @@ pub struct ApiState {
     pub live: Option<Arc<dyn Live>>,
     /// Limits of analyst SQL.
     pub limits: Limits,
+    /// Where analyst SQL runs: a runtime of its own with `limits.threads` workers, so that a
+    /// heavy query takes at most that share of the cores and never the pipeline's.
+    pub query_runtime: Option<tokio::runtime::Handle>,
     /// The audit log of mutating calls (JSON lines), if any.
     pub audit: Option<Mutex<std::fs::File>>,
     /// Requests answered, by status code.
@@ -74,6 +77,7 @@ impl ApiState {
             on_decision: None,
             live: None,
             limits: Limits::default(),
+            query_runtime: None,
             audit: None,
             requests: Mutex::new(Default::default()),
             queries_limited: AtomicU64::new(0),
@@ -354,7 +358,15 @@ async fn query(
     sql: &str,
     params: Vec<ScalarValue>,
 ) -> Result<Vec<arrow::record_batch::RecordBatch>, ApiError> {
-    let r = sql_session(s).await?.query_with(sql, params).await;
+    let session = sql_session(s).await?;
+    let sql = sql.to_owned();
+    let r = match &s.query_runtime {
+        Some(rt) => rt
+            .spawn(async move { session.query_with(&sql, params).await })
+            .await
+            .map_err(internal)?,
+        None => session.query_with(&sql, params).await,
+    };
     if let Err(SqlError::Memory { .. } | SqlError::Timeout(_) | SqlError::TooManyRows(_)) = &r {
         s.queries_limited.fetch_add(1, Ordering::Relaxed);
     }

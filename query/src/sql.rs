@@ -111,6 +111,8 @@ pub struct Limits {
     pub time: Duration,
     /// Rows returned at most.
     pub rows: usize,
+    /// Partitions a query's operators run in parallel (its share of the cores).
+    pub threads: usize,
 }
 
 impl Default for Limits {
@@ -119,6 +121,7 @@ impl Default for Limits {
             memory: 512 << 20,
             time: Duration::from_secs(30),
             rows: 10_000,
+            threads: 2,
         }
     }
 }
@@ -178,7 +181,7 @@ impl Sql {
             .build_arc()
             .map_err(q)?;
         let config = SessionConfig::new()
-            .with_target_partitions(2)
+            .with_target_partitions(limits.threads.max(1))
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         location
