@@ -90,7 +90,7 @@ try {
   // SQL console: run a query, download CSV.
   await page.getByRole("link", { name: "SQL" }).click();
   await page.locator("#schema details").first().waitFor();
-  await page.getByLabel(/Query/).fill("SELECT rule_id, count(*) AS n FROM alerts GROUP BY rule_id ORDER BY n DESC");
+  await page.getByRole("textbox", { name: /^Query/ }).fill("SELECT rule_id, count(*) AS n FROM alerts GROUP BY rule_id ORDER BY n DESC");
   await page.getByRole("button", { name: "Run" }).click();
   await page.getByRole("table", { name: "Query results" }).waitFor();
   const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Download CSV" }).click()]);
