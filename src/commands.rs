@@ -21,8 +21,11 @@ use crate::Failure;
 #[derive(Args)]
 pub struct RunArgs {
     /// Input files or directories of JSON lines (plain or .gz), or `-` for stdin.
-    #[arg(long, short, required = true, num_args = 1..)]
+    #[arg(long, short, required_unless_present = "kafka", num_args = 1..)]
     input: Vec<PathBuf>,
+    /// Read from Kafka as the `[kafka]` section of `--config` says, until SIGTERM or SIGINT.
+    #[arg(long, requires = "config", conflicts_with = "input")]
+    kafka: bool,
     /// Rule files or directories (default: the built-in rule pack).
     #[arg(long, short)]
     rules: Vec<PathBuf>,
@@ -132,7 +135,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
     let progress = std::sync::Arc::new(crate::pipeline::Progress::default());
     let mut dead =
         DeadLetterSink::new(a.dead_letter.as_deref()).map_err(|e| Failure::input(e.to_string()))?;
-    let mut sink = if a.alerts.as_os_str() == "-" {
+    let sink = if a.alerts.as_os_str() == "-" {
         JsonLinesSink::stdout()
     } else {
         JsonLinesSink::file(&a.alerts).map_err(|e| Failure::input(e.to_string()))?
@@ -148,7 +151,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         .map(cordon_query::store::Location::parse)
         .transpose()
         .map_err(|e| Failure::input(e.to_string()))?;
-    let mut store = location
+    let store = location
         .clone()
         .map(|l| {
             cordon_query::store::AlertStore::open_at(
@@ -212,41 +215,72 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             }),
         )?);
     }
-    let stats = run_files(
-        Input {
-            paths: &a.input,
-            format: a.format,
-            max_record: a.max_record_bytes,
-            lateness: a.allowed_lateness,
-        },
-        &engine,
-        &progress,
-        &mut dead,
-        |engine| {
-            while let Ok(e) = enforce_rx.try_recv() {
-                engine.enforce(e);
-            }
-        },
-        |alert| {
-            sink.emit(&alert)?;
-            if let Some(s) = &siem {
-                s.send(alert.to_ocsf());
-            }
-            if let Some(s) = store.as_mut() {
-                s.append(alert.clone())?;
-            }
-            if let Some(r) = &running {
-                // Durable in the outbox before the next event is read.
-                r.responder.submit(&alert)?;
+    let sink = std::cell::RefCell::new(sink);
+    let store = std::cell::RefCell::new(store);
+    let before_event = |engine: &mut Engine| {
+        while let Ok(e) = enforce_rx.try_recv() {
+            engine.enforce(e);
+        }
+    };
+    let on_alert = |alert: cordon_detect::Alert| -> anyhow::Result<()> {
+        sink.borrow_mut().emit(&alert)?;
+        if let Some(s) = &siem {
+            s.send(alert.to_ocsf());
+        }
+        if let Some(s) = store.borrow_mut().as_mut() {
+            s.append(alert.clone())?;
+        }
+        if let Some(r) = &running {
+            // Durable in the outbox before the next event is read.
+            r.responder.submit(&alert)?;
+        }
+        Ok(())
+    };
+    let stats = if a.kafka {
+        let cfg = config
+            .as_ref()
+            .and_then(|c| c.kafka.as_ref())
+            .ok_or_else(|| Failure::input("--kafka: the configuration has no [kafka] section"))?;
+        let input = crate::kafka::KafkaInput::open(cfg)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        services.spawn(async move {
+            crate::sqlcmd::interrupted().await;
+            flag.store(true, std::sync::atomic::Ordering::Release);
+        });
+        input.run(&engine, &progress, &stop, before_event, on_alert, || {
+            sink.borrow_mut().flush()?;
+            if let Some(s) = store.borrow_mut().as_mut() {
+                s.flush()?;
             }
             Ok(())
-        },
-    )?;
+        })?
+    } else {
+        run_files(
+            Input {
+                paths: &a.input,
+                format: a.format,
+                max_record: a.max_record_bytes,
+                lateness: a.allowed_lateness,
+            },
+            &engine,
+            &progress,
+            &mut dead,
+            before_event,
+            on_alert,
+        )?
+    };
+    let mut sink = sink.into_inner();
+    let mut store = store.into_inner();
     sink.flush().map_err(|e| Failure::input(e.to_string()))?;
     if let Some(s) = store.as_mut() {
         s.flush().map_err(|e| Failure::input(e.to_string()))?;
     }
-    if let Some(api) = api {
+    if let (Some(api), true) = (&api, a.kafka) {
+        // Kafka input ends on the signal; the API goes with it.
+        api.stop();
+    }
+    if let Some(api) = api.filter(|_| !a.kafka) {
         eprintln!(
             "cordon: input done ({} events, {} alerts); serving the API until interrupted",
             stats.events, stats.alerts

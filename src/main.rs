@@ -5,6 +5,7 @@
 mod commands;
 mod demo;
 mod hunt;
+mod kafka;
 mod live;
 mod pipeline;
 mod respond;

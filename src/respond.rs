@@ -20,6 +20,9 @@ pub struct Config {
     /// Alert delivery to a SIEM.
     #[serde(default)]
     pub siem: Option<cordon_respond::siem::SiemConfig>,
+    /// Kafka input and alerts topic (`cordon run --kafka`).
+    #[serde(default)]
+    pub kafka: Option<crate::kafka::KafkaConfig>,
 }
 
 impl Config {

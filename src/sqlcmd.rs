@@ -275,7 +275,8 @@ pub struct ApiServers {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-async fn interrupted() {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn interrupted() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -291,6 +292,11 @@ async fn interrupted() {
 }
 
 impl ApiServers {
+    /// Stops the listeners (they finish the requests in flight).
+    pub fn stop(&self) {
+        self.stop.notify_waiters();
+    }
+
     /// Waits for SIGINT or SIGTERM, then stops the listeners gracefully.
     pub fn wait(self, rt: &tokio::runtime::Runtime) {
         rt.block_on(async {
