@@ -9,9 +9,14 @@
 //! to the dead-letter topic with where they came from and why in headers. SIGTERM or SIGINT
 //! stops fetching, finishes the batch, makes everything durable, commits and exits 0.
 //!
+//! The engine holds events in its reorder buffer until the watermark passes them, so a commit
+//! covers, per partition, only the offsets before the first event still held: a crash
+//! replays what the rules had not seen yet.
+//!
 //! This is the first slice of the Kafka issue: one consumer, the engine's state in one
 //! process. Per-partition state, its checkpoints and hand-over on rebalance come next.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,7 +28,48 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+/// What has been read from each partition and not yet processed: the engine holds events in
+/// its reorder buffer until the watermark passes them, and an offset may only be committed
+/// once every event before it has been through the rules.
+#[derive(Default)]
+struct Positions {
+    /// Per partition: (offset, event time) of events pushed and possibly still held.
+    held: HashMap<(String, i32), VecDeque<(i64, i64)>>,
+    /// Per partition: the offset after the last record read.
+    next: HashMap<(String, i32), i64>,
+}
+
+impl Positions {
+    fn read(&mut self, topic: &str, partition: i32, offset: i64) {
+        let n = self.next.entry((topic.to_owned(), partition)).or_insert(0);
+        *n = (*n).max(offset + 1);
+    }
+
+    fn hold(&mut self, topic: &str, partition: i32, offset: i64, ts: i64) {
+        self.held
+            .entry((topic.to_owned(), partition))
+            .or_default()
+            .push_back((offset, ts));
+    }
+
+    /// The offsets safe to commit given the engine's watermark (events at or before it have
+    /// been processed): per partition, the first still-held offset, else the next to read.
+    fn safe(&mut self, watermark: i64) -> Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.next {
+            let held = self.held.entry((topic.clone(), *partition)).or_default();
+            while held.front().is_some_and(|&(_, ts)| ts <= watermark) {
+                held.pop_front();
+            }
+            let offset = held.front().map_or(*next, |&(o, _)| o);
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(offset))
+                .map_err(|e| anyhow::anyhow!("[kafka]: {e}"))?;
+        }
+        Ok(tpl)
+    }
+}
 
 use crate::pipeline::{PipelineStats, Progress};
 
@@ -169,8 +215,15 @@ impl KafkaInput {
         }
     }
 
-    /// Makes what was produced durable, then commits the consumed offsets.
-    fn commit(&self, durable: &mut dyn FnMut() -> Result<()>, commits: &mut u64) -> Result<()> {
+    /// Makes what was produced durable, then commits the offsets up to which every event has
+    /// been processed.
+    fn commit(
+        &self,
+        durable: &mut dyn FnMut() -> Result<()>,
+        positions: &mut Positions,
+        watermark: i64,
+        commits: &mut u64,
+    ) -> Result<()> {
         durable()?;
         if let Some(p) = &self.producer {
             p.flush(Duration::from_secs(30))
@@ -182,7 +235,11 @@ impl KafkaInput {
                 );
             }
         }
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+        let tpl = positions.safe(watermark)?;
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        match self.consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => {
                 *commits += 1;
                 Ok(())
@@ -212,6 +269,7 @@ impl KafkaInput {
         let batch = self.config.batch.unwrap_or(10_000).max(1);
         let mut last_commit = Instant::now();
         let mut commits = 0u64;
+        let mut positions = Positions::default();
         while !stop.load(Ordering::Acquire) {
             let mut n = 0;
             let mut wait = Duration::from_millis(100);
@@ -231,6 +289,7 @@ impl KafkaInput {
                 stats.records += 1;
                 progress.records.fetch_add(1, Ordering::Relaxed);
                 let payload = msg.payload().unwrap_or_default();
+                positions.read(msg.topic(), msg.partition(), msg.offset());
                 let decoded = self.format.decode(payload);
                 let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
                 before_event(&mut e);
@@ -238,6 +297,9 @@ impl KafkaInput {
                     Ok(ev) => {
                         stats.events += 1;
                         progress.events.fetch_add(1, Ordering::Relaxed);
+                        if let Some(ts) = ev.timestamp_nanos() {
+                            positions.hold(msg.topic(), msg.partition(), msg.offset(), ts);
+                        }
                         let pushed = e.push(ev, &mut alerts);
                         drop(e);
                         let late = pushed.err().map(|l| {
@@ -306,7 +368,8 @@ impl KafkaInput {
                 p.poll(Duration::ZERO);
             }
             if last_commit.elapsed() >= self.commit_every {
-                self.commit(&mut durable, &mut commits)?;
+                let wm = engine.lock().unwrap_or_else(|p| p.into_inner()).watermark();
+                self.commit(&mut durable, &mut positions, wm, &mut commits)?;
                 last_commit = Instant::now();
             }
         }
@@ -325,7 +388,8 @@ impl KafkaInput {
             }
             on_alert(a)?;
         }
-        self.commit(&mut durable, &mut commits)?;
+        // Everything read has now been processed.
+        self.commit(&mut durable, &mut positions, i64::MAX, &mut commits)?;
         tracing::info!(commits, "kafka input stopped");
         Ok(stats)
     }
