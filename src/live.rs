@@ -269,6 +269,12 @@ impl MetricsSources {
                 "Store flushes that failed (retried)",
                 s.flush_errors,
             );
+            c(
+                out,
+                "cordon_store_duplicates_total",
+                "Alerts not stored again because the store had their id (replays)",
+                s.duplicates,
+            );
             out.gauge(
                 "cordon_store_buffered_alerts",
                 "Alerts waiting to be written",

@@ -510,6 +510,8 @@ pub struct StoreStats {
     pub flush_errors: u64,
     /// Alerts waiting in memory.
     pub buffered: u64,
+    /// Alerts not written because the store already had their id (a replay).
+    pub duplicates: u64,
 }
 
 struct Shared {
@@ -525,10 +527,80 @@ struct Shared {
     compactions: AtomicU64,
     flush_errors: AtomicU64,
     buffered: AtomicU64,
+    duplicates: AtomicU64,
+    /// Ids of the alerts written or buffered lately, for dedupe on replay.
+    seen: Mutex<Seen>,
     stop: AtomicBool,
 }
 
+/// Recently stored alert ids, bounded: a replay after a crash or a Kafka rebalance raises the
+/// same alerts again (ids derive from the rule and the evidence events), and the store keeps
+/// one row per alert.
+#[derive(Default)]
+struct Seen {
+    ids: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// Alert ids remembered for dedupe.
+pub const DEDUPE_IDS: usize = 1_000_000;
+
+impl Seen {
+    /// Records an id; false when it was already there.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.ids.contains(id) {
+            return false;
+        }
+        if self.order.len() >= DEDUPE_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        self.ids.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        true
+    }
+}
+
 impl Shared {
+    /// Loads the ids of the latest two day partitions (by name): a replay re-raises recent
+    /// alerts, and those are where they are.
+    fn remember_recent(&self) -> Result<(), StoreError> {
+        let files = self.block_on(self.location.list("alerts"))?;
+        let mut days: Vec<&str> = files
+            .iter()
+            .filter_map(|f| f.rsplit_once('/').map(|(d, _)| d))
+            .collect();
+        days.sort_unstable();
+        days.dedup();
+        let recent: Vec<&str> = days.iter().rev().take(2).copied().collect();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for f in files
+            .iter()
+            .filter(|f| recent.iter().any(|d| f.starts_with(&format!("{d}/"))))
+        {
+            let bytes = self.block_on(self.location.get(f))?;
+            let builder =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .map_err(|e| obj_err(f, e))?;
+            let mask =
+                parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["alert_id"]);
+            for b in builder
+                .with_projection(mask)
+                .build()
+                .map_err(|e| obj_err(f, e))?
+            {
+                let b = b.map_err(|e| obj_err(f, e))?;
+                if let Some(ids) = b.column(0).as_any().downcast_ref::<StringArray>() {
+                    for id in ids.iter().flatten() {
+                        seen.insert(id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         match &self.rt {
             Some(rt) => rt.block_on(f),
@@ -603,6 +675,7 @@ impl StatsHandle {
             compactions: s.compactions.load(Ordering::Relaxed),
             flush_errors: s.flush_errors.load(Ordering::Relaxed),
             buffered: s.buffered.load(Ordering::Relaxed),
+            duplicates: s.duplicates.load(Ordering::Relaxed),
         }
     }
 }
@@ -661,8 +734,11 @@ impl AlertStore {
             compactions: AtomicU64::new(0),
             flush_errors: AtomicU64::new(0),
             buffered: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            seen: Mutex::new(Seen::default()),
             stop: AtomicBool::new(false),
         });
+        shared.remember_recent()?;
         let flusher = flush_interval.map(|every| {
             let s = shared.clone();
             std::thread::Builder::new()
@@ -715,8 +791,19 @@ impl AlertStore {
         StatsHandle(self.shared.clone())
     }
 
-    /// Adds an alert; writes a batch when the buffer is full.
+    /// Adds an alert (unless the store already has its id: a replay); writes a batch when the
+    /// buffer is full.
     pub fn append(&mut self, alert: Alert) -> Result<(), StoreError> {
+        if !self
+            .shared
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(&alert.id)
+        {
+            self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let full = {
             let mut p = self
                 .shared
