@@ -542,8 +542,8 @@ struct Seen {
     order: std::collections::VecDeque<String>,
 }
 
-/// Alert ids remembered for dedupe.
-pub const DEDUPE_IDS: usize = 1_000_000;
+/// Alert ids remembered for dedupe (about 160 bytes each with the set and the order).
+pub const DEDUPE_IDS: usize = 200_000;
 
 impl Seen {
     /// Records an id; false when it was already there.
