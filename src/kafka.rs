@@ -215,6 +215,15 @@ impl KafkaInput {
         }
     }
 
+    /// Produces an alert to the alerts topic, if there is one (key = agent id).
+    fn publish(&self, a: &Alert) -> Result<()> {
+        let Some(t) = &self.config.alerts_topic else {
+            return Ok(());
+        };
+        let body = serde_json::to_vec(&a.to_ocsf())?;
+        self.send(t, a.agent_id().unwrap_or(""), &body, OwnedHeaders::new())
+    }
+
     /// Makes what was produced durable, then commits the offsets up to which every event has
     /// been processed.
     fn commit(
@@ -310,15 +319,7 @@ impl KafkaInput {
                         for a in alerts.drain(..) {
                             stats.alerts += 1;
                             progress.alerts.fetch_add(1, Ordering::Relaxed);
-                            if let Some(t) = &self.config.alerts_topic {
-                                let body = serde_json::to_vec(&a.to_ocsf())?;
-                                self.send(
-                                    t,
-                                    a.agent_id().unwrap_or(""),
-                                    &body,
-                                    OwnedHeaders::new(),
-                                )?;
-                            }
+                            self.publish(&a)?;
                             on_alert(a)?;
                         }
                         late
@@ -382,10 +383,7 @@ impl KafkaInput {
         for a in alerts.drain(..) {
             stats.alerts += 1;
             progress.alerts.fetch_add(1, Ordering::Relaxed);
-            if let Some(t) = &self.config.alerts_topic {
-                let body = serde_json::to_vec(&a.to_ocsf())?;
-                self.send(t, a.agent_id().unwrap_or(""), &body, OwnedHeaders::new())?;
-            }
+            self.publish(&a)?;
             on_alert(a)?;
         }
         // Everything read has now been processed.

@@ -301,8 +301,7 @@ async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
 
 async fn openapi(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&s, &headers, Role::Viewer)?;
-    let doc: Value = serde_json::from_str(include_str!("openapi.json"))
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let doc: Value = serde_json::from_str(include_str!("openapi.json")).map_err(internal)?;
     Ok(Json(doc).into_response())
 }
 
@@ -375,8 +374,7 @@ async fn query(
 
 fn rows(batches: &[arrow::record_batch::RecordBatch]) -> Result<Vec<Value>, ApiError> {
     let bytes = sql::to_json(batches)?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    serde_json::from_slice(&bytes).map_err(internal)
 }
 
 async fn list_alerts(
@@ -813,14 +811,12 @@ async fn run_sql(
             .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
         let mut out = Vec::new();
         {
-            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema)
-                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let mut w =
+                arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema).map_err(internal)?;
             for b in &batches {
-                w.write(b)
-                    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                w.write(b).map_err(internal)?;
             }
-            w.finish()
-                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            w.finish().map_err(internal)?;
         }
         return Ok((
             [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
@@ -855,9 +851,7 @@ async fn list_actions(
 ) -> Result<Response, ApiError> {
     authorize(&s, &headers, Role::Viewer)?;
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
-    let all = outbox(&s)?
-        .all()
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let all = outbox(&s)?.all().map_err(internal)?;
     let items: Vec<_> = all
         .into_iter()
         .filter(|r| q.state.as_deref().is_none_or(|st| st == r.state.name()))
