@@ -46,7 +46,7 @@ pub enum Enforcement {
 const MAX_HELD: usize = 100_000;
 
 /// What is enforced now.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Enforced {
     tokens: FxHashMap<String, i64>,
     servers: FxHashMap<String, (i64, i64)>,

@@ -33,7 +33,7 @@ pub trait Detector {
 }
 
 /// Counters of one rule.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuleStats {
     /// Events the query matched.
     pub matched: u64,
@@ -115,7 +115,7 @@ impl RuleIndex {
 }
 
 /// Engine-wide counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EngineStats {
     /// Events processed by the detectors.
     pub events: u64,
@@ -188,6 +188,51 @@ fn detector(r: &Rule) -> Option<Box<dyn Stateful>> {
         CompiledQuery::Sample(s) => Box::new(SampleDetector::new(s.clone())),
         CompiledQuery::Threshold(t) => Box::new(ThresholdDetector::new(t.clone())),
     })
+}
+
+/// One rule's part of a checkpoint.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedRule {
+    id: String,
+    version: u32,
+    query: String,
+    stats: RuleStats,
+    detector: Option<Vec<u8>>,
+}
+
+/// An engine checkpoint ([`crate::checkpoint`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    format: String,
+    version: u32,
+    rules: Vec<SavedRule>,
+    /// (rule index in `rules`, key, last alert, window).
+    suppress: Vec<(usize, String, i64, i64)>,
+    suppress_evicted: u64,
+    stats: EngineStats,
+    processed: i64,
+    last_sweep: i64,
+    max_seen: i64,
+    released: i64,
+    seq: u64,
+    /// (time, arrival) and the event, of every event still in the reorder buffer.
+    buffer: Vec<(i64, u64, BufferedEvent)>,
+    profiles: Vec<u8>,
+    enforced: crate::enforce::Enforced,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BufferedEvent(#[serde(with = "crate::checkpoint::event")] Event);
+
+/// What a restore kept and dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Restored {
+    /// Rules whose state was restored.
+    pub rules: usize,
+    /// Saved rules not in the running set, or changed since (their state was dropped).
+    pub dropped: Vec<String>,
+    /// Events restored into the reorder buffer.
+    pub buffered: usize,
 }
 
 /// Sweep stateful detectors for expired spans at most this often (event time).
@@ -341,6 +386,141 @@ impl Engine {
         self.index = RuleIndex::build(&rules);
         self.rules = rules;
         report
+    }
+
+    /// Everything the engine holds, as bytes ([`crate::checkpoint`]): restoring them into an
+    /// engine with the same rules gives an engine that behaves exactly as this one.
+    pub fn checkpoint(&self) -> Result<Vec<u8>, crate::checkpoint::CheckpointError> {
+        let damaged = crate::checkpoint::CheckpointError::Damaged;
+        let mut detectors: HashMap<usize, Vec<u8>> = HashMap::new();
+        for s in &self.stateful {
+            detectors.insert(s.rule, s.detector.save().map_err(damaged)?);
+        }
+        let rules = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| SavedRule {
+                id: r.id.clone(),
+                version: r.version,
+                query: r.query_text.clone(),
+                stats: self.rule_stats[i].clone(),
+                detector: detectors.remove(&i),
+            })
+            .collect();
+        let mut buffer: Vec<_> = self
+            .buffer
+            .iter()
+            .map(|Reverse(p)| (p.ts, p.seq, BufferedEvent(p.event.clone())))
+            .collect();
+        buffer.sort_by_key(|(ts, seq, _)| (*ts, *seq));
+        let saved = Saved {
+            format: crate::checkpoint::FORMAT.to_owned(),
+            version: crate::checkpoint::VERSION,
+            rules,
+            suppress: self.suppressor.save(),
+            suppress_evicted: self.suppressor.evicted(),
+            stats: self.stats.clone(),
+            processed: self.processed,
+            last_sweep: self.last_sweep,
+            max_seen: self.max_seen,
+            released: self.released,
+            seq: self.seq,
+            buffer,
+            profiles: self.profiles.save_bytes().map_err(damaged)?,
+            enforced: self.enforced.clone(),
+        };
+        crate::checkpoint::to_bytes(&saved).map_err(damaged)
+    }
+
+    /// Replaces this engine's state with a checkpoint's. Rules are matched by id, version
+    /// and query: the state of a rule that changed or went since the checkpoint is dropped
+    /// (reported), new rules start empty. The allowed lateness and caps stay this engine's.
+    pub fn restore(
+        &mut self,
+        bytes: &[u8],
+    ) -> Result<Restored, crate::checkpoint::CheckpointError> {
+        use crate::checkpoint::CheckpointError as E;
+        // The head first, so another file or version gets a clear error, not a decode one.
+        let (format, version): (String, u32) = postcard::take_from_bytes::<(String, u32)>(bytes)
+            .map(|(h, _)| h)
+            .map_err(|e| E::Format(e.to_string()))?;
+        if format != crate::checkpoint::FORMAT || version != crate::checkpoint::VERSION {
+            return Err(E::Format(format!("it says {format:?} version {version}")));
+        }
+        let saved: Saved = crate::checkpoint::from_bytes(bytes).map_err(E::Damaged)?;
+        let by_key: HashMap<(&str, u32, &str), usize> = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ((r.id.as_str(), r.version, r.query_text.as_str()), i))
+            .collect();
+        let mut report = Restored::default();
+        // saved rule index → running rule index
+        let mut map: Vec<Option<usize>> = Vec::with_capacity(saved.rules.len());
+        let mut stats = vec![RuleStats::default(); self.rules.len()];
+        let mut states: HashMap<usize, Vec<u8>> = HashMap::new();
+        for r in saved.rules {
+            match by_key.get(&(r.id.as_str(), r.version, r.query.as_str())) {
+                Some(&i) => {
+                    map.push(Some(i));
+                    stats[i] = r.stats;
+                    if let Some(d) = r.detector {
+                        states.insert(i, d);
+                    }
+                    report.rules += 1;
+                }
+                None => {
+                    map.push(None);
+                    report.dropped.push(r.id);
+                }
+            }
+        }
+        self.stateful = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| detector(r).map(|detector| StatefulRule { rule: i, detector }))
+            .collect();
+        for s in &mut self.stateful {
+            if let Some(bytes) = states.remove(&s.rule) {
+                s.detector
+                    .load(&bytes)
+                    .map_err(|e| E::Damaged(format!("rule {}: {e}", self.rules[s.rule].id)))?;
+            }
+        }
+        self.rule_stats = stats;
+        self.suppressor.load(
+            saved
+                .suppress
+                .into_iter()
+                .filter_map(|(r, k, t, w)| map.get(r).copied().flatten().map(|n| (n, k, t, w)))
+                .collect(),
+            saved.suppress_evicted,
+        );
+        self.stats = saved.stats;
+        self.processed = saved.processed;
+        self.last_sweep = saved.last_sweep;
+        self.max_seen = saved.max_seen;
+        self.released = saved.released;
+        self.seq = saved.seq;
+        report.buffered = saved.buffer.len();
+        self.buffer = saved
+            .buffer
+            .into_iter()
+            .map(|(ts, seq, e)| {
+                Reverse(Pending {
+                    ts,
+                    seq,
+                    event: e.0,
+                })
+            })
+            .collect();
+        self.profiles
+            .load_bytes(&saved.profiles)
+            .map_err(|e| E::Damaged(format!("profiles: {e}")))?;
+        self.enforced = saved.enforced;
+        Ok(report)
     }
 
     /// Sets how far behind the latest event time an event may arrive and still be put in

@@ -9,6 +9,7 @@
 
 pub mod alert;
 pub mod baseline;
+pub mod checkpoint;
 pub mod enforce;
 pub mod engine;
 pub mod keys;

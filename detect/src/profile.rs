@@ -310,7 +310,7 @@ struct Snapshot<'a> {
 }
 
 /// What the profiles hold and have moved, for `--stats`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProfileStats {
     /// Agents in memory.
     pub hot: usize,
@@ -654,6 +654,48 @@ impl Profiles {
             self.freeze(&agent);
             self.stats.evicted += 1;
         }
+    }
+
+    /// Everything the profiles hold, exactly, for an engine checkpoint (unlike
+    /// [`Profiles::snapshot`], which is a portable file of the learnt baselines, this keeps
+    /// the hot/cold split, the sweep clock and the counters, so a restored engine behaves
+    /// as one that never stopped).
+    pub(crate) fn save_bytes(&self) -> Result<Vec<u8>, String> {
+        crate::checkpoint::to_bytes(&(
+            &self.agents,
+            &self.cold,
+            &self.peers,
+            self.peer_field.name(),
+            self.idle_after,
+            self.watermark,
+            self.swept,
+            &self.stats,
+        ))
+    }
+
+    /// Replaces the profiles with saved ones, keeping this instance's caps.
+    pub(crate) fn load_bytes(&mut self, bytes: &[u8]) -> Result<(), String> {
+        type Saved = (
+            FxHashMap<String, Profile>,
+            FxHashMap<String, (i64, Vec<u8>)>,
+            FxHashMap<String, String>,
+            String,
+            i64,
+            i64,
+            i64,
+            ProfileStats,
+        );
+        let (agents, cold, peers, peer_field, idle_after, watermark, swept, stats): Saved =
+            crate::checkpoint::from_bytes(bytes)?;
+        self.agents = agents;
+        self.cold = cold;
+        self.peers = peers;
+        self.peer_field = FieldRef::resolve(&peer_field, true);
+        self.idle_after = idle_after;
+        self.watermark = watermark;
+        self.swept = swept;
+        self.stats = stats;
+        Ok(())
     }
 
     /// Writes every profile, hot and cold, to `path` atomically (a temporary file, then a

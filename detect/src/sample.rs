@@ -111,6 +111,25 @@ impl Stateful for SampleDetector {
         self.keys.clear();
     }
 
+    fn save(&self) -> Result<Vec<u8>, String> {
+        #[derive(serde::Serialize)]
+        struct Slots<'a>(#[serde(with = "crate::checkpoint::opt_events")] &'a [Option<Event>]);
+        let keys: Vec<(&String, Slots<'_>)> =
+            self.keys.iter().map(|(k, v)| (k, Slots(v))).collect();
+        crate::checkpoint::to_bytes(&(keys, &self.stats, self.last_sweep))
+    }
+
+    fn load(&mut self, bytes: &[u8]) -> Result<(), String> {
+        #[derive(serde::Deserialize)]
+        struct Slots(#[serde(with = "crate::checkpoint::opt_events")] Vec<Option<Event>>);
+        let (keys, stats, last_sweep): (Vec<(String, Slots)>, StateStats, i64) =
+            crate::checkpoint::from_bytes(bytes)?;
+        self.keys = keys.into_iter().map(|(k, s)| (k, s.0)).collect();
+        self.stats = stats;
+        self.last_sweep = last_sweep;
+        Ok(())
+    }
+
     fn state(&self) -> StateStats {
         let mut s = self.stats.clone();
         s.open = self.keys.len();

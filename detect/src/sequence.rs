@@ -35,13 +35,14 @@ pub const PER_KEY_STAGE_CAP: usize = 8;
 /// Default cap on open partials of one sequence rule.
 pub const DEFAULT_GLOBAL_CAP: usize = 200_000;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Partial {
     start: i64,
+    #[serde(with = "crate::checkpoint::events")]
     events: Vec<Event>,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct KeyState {
     /// `stages[s]`: partials that matched `s` positive steps (index 0 unused).
     stages: Vec<Vec<Partial>>,
@@ -428,6 +429,37 @@ impl Stateful for SequenceDetector {
         self.keys.clear();
         self.expiry.clear();
         self.open = 0;
+    }
+
+    fn save(&self) -> Result<Vec<u8>, String> {
+        crate::checkpoint::to_bytes(&(
+            &self.keys,
+            &self.expiry,
+            &self.last_leading,
+            self.leading_sweep,
+            self.open,
+            &self.stats,
+        ))
+    }
+
+    fn load(&mut self, bytes: &[u8]) -> Result<(), String> {
+        type Saved = (
+            HashMap<String, KeyState>,
+            VecDeque<(i64, String)>,
+            HashMap<(usize, String), i64>,
+            i64,
+            usize,
+            StateStats,
+        );
+        let (keys, expiry, last_leading, leading_sweep, open, stats): Saved =
+            crate::checkpoint::from_bytes(bytes)?;
+        self.keys = keys;
+        self.expiry = expiry;
+        self.last_leading = last_leading;
+        self.leading_sweep = leading_sweep;
+        self.open = open;
+        self.stats = stats;
+        Ok(())
     }
 
     fn state(&self) -> StateStats {

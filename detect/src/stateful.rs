@@ -15,7 +15,7 @@ pub struct Finding {
 }
 
 /// State counters of a stateful detector.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StateStats {
     /// Open partial matches (or keyed windows).
     pub open: usize,
@@ -41,4 +41,8 @@ pub trait Stateful: Send {
     fn finish(&mut self, out: &mut Vec<Finding>);
     /// Counters.
     fn state(&self) -> StateStats;
+    /// Everything the detector holds, for a checkpoint ([`crate::checkpoint`]).
+    fn save(&self) -> Result<Vec<u8>, String>;
+    /// Replaces the detector's state with a saved one (of the same rule).
+    fn load(&mut self, bytes: &[u8]) -> Result<(), String>;
 }

@@ -70,6 +70,23 @@ impl Suppressor {
             .collect();
     }
 
+    /// The table, for a checkpoint: (rule index, key, last alert, window).
+    pub(crate) fn save(&self) -> Vec<(usize, String, i64, i64)> {
+        self.last_alert
+            .iter()
+            .map(|((r, k), (t, w))| (*r, k.clone(), *t, *w))
+            .collect()
+    }
+
+    /// Restores saved entries (rules already renumbered by the caller).
+    pub(crate) fn load(&mut self, entries: Vec<(usize, String, i64, i64)>, evicted: u64) {
+        self.last_alert = entries
+            .into_iter()
+            .map(|(r, k, t, w)| ((r, k), (t, w)))
+            .collect();
+        self.evicted = evicted;
+    }
+
     /// Keys evicted because the table was full.
     pub fn evicted(&self) -> u64 {
         self.evicted

@@ -24,11 +24,13 @@ pub const DEFAULT_KEY_CAP: usize = 200_000;
 /// Cap on timestamps (or distinct values) remembered per key.
 pub const PER_KEY_CAP: usize = 100_000;
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Window {
     times: VecDeque<i64>,
     /// Distinct value → (last seen, its latest event).
+    #[serde(with = "crate::checkpoint::distinct")]
     distinct: HashMap<String, (i64, Option<Event>)>,
+    #[serde(with = "crate::checkpoint::event_deque")]
     recent: VecDeque<Event>,
     last: i64,
 }
@@ -183,6 +185,19 @@ impl Stateful for ThresholdDetector {
 
     fn finish(&mut self, _out: &mut Vec<Finding>) {
         self.keys.clear();
+    }
+
+    fn save(&self) -> Result<Vec<u8>, String> {
+        crate::checkpoint::to_bytes(&(&self.keys, &self.stats, self.last_sweep))
+    }
+
+    fn load(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let (keys, stats, last_sweep): (HashMap<String, Window>, StateStats, i64) =
+            crate::checkpoint::from_bytes(bytes)?;
+        self.keys = keys;
+        self.stats = stats;
+        self.last_sweep = last_sweep;
+        Ok(())
     }
 
     fn state(&self) -> StateStats {
