@@ -5,7 +5,6 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use cordon_detect::Engine;
 use cordon_ingest::fingerprint::fingerprint_text;
 use cordon_ingest::generate::{generate as gen, parse_attacks, GenConfig};
 use cordon_ingest::sources::file::DEFAULT_MAX_RECORD;
@@ -116,22 +115,36 @@ pub fn load_rules(paths: &[PathBuf]) -> Result<RuleSet, Failure> {
 /// `cordon run`.
 pub fn run(a: RunArgs) -> Result<(), Failure> {
     let set = load_rules(&a.rules)?;
-    let mut engine = Engine::new(&set).with_allowed_lateness(a.allowed_lateness);
-    let mut profiles = cordon_detect::profile::Profiles::default();
-    if let Some(state) = a.state.as_ref().filter(|p| p.exists()) {
-        match cordon_detect::profile::Profiles::restore(state) {
-            Ok(p) => profiles = p,
-            Err(e) => eprintln!("warning: {e}; starting with fresh baselines"),
+    let template = crate::engines::Template {
+        lateness: a.allowed_lateness,
+        peer_field: a.peer_field.clone(),
+        idle_after: a.idle_after,
+    };
+    let engines = std::sync::Arc::new(crate::engines::Engines::new(set, template.clone()));
+    if !a.kafka {
+        // A file run has one engine; its baselines may start from a profile snapshot.
+        let mut inner = engines.lock();
+        let mut engine = inner.fresh();
+        if let Some(state) = a.state.as_ref().filter(|p| p.exists()) {
+            match cordon_detect::profile::Profiles::restore(state) {
+                Ok(mut p) => {
+                    if let Some(f) = &a.peer_field {
+                        p = p.with_peer_field(f);
+                    }
+                    if let Some(d) = a.idle_after {
+                        p = p.with_idle_after(d);
+                    }
+                    engine = engine.with_profiles(p);
+                }
+                Err(e) => eprintln!("warning: {e}; starting with fresh baselines"),
+            }
         }
+        inner.insert("", engine);
+    } else if a.state.is_some() {
+        return Err(Failure::input(
+            "--state: a Kafka run keeps each partition's state (baselines included) in [kafka] state_store",
+        ));
     }
-    if let Some(f) = &a.peer_field {
-        profiles = profiles.with_peer_field(f);
-    }
-    if let Some(d) = a.idle_after {
-        profiles = profiles.with_idle_after(d);
-    }
-    engine = engine.with_profiles(profiles);
-    let engine = std::sync::Arc::new(std::sync::Mutex::new(engine));
     let progress = std::sync::Arc::new(crate::pipeline::Progress::default());
     let mut dead =
         DeadLetterSink::new(a.dead_letter.as_deref()).map_err(|e| Failure::input(e.to_string()))?;
@@ -176,6 +189,19 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         .map(|s| cordon_respond::siem::SiemSink::start(s, services.handle()))
         .transpose()
         .map_err(Failure::input)?;
+    let kafka = if a.kafka {
+        let cfg = config
+            .as_ref()
+            .and_then(|c| c.kafka.as_ref())
+            .ok_or_else(|| Failure::input("--kafka: the configuration has no [kafka] section"))?;
+        Some(crate::kafka::KafkaInput::open(
+            cfg,
+            engines.clone(),
+            services.handle().clone(),
+        )?)
+    } else {
+        None
+    };
     let mut api = None;
     let mut query_pool = None;
     if let (Some(listen), Some(keys), Some(location)) = (a.listen, &a.keys, &location) {
@@ -193,13 +219,19 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             let responder = r.responder.clone();
             state.on_decision = Some(std::sync::Arc::new(move || responder.wake()));
         }
+        let kafka_stats = kafka.as_ref().map(|k| k.stats());
         state.live = Some(std::sync::Arc::new(crate::live::EngineLive {
-            engine: engine.clone(),
+            engines: engines.clone(),
             rule_paths: a.rules.clone(),
+            ready: kafka_stats.clone().map(|k| {
+                std::sync::Arc::new(move || k.ready())
+                    as std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>
+            }),
         }));
         let metrics = crate::live::MetricsSources {
             progress: progress.clone(),
-            engine: engine.clone(),
+            engines: engines.clone(),
+            kafka: kafka_stats,
             store: store.as_ref().map(|s| s.stats_handle()),
             responder: running.as_ref().map(|r| r.responder.clone()),
             siem: siem.as_ref().map(|s| s.stats()),
@@ -215,19 +247,23 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             }),
         )?);
     }
-    let sink = std::cell::RefCell::new(sink);
-    let store = std::cell::RefCell::new(store);
-    let before_event = |engine: &mut Engine| {
+    // Shared with the Kafka input's rebalance callback, which makes them durable before it
+    // hands partitions over.
+    let sink = std::sync::Arc::new(std::sync::Mutex::new(sink));
+    let store = std::sync::Arc::new(std::sync::Mutex::new(store));
+    let before_event = |engines: &mut crate::engines::Inner| {
         while let Ok(e) = enforce_rx.try_recv() {
-            engine.enforce(e);
+            engines.enforce(e);
         }
     };
     let on_alert = |alert: cordon_detect::Alert| -> anyhow::Result<()> {
-        sink.borrow_mut().emit(&alert)?;
+        sink.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .emit(&alert)?;
         if let Some(s) = &siem {
             s.send(alert.to_ocsf());
         }
-        if let Some(s) = store.borrow_mut().as_mut() {
+        if let Some(s) = store.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             s.append(alert.clone())?;
         }
         if let Some(r) = &running {
@@ -236,25 +272,37 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         }
         Ok(())
     };
-    let stats = if a.kafka {
-        let cfg = config
-            .as_ref()
-            .and_then(|c| c.kafka.as_ref())
-            .ok_or_else(|| Failure::input("--kafka: the configuration has no [kafka] section"))?;
-        let input = crate::kafka::KafkaInput::open(cfg)?;
+    let stats = if let Some(input) = &kafka {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         services.spawn(async move {
             crate::sqlcmd::interrupted().await;
             flag.store(true, std::sync::atomic::Ordering::Release);
         });
-        input.run(&engine, &progress, &stop, before_event, on_alert, || {
-            sink.borrow_mut().flush()?;
-            if let Some(s) = store.borrow_mut().as_mut() {
-                s.flush()?;
-            }
-            Ok(())
-        })?
+        let hooks = crate::kafka::Hooks {
+            durable: Box::new({
+                let (sink, store) = (sink.clone(), store.clone());
+                move || {
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).flush()?;
+                    if let Some(s) = store.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                        s.flush()?;
+                    }
+                    Ok(())
+                }
+            }),
+            assigned: Box::new({
+                let store = store.clone();
+                move || {
+                    // Another instance may have stored alerts of these partitions before it
+                    // lost them: their replay here must not store them twice.
+                    if let Some(s) = store.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                        s.remember_recent()?;
+                    }
+                    Ok(())
+                }
+            }),
+        };
+        input.run(&progress, &stop, before_event, on_alert, hooks)?
     } else {
         run_files(
             Input {
@@ -263,15 +311,16 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
                 max_record: a.max_record_bytes,
                 lateness: a.allowed_lateness,
             },
-            &engine,
+            &engines,
             &progress,
             &mut dead,
             before_event,
             on_alert,
         )?
     };
-    let mut sink = sink.into_inner();
-    let mut store = store.into_inner();
+    drop(kafka);
+    let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+    let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
     sink.flush().map_err(|e| Failure::input(e.to_string()))?;
     if let Some(s) = store.as_mut() {
         s.flush().map_err(|e| Failure::input(e.to_string()))?;
@@ -308,15 +357,17 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         }
         response_stats = Some(responder.stats());
     }
-    let engine = engine.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(state) = &a.state {
+    let mut engines = engines.lock();
+    let rule_count = engines.rules().len();
+    if let (Some(state), Some(engine)) = (&a.state, engines.get_existing("")) {
         engine.profiles().snapshot(state).map_err(Failure::input)?;
     }
+    let engine = &*engines;
     if let Some(path) = &a.stats {
         let rules: serde_json::Map<String, serde_json::Value> = engine
             .rules()
             .iter()
-            .zip(engine.rule_stats())
+            .zip(&engine.rule_stats())
             .map(|(r, s)| {
                 (
                     r.id.clone(),
@@ -332,7 +383,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         let state: serde_json::Map<String, serde_json::Value> = engine
             .state_stats()
             .into_iter()
-            .map(|(id, s)| (id.to_owned(), serde_json::json!(s)))
+            .map(|(id, s)| (id, serde_json::json!(s)))
             .collect();
         let doc = serde_json::json!({
             "pipeline": stats,
@@ -340,7 +391,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             "suppression_keys_evicted": engine.suppression_evictions(),
             "rules": rules,
             "state": state,
-            "profiles": engine.profiles().stats(),
+            "profiles": engine.profile_stats(),
             "response": response_stats,
         });
         let text = serde_json::to_string_pretty(&doc).map_err(|e| Failure::input(e.to_string()))?;
@@ -362,7 +413,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             _ => String::new(),
         },
         stats.alerts,
-        set.rules.len()
+        rule_count
     );
     Ok(())
 }
@@ -662,8 +713,12 @@ pub fn eval(a: EvalArgs) -> Result<(), Failure> {
             a.labels.display()
         ))
     })?;
-    let engine = std::sync::Mutex::new(
-        Engine::new(&set).with_allowed_lateness(std::time::Duration::from_secs(10)),
+    let engines = crate::engines::Engines::new(
+        set,
+        crate::engines::Template {
+            lateness: std::time::Duration::from_secs(10),
+            ..Default::default()
+        },
     );
     let mut dead = DeadLetterSink::new(None).map_err(|e| Failure::input(e.to_string()))?;
     let mut index = AlertIndex::new();
@@ -674,7 +729,7 @@ pub fn eval(a: EvalArgs) -> Result<(), Failure> {
             max_record: DEFAULT_MAX_RECORD,
             lateness: std::time::Duration::from_secs(10),
         },
-        &engine,
+        &engines,
         &crate::pipeline::Progress::default(),
         &mut dead,
         |_| {},

@@ -1,76 +1,60 @@
 //! Kafka as the input of `cordon run`: a consumer in a consumer group reads the gateways'
-//! audit events, the engine runs them, and offsets are committed only once everything the
-//! consumed events caused is durable — alerts in the store and on the alerts topic (delivery
-//! confirmed), actions in the outbox — so a crash replays events rather than losing them, and
-//! the replay changes nothing (alert ids come from the rule and the evidence event ids; action
-//! ids are idempotency keys).
+//! audit events, one engine per assigned partition runs them, and offsets are committed only
+//! once everything the consumed events caused is durable — alerts in the store and on the
+//! alerts topic (delivery confirmed), actions in the outbox — so a crash replays events rather
+//! than losing them, and the replay changes nothing (alert ids come from the rule and the
+//! evidence event ids; action ids are idempotency keys; the store keeps one row per id).
+//!
+//! **State per partition.** Agents are the record key, so a partition holds whole agents and
+//! its engine holds everything about them: events in the reorder buffer, open partial
+//! matches, threshold and suppression windows, baselines. Each partition has its own
+//! event-time watermark. With `state_store` set, each partition's engine is checkpointed at
+//! every commit, *before* the commit and tagged with the offset it reflects: everything read
+//! is in the checkpoint (events still waiting for the watermark are in its reorder buffer), so
+//! the committed offset is simply the next one to read. When a partition is assigned — at
+//! start, or handed over by a rebalance — its checkpoint is restored before any of its records
+//! is read, and consumption starts at the checkpoint's offset (which may be past the committed
+//! one if a crash fell between the two writes). When a partition is revoked, its alerts are
+//! made durable, its state checkpointed and its offset committed before it goes.
+//!
+//! Why checkpoints in a store, not a compacted changelog topic: a partition's state is one
+//! value of tens of kilobytes to tens of megabytes (profiles of thousands of agents), past
+//! Kafka's default 1 MiB record limit, and restoring it is one read instead of replaying a
+//! changelog. The store is a local directory (one machine, or a shared volume) or any object
+//! store URL (`s3://bucket/prefix`), where a write appears whole or not at all — the same
+//! layer the alert store uses. Without `state_store`, state lives in memory: commits then cover,
+//! per partition, only the offsets before the first event still held in the reorder buffer,
+//! and a restart or hand-over starts that partition's state afresh.
+//!
+//! **Backpressure.** Consumption is a pull loop on one thread: records are fetched only as fast
+//! as the engines and sinks take them, librdkafka's prefetch is capped (`prefetch_bytes`), and
+//! the producer waits when its queue is full. When anything downstream is slow, lag grows and
+//! memory does not.
 //!
 //! Records are drained in batches (one `poll` each, no await per message); undecodable ones go
 //! to the dead-letter topic with where they came from and why in headers. SIGTERM or SIGINT
-//! stops fetching, finishes the batch, makes everything durable, commits and exits 0.
-//!
-//! The engine holds events in its reorder buffer until the watermark passes them, so a commit
-//! covers, per partition, only the offsets before the first event still held: a crash
-//! replays what the rules had not seen yet.
-//!
-//! This is the first slice of the Kafka issue: one consumer, the engine's state in one
-//! process. Per-partition state, its checkpoints and hand-over on rebalance come next.
+//! stops fetching, makes everything durable, checkpoints, commits and exits 0.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use cordon_detect::{Alert, Engine};
+use cordon_detect::Alert;
 use cordon_ingest::Format;
+use cordon_query::metrics::Exposition;
+use cordon_query::store::Location;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-/// What has been read from each partition and not yet processed: the engine holds events in
-/// its reorder buffer until the watermark passes them, and an offset may only be committed
-/// once every event before it has been through the rules.
-#[derive(Default)]
-struct Positions {
-    /// Per partition: (offset, event time) of events pushed and possibly still held.
-    held: HashMap<(String, i32), VecDeque<(i64, i64)>>,
-    /// Per partition: the offset after the last record read.
-    next: HashMap<(String, i32), i64>,
-}
-
-impl Positions {
-    fn read(&mut self, topic: &str, partition: i32, offset: i64) {
-        let n = self.next.entry((topic.to_owned(), partition)).or_insert(0);
-        *n = (*n).max(offset + 1);
-    }
-
-    fn hold(&mut self, topic: &str, partition: i32, offset: i64, ts: i64) {
-        self.held
-            .entry((topic.to_owned(), partition))
-            .or_default()
-            .push_back((offset, ts));
-    }
-
-    /// The offsets safe to commit given the engine's watermark (events at or before it have
-    /// been processed): per partition, the first still-held offset, else the next to read.
-    fn safe(&mut self, watermark: i64) -> Result<TopicPartitionList> {
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in &self.next {
-            let held = self.held.entry((topic.clone(), *partition)).or_default();
-            while held.front().is_some_and(|&(_, ts)| ts <= watermark) {
-                held.pop_front();
-            }
-            let offset = held.front().map_or(*next, |&(o, _)| o);
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(offset))
-                .map_err(|e| anyhow::anyhow!("[kafka]: {e}"))?;
-        }
-        Ok(tpl)
-    }
-}
-
+use crate::engines::{Engines, Inner};
 use crate::pipeline::{PipelineStats, Progress};
 
 /// `[kafka]` of `cordon.toml`.
@@ -92,23 +76,228 @@ pub struct KafkaConfig {
     /// Undecodable or late records go here with their origin and reason in headers.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// Where each partition's engine state is checkpointed: a directory or an object store
+    /// URL. Without it, state is in memory only.
+    #[serde(default)]
+    pub state_store: Option<String>,
     /// Records per batch (default 10 000).
     #[serde(default)]
     pub batch: Option<usize>,
-    /// Longest between two commits (default 1s).
+    /// Longest between two commits (and checkpoints); default 1s.
     #[serde(default)]
     pub commit_interval: Option<String>,
+    /// Longest to wait at shutdown for deliveries to the broker (default 30s).
+    #[serde(default)]
+    pub shutdown_timeout: Option<String>,
     /// Bytes librdkafka may prefetch per partition (default 16 MiB).
     #[serde(default)]
     pub prefetch_bytes: Option<usize>,
-    /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.mechanism`).
+    /// How often librdkafka reports consumer lag (default 2s).
     #[serde(default)]
-    pub properties: std::collections::BTreeMap<String, String>,
+    pub stats_interval: Option<String>,
+    /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.mechanism`,
+    /// `ssl.ca.location`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values are secrets, read from `env:NAME` or `file:PATH`
+    /// (e.g. `"sasl.password" = "env:KAFKA_PASSWORD"`), never written in the config itself.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+}
+
+fn duration(field: &str, v: &Option<String>, default: Duration) -> Result<Duration> {
+    match v {
+        Some(s) => humantime::parse_duration(s).with_context(|| {
+            format!("[kafka]: {field}: {s:?} is not a duration (expected e.g. \"1s\", \"500ms\")")
+        }),
+        None => Ok(default),
+    }
+}
+
+impl KafkaConfig {
+    /// The librdkafka properties common to the consumer and the producer, secrets resolved.
+    fn client(&self) -> Result<ClientConfig> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            if self.secrets.contains_key(k) {
+                anyhow::bail!("[kafka]: {k:?} is in both [kafka.properties] and [kafka.secrets]");
+            }
+            c.set(k, v);
+        }
+        for (k, source) in &self.secrets {
+            let value = if let Some(name) = source.strip_prefix("env:") {
+                std::env::var(name).map_err(|_| {
+                    anyhow::anyhow!(
+                        "[kafka.secrets]: {k:?} comes from the environment variable {name}, which is not set"
+                    )
+                })?
+            } else if let Some(path) = source.strip_prefix("file:") {
+                std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("[kafka.secrets]: {k:?}: {path}: {e}"))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned()
+            } else {
+                anyhow::bail!(
+                    "[kafka.secrets]: {k:?}: expected \"env:NAME\" or \"file:PATH\" (the secret itself never goes in the config)"
+                );
+            };
+            c.set(k, value);
+        }
+        Ok(c)
+    }
+}
+
+/// Counters and gauges of the Kafka input, for `/metrics` and readiness.
+#[derive(Default)]
+pub struct KafkaStats {
+    /// Rebalances (assignments and revocations) seen.
+    pub rebalances: AtomicU64,
+    /// Partitions assigned now.
+    pub assigned: AtomicU64,
+    /// Commits made.
+    pub commits: AtomicU64,
+    /// Commits that failed (retried at the next interval).
+    pub commit_failures: AtomicU64,
+    /// Total time spent committing (make durable, checkpoint, commit), µs.
+    pub commit_micros: AtomicU64,
+    /// The last commit's time, µs.
+    pub last_commit_micros: AtomicU64,
+    /// Partition checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Bytes of checkpoints written.
+    pub checkpoint_bytes: AtomicU64,
+    /// Partition states restored from a checkpoint.
+    pub restores: AtomicU64,
+    /// Checkpoints that could not be decoded (the partition started afresh).
+    pub restore_failures: AtomicU64,
+    /// Records sent to the dead-letter topic.
+    pub dead_letter_records: AtomicU64,
+    /// Alerts produced to the alerts topic.
+    pub alerts_produced: AtomicU64,
+    /// Records the broker did not take (the commit that would cover them is refused).
+    pub delivery_failures: AtomicU64,
+    /// Whether every assigned partition's state is restored.
+    pub ready: AtomicBool,
+    /// Consumer lag by `topic/partition`, as librdkafka last reported it.
+    pub lag: Mutex<BTreeMap<String, i64>>,
+}
+
+impl KafkaStats {
+    /// Ready when subscribed and no partition is being restored.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err("the Kafka input is joining its group or restoring partition state".into())
+        }
+    }
+
+    /// Appends the metrics.
+    pub fn render(&self, out: &mut Exposition) {
+        let c = |out: &mut Exposition, name: &str, help: &str, v: &AtomicU64| {
+            out.counter(name, help, &[], v.load(Ordering::Relaxed) as f64)
+        };
+        c(
+            out,
+            "cordon_kafka_rebalances_total",
+            "Partition assignments and revocations",
+            &self.rebalances,
+        );
+        out.gauge(
+            "cordon_kafka_assigned_partitions",
+            "Partitions assigned to this instance",
+            &[],
+            self.assigned.load(Ordering::Relaxed) as f64,
+        );
+        c(
+            out,
+            "cordon_kafka_commits_total",
+            "Offset commits",
+            &self.commits,
+        );
+        c(
+            out,
+            "cordon_kafka_commit_failures_total",
+            "Commits that failed (retried at the next interval)",
+            &self.commit_failures,
+        );
+        out.counter(
+            "cordon_kafka_commit_seconds_total",
+            "Time spent committing: sinks made durable, state checkpointed, offsets committed",
+            &[],
+            self.commit_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        );
+        out.gauge(
+            "cordon_kafka_last_commit_seconds",
+            "How long the last commit took",
+            &[],
+            self.last_commit_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        );
+        c(
+            out,
+            "cordon_kafka_checkpoints_total",
+            "Partition state checkpoints written",
+            &self.checkpoints,
+        );
+        c(
+            out,
+            "cordon_kafka_checkpoint_bytes_total",
+            "Bytes of partition state checkpoints written",
+            &self.checkpoint_bytes,
+        );
+        c(
+            out,
+            "cordon_kafka_restores_total",
+            "Partition states restored from a checkpoint",
+            &self.restores,
+        );
+        c(
+            out,
+            "cordon_kafka_restore_failures_total",
+            "Checkpoints that could not be decoded (the partition started afresh)",
+            &self.restore_failures,
+        );
+        c(
+            out,
+            "cordon_kafka_dead_letter_records_total",
+            "Records produced to the dead-letter topic",
+            &self.dead_letter_records,
+        );
+        c(
+            out,
+            "cordon_kafka_alerts_produced_total",
+            "Alerts produced to the alerts topic",
+            &self.alerts_produced,
+        );
+        c(
+            out,
+            "cordon_kafka_delivery_failures_total",
+            "Records the broker did not take",
+            &self.delivery_failures,
+        );
+        out.gauge(
+            "cordon_kafka_ready",
+            "1 when every assigned partition's state is restored",
+            &[],
+            f64::from(u8::from(self.ready.load(Ordering::Relaxed))),
+        );
+        let lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        for (part, n) in lag.iter() {
+            let (topic, partition) = part.rsplit_once('/').unwrap_or((part, ""));
+            out.gauge(
+                "cordon_kafka_consumer_lag",
+                "Records behind the partition's end, as librdkafka last reported",
+                &[("topic", topic), ("partition", partition)],
+                *n as f64,
+            );
+        }
+    }
 }
 
 /// Counts failed deliveries, so a commit never covers an alert the broker did not take.
-#[derive(Default)]
 struct Deliveries {
+    stats: Arc<KafkaStats>,
     failed: AtomicU64,
 }
 
@@ -120,73 +309,551 @@ impl ProducerContext for Deliveries {
         if let Err((e, _)) = result {
             tracing::error!(error = %e, "a record was not delivered");
             self.failed.fetch_add(1, Ordering::Relaxed);
+            self.stats.delivery_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The first bytes of every partition checkpoint file.
+const CHECKPOINT_FORMAT: &str = "cordon-partition-checkpoint";
+const CHECKPOINT_VERSION: u32 = 1;
+
+/// A partition checkpoint file: where it belongs, the offset it reflects, the engine state
+/// (zstd-compressed [`cordon_detect::Engine::checkpoint`] bytes).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CheckpointFile {
+    format: String,
+    version: u32,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    engine: Vec<u8>,
+}
+
+/// Where partition checkpoints live: `<store>/<group>/<topic>/<partition>.ckpt`.
+struct CheckpointStore {
+    location: Location,
+    group: String,
+    rt: tokio::runtime::Handle,
+}
+
+fn path_part(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl CheckpointStore {
+    fn name(&self, topic: &str, partition: i32) -> String {
+        format!(
+            "{}/{}/{partition}.ckpt",
+            path_part(&self.group),
+            path_part(topic)
+        )
+    }
+
+    fn save(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        engine: &cordon_detect::Engine,
+    ) -> Result<usize> {
+        let raw = engine
+            .checkpoint()
+            .with_context(|| format!("checkpointing {topic}/{partition}"))?;
+        let file = CheckpointFile {
+            format: CHECKPOINT_FORMAT.into(),
+            version: CHECKPOINT_VERSION,
+            topic: topic.into(),
+            partition,
+            offset,
+            engine: zstd::encode_all(&raw[..], 1)?,
+        };
+        let bytes = postcard::to_allocvec(&file)?;
+        let n = bytes.len();
+        let name = self.name(topic, partition);
+        self.rt
+            .block_on(self.location.put(&name, bytes))
+            .with_context(|| format!("writing the checkpoint of {topic}/{partition}"))?;
+        Ok(n)
+    }
+
+    /// `Ok(None)`: no checkpoint. `Err`: the store cannot be read (the caller must not go on
+    /// without the state). A checkpoint that cannot be decoded is `Ok(Some(Err(..)))`.
+    #[allow(clippy::type_complexity)]
+    fn load(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<std::result::Result<(i64, Vec<u8>), String>>> {
+        let name = self.name(topic, partition);
+        let Some(bytes) = self
+            .rt
+            .block_on(self.location.get_opt(&name))
+            .with_context(|| format!("reading the checkpoint of {topic}/{partition}"))?
+        else {
+            return Ok(None);
+        };
+        let decoded = postcard::from_bytes::<CheckpointFile>(&bytes)
+            .map_err(|e| format!("{name}: not a partition checkpoint ({e})"))
+            .and_then(|f| {
+                if f.format != CHECKPOINT_FORMAT || f.version != CHECKPOINT_VERSION {
+                    return Err(format!(
+                        "{name}: {:?} version {}, this Cordon reads {CHECKPOINT_FORMAT:?} version {CHECKPOINT_VERSION}",
+                        f.format, f.version
+                    ));
+                }
+                if f.topic != topic || f.partition != partition {
+                    return Err(format!(
+                        "{name}: holds {}/{}, not {topic}/{partition}",
+                        f.topic, f.partition
+                    ));
+                }
+                zstd::decode_all(&f.engine[..])
+                    .map(|e| (f.offset, e))
+                    .map_err(|e| format!("{name}: damaged ({e})"))
+            });
+        Ok(Some(decoded))
+    }
+}
+
+/// One assigned partition.
+struct Part {
+    topic: String,
+    partition: i32,
+    /// The offset after the last record read (or the checkpoint's).
+    next: Option<i64>,
+    /// Without a state store: (offset, event time) of events pushed and possibly still held.
+    held: VecDeque<(i64, i64)>,
+    /// Read since the last checkpoint.
+    dirty: bool,
+    /// The offset last committed.
+    committed: Option<i64>,
+}
+
+/// What `cordon run` gives the input to make its sinks durable and to learn of new partitions.
+pub struct Hooks {
+    /// Makes every sink durable (alerts file flushed, store written).
+    pub durable: Box<dyn FnMut() -> Result<()> + Send>,
+    /// Partitions were assigned (the alert store refreshes the ids it dedupes against).
+    pub assigned: Box<dyn FnMut() -> Result<()> + Send>,
+}
+
+/// Everything the poll loop and the rebalance callback share (the callback runs inside
+/// `poll`, on the loop's thread, when the loop holds no lock).
+struct RunState {
+    engines: Arc<Engines>,
+    producer: Option<Arc<BaseProducer<Deliveries>>>,
+    checkpoints: Option<CheckpointStore>,
+    hooks: Option<Hooks>,
+    parts: BTreeMap<String, Part>,
+    flush_timeout: Duration,
+    /// Set when the state of an assigned partition cannot be read: the run stops rather than
+    /// go on without it.
+    fatal: Option<String>,
+    /// Stopping: the consumer is closing, nothing more to commit.
+    closing: bool,
+}
+
+impl RunState {
+    /// Makes everything durable, checkpoints (with a state store) and commits the partitions
+    /// in `only` (all when `None`).
+    fn commit(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        only: Option<&HashSet<String>>,
+        stats: &KafkaStats,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        if let Some(h) = &mut self.hooks {
+            (h.durable)()?;
+        }
+        if let Some(p) = &self.producer {
+            p.flush(self.flush_timeout)
+                .context("[kafka]: waiting for deliveries")?;
+            let failed = p.context().failed.swap(0, Ordering::Relaxed);
+            if failed > 0 {
+                anyhow::bail!(
+                    "{failed} alert or dead-letter records were not delivered; not committing (the events are replayed on restart)"
+                );
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut wrote = Vec::new();
+        for (key, part) in self.parts.iter_mut() {
+            if only.is_some_and(|o| !o.contains(key)) {
+                continue;
+            }
+            let Some(next) = part.next else { continue };
+            let offset = match &self.checkpoints {
+                Some(store) => {
+                    if part.dirty {
+                        let mut engines = self.engines.lock();
+                        let Some(e) = engines.get_existing(key) else {
+                            continue;
+                        };
+                        let n = store.save(&part.topic, part.partition, next, e)?;
+                        drop(engines);
+                        stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                        stats
+                            .checkpoint_bytes
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        part.dirty = false;
+                    }
+                    next
+                }
+                None => {
+                    let wm = self
+                        .engines
+                        .lock()
+                        .get_existing(key)
+                        .map_or(i64::MAX, |e| e.watermark());
+                    while part.held.front().is_some_and(|&(_, ts)| ts <= wm) {
+                        part.held.pop_front();
+                    }
+                    part.held.front().map_or(next, |&(o, _)| o)
+                }
+            };
+            if part.committed == Some(offset) {
+                continue;
+            }
+            tpl.add_partition_offset(&part.topic, part.partition, Offset::Offset(offset))
+                .map_err(|e| anyhow::anyhow!("[kafka]: {e}"))?;
+            wrote.push((key.clone(), offset));
+        }
+        if tpl.count() > 0 {
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => {
+                    stats.commits.fetch_add(1, Ordering::Relaxed);
+                    for (key, offset) in wrote {
+                        if let Some(p) = self.parts.get_mut(&key) {
+                            p.committed = Some(offset);
+                        }
+                    }
+                }
+                Err(e) => {
+                    stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    anyhow::bail!("[kafka]: commit: {e}");
+                }
+            }
+        }
+        let us = t0.elapsed().as_micros() as u64;
+        stats.commit_micros.fetch_add(us, Ordering::Relaxed);
+        stats.last_commit_micros.store(us, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Partitions assigned: restore each one's state and start it at its checkpoint's offset.
+    fn assign(&mut self, tpl: &mut TopicPartitionList, stats: &KafkaStats) {
+        let assigned: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        for (topic, partition) in assigned {
+            let key = format!("{topic}/{partition}");
+            let mut engine = self.engines.lock().fresh();
+            let mut start = None;
+            if let Some(store) = &self.checkpoints {
+                let mut loaded = store.load(&topic, partition);
+                for attempt in 1..=3 {
+                    if loaded.is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200 * attempt));
+                    loaded = store.load(&topic, partition);
+                }
+                match loaded {
+                    Ok(None) => {
+                        tracing::info!(partition = %key, "no checkpoint: the partition starts with empty state")
+                    }
+                    Ok(Some(Ok((offset, bytes)))) => match engine.restore(&bytes) {
+                        Ok(r) => {
+                            stats.restores.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(partition = %key, offset, rules = r.rules, dropped = ?r.dropped, buffered = r.buffered, "partition state restored");
+                            start = Some(offset);
+                        }
+                        Err(e) => {
+                            stats.restore_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(partition = %key, error = %e, "checkpoint not restored; the partition starts with empty state at the committed offset");
+                            engine = self.engines.lock().fresh();
+                        }
+                    },
+                    Ok(Some(Err(e))) => {
+                        stats.restore_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(partition = %key, error = %e, "checkpoint not restored; the partition starts with empty state at the committed offset");
+                    }
+                    Err(e) => {
+                        self.fatal = Some(format!("{e:#}"));
+                        return;
+                    }
+                }
+            }
+            if let Some(o) = start {
+                if let Err(e) = tpl.set_partition_offset(&topic, partition, Offset::Offset(o)) {
+                    self.fatal = Some(format!("[kafka]: {key}: {e}"));
+                    return;
+                }
+            }
+            self.engines.lock().insert(&key, engine);
+            self.parts.insert(
+                key,
+                Part {
+                    topic,
+                    partition,
+                    next: start,
+                    held: VecDeque::new(),
+                    dirty: false,
+                    committed: start,
+                },
+            );
+        }
+        if let Some(h) = &mut self.hooks {
+            if let Err(e) = (h.assigned)() {
+                tracing::warn!(error = %e, "after assignment");
+            }
+        }
+        stats
+            .assigned
+            .store(self.parts.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Partitions revoked: alerts made durable, state checkpointed, offsets committed; then
+    /// their engines go.
+    fn revoke(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        tpl: &TopicPartitionList,
+        stats: &KafkaStats,
+    ) {
+        let keys: HashSet<String> = tpl
+            .elements()
+            .iter()
+            .map(|e| format!("{}/{}", e.topic(), e.partition()))
+            .collect();
+        if !self.closing {
+            if let Err(e) = self.commit(consumer, Some(&keys), stats) {
+                tracing::warn!(error = %format!("{e:#}"), "revoked partitions not committed; their next owner replays from the last checkpoint");
+            }
+        }
+        let mut lag = stats.lag.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &keys {
+            self.parts.remove(k);
+            self.engines.lock().remove(k);
+            lag.remove(k);
+        }
+        stats
+            .assigned
+            .store(self.parts.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The consumer's context: rebalances restore and hand over partition state; statistics
+/// give the lag.
+struct Ctx {
+    run: Arc<Mutex<RunState>>,
+    stats: Arc<KafkaStats>,
+}
+
+impl Ctx {
+    fn lock(&self) -> MutexGuard<'_, RunState> {
+        self.run.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, s: Statistics) {
+        let assigned = self.lock();
+        let mut lag = self.stats.lag.lock().unwrap_or_else(|p| p.into_inner());
+        for (topic, t) in &s.topics {
+            for (p, st) in &t.partitions {
+                let key = format!("{topic}/{p}");
+                if *p >= 0 && st.consumer_lag >= 0 && assigned.parts.contains_key(&key) {
+                    lag.insert(key, st.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Ctx>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        self.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.stats.ready.store(false, Ordering::Release);
+                self.lock().assign(tpl, &self.stats);
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "assigning partitions");
+                }
+                let ok = self.lock().fatal.is_none();
+                self.stats.ready.store(ok, Ordering::Release);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.lock().revoke(consumer, tpl, &self.stats);
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "unassigning partitions");
+                }
+            }
+            other => tracing::error!(error = ?other, "rebalance failed"),
         }
     }
 }
 
 /// A running Kafka input.
 pub struct KafkaInput {
-    consumer: BaseConsumer,
-    producer: Option<BaseProducer<Deliveries>>,
+    consumer: BaseConsumer<Ctx>,
+    run: Arc<Mutex<RunState>>,
+    stats: Arc<KafkaStats>,
+    engines: Arc<Engines>,
+    producer: Option<Arc<BaseProducer<Deliveries>>>,
     config: KafkaConfig,
     format: Format,
     commit_every: Duration,
 }
 
 impl KafkaInput {
-    /// Connects (lazily: librdkafka retries brokers in the background) and subscribes.
-    pub fn open(config: &KafkaConfig) -> Result<KafkaInput> {
+    /// Connects (lazily: librdkafka retries brokers in the background) and subscribes;
+    /// partition state is restored as partitions are assigned (`rt` runs the state store's
+    /// I/O).
+    pub fn open(
+        config: &KafkaConfig,
+        engines: Arc<Engines>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<KafkaInput> {
         let format: Format = config
             .format
             .as_deref()
             .unwrap_or("native")
             .parse()
             .map_err(|e: String| anyhow::anyhow!("[kafka]: format: {e}"))?;
-        let commit_every = match &config.commit_interval {
-            Some(s) => humantime::parse_duration(s)
-                .with_context(|| format!("[kafka]: commit_interval {s:?}"))?,
-            None => Duration::from_secs(1),
+        if config.topics.is_empty() {
+            anyhow::bail!("[kafka]: topics: expected at least one topic");
+        }
+        let commit_every = duration(
+            "commit_interval",
+            &config.commit_interval,
+            Duration::from_secs(1),
+        )?;
+        let flush_timeout = duration(
+            "shutdown_timeout",
+            &config.shutdown_timeout,
+            Duration::from_secs(30),
+        )?;
+        let stats_every = duration(
+            "stats_interval",
+            &config.stats_interval,
+            Duration::from_secs(2),
+        )?;
+        let checkpoints = config
+            .state_store
+            .as_deref()
+            .map(|s| {
+                let location =
+                    Location::parse(s).map_err(|e| anyhow::anyhow!("[kafka]: state_store: {e}"))?;
+                location
+                    .create()
+                    .map_err(|e| anyhow::anyhow!("[kafka]: state_store: {e}"))?;
+                anyhow::Ok(CheckpointStore {
+                    location,
+                    group: config.group_id.clone(),
+                    rt: rt.clone(),
+                })
+            })
+            .transpose()?;
+        let stats = Arc::new(KafkaStats::default());
+        let base = config.client()?;
+        let producer = if config.alerts_topic.is_some() || config.dead_letter_topic.is_some() {
+            let mut p = base.clone();
+            p.set("enable.idempotence", "true").set("acks", "all");
+            Some(Arc::new(
+                p.create_with_context(Deliveries {
+                    stats: stats.clone(),
+                    failed: AtomicU64::new(0),
+                })
+                .context("[kafka]: producer")?,
+            ))
+        } else {
+            None
         };
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &config.brokers)
-            .set("group.id", &config.group_id)
+        let run = Arc::new(Mutex::new(RunState {
+            engines: engines.clone(),
+            producer: producer.clone(),
+            checkpoints,
+            hooks: None,
+            parts: BTreeMap::new(),
+            flush_timeout,
+            fatal: None,
+            closing: false,
+        }));
+        let mut c = base;
+        c.set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "true")
+            .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            .set(
+                "statistics.interval.ms",
+                stats_every.as_millis().max(1).to_string(),
+            )
             .set(
                 "queued.max.messages.kbytes",
                 (config.prefetch_bytes.unwrap_or(16 << 20) / 1024)
                     .max(1)
                     .to_string(),
             );
-        for (k, v) in &config.properties {
-            c.set(k, v);
-        }
-        let consumer: BaseConsumer = c.create().context("[kafka]: consumer")?;
+        let consumer: BaseConsumer<Ctx> = c
+            .create_with_context(Ctx {
+                run: run.clone(),
+                stats: stats.clone(),
+            })
+            .context("[kafka]: consumer")?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).context("[kafka]: subscribe")?;
-        let producer = if config.alerts_topic.is_some() || config.dead_letter_topic.is_some() {
-            let mut p = ClientConfig::new();
-            p.set("bootstrap.servers", &config.brokers)
-                .set("enable.idempotence", "true")
-                .set("acks", "all");
-            for (k, v) in &config.properties {
-                p.set(k, v);
-            }
-            Some(
-                p.create_with_context(Deliveries::default())
-                    .context("[kafka]: producer")?,
-            )
-        } else {
-            None
-        };
         Ok(KafkaInput {
             consumer,
+            run,
+            stats,
+            engines,
             producer,
             config: config.clone(),
             format,
             commit_every,
         })
+    }
+
+    /// The input's counters (metrics, readiness).
+    pub fn stats(&self) -> Arc<KafkaStats> {
+        self.stats.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RunState> {
+        self.run.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn send(&self, topic: &str, key: &str, payload: &[u8], headers: OwnedHeaders) -> Result<()> {
@@ -221,64 +888,64 @@ impl KafkaInput {
             return Ok(());
         };
         let body = serde_json::to_vec(&a.to_ocsf())?;
-        self.send(t, a.agent_id().unwrap_or(""), &body, OwnedHeaders::new())
+        self.send(t, a.agent_id().unwrap_or(""), &body, OwnedHeaders::new())?;
+        self.stats.alerts_produced.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Makes what was produced durable, then commits the offsets up to which every event has
-    /// been processed.
-    fn commit(
-        &self,
-        durable: &mut dyn FnMut() -> Result<()>,
-        positions: &mut Positions,
-        watermark: i64,
-        commits: &mut u64,
-    ) -> Result<()> {
-        durable()?;
-        if let Some(p) = &self.producer {
-            p.flush(Duration::from_secs(30))
-                .context("[kafka]: waiting for deliveries")?;
-            let failed = p.context().failed.load(Ordering::Relaxed);
-            if failed > 0 {
-                anyhow::bail!(
-                    "{failed} alert or dead-letter records were not delivered; not committing (they are replayed on restart)"
-                );
-            }
-        }
-        let tpl = positions.safe(watermark)?;
-        if tpl.count() == 0 {
+    fn dead_letter(&self, msg: &rdkafka::message::BorrowedMessage<'_>, reason: &str) -> Result<()> {
+        let Some(t) = &self.config.dead_letter_topic else {
+            tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), %reason, "record dropped (no dead_letter_topic)");
             return Ok(());
-        }
-        match self.consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => {
-                *commits += 1;
-                Ok(())
-            }
-            // Nothing consumed since the last commit.
-            Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => Ok(()),
-            Err(e) => Err(anyhow::anyhow!("[kafka]: commit: {e}")),
-        }
+        };
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "cordon.source.topic",
+                value: Some(msg.topic()),
+            })
+            .insert(Header {
+                key: "cordon.source.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "cordon.source.offset",
+                value: Some(&offset),
+            })
+            .insert(Header {
+                key: "cordon.reason",
+                value: Some(reason),
+            });
+        let key = msg
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        self.send(t, &key, msg.payload().unwrap_or_default(), headers)?;
+        self.stats
+            .dead_letter_records
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Runs until `stop` is set: poll a batch, push it through the engine, hand alerts to
-    /// `on_alert`; every commit interval, `durable()` then commit.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs until `stop` is set: poll a batch, push each record through its partition's
+    /// engine, hand alerts to `on_alert`; every commit interval, make durable, checkpoint and
+    /// commit.
     pub fn run(
         &self,
-        engine: &Mutex<Engine>,
         progress: &Progress,
         stop: &AtomicBool,
-        mut before_event: impl FnMut(&mut Engine),
+        mut before_event: impl FnMut(&mut Inner),
         mut on_alert: impl FnMut(Alert) -> Result<()>,
-        mut durable: impl FnMut() -> Result<()>,
+        hooks: Hooks,
     ) -> Result<PipelineStats> {
+        self.lock().hooks = Some(hooks);
+        let stateful = self.lock().checkpoints.is_some();
         let mut stats = PipelineStats::default();
         let mut alerts = Vec::new();
         let batch = self.config.batch.unwrap_or(10_000).max(1);
         let mut last_commit = Instant::now();
-        let mut commits = 0u64;
-        let mut positions = Positions::default();
+        let mut key = String::new();
         while !stop.load(Ordering::Acquire) {
             let mut n = 0;
             let mut wait = Duration::from_millis(100);
@@ -297,20 +964,30 @@ impl KafkaInput {
                 n += 1;
                 stats.records += 1;
                 progress.records.fetch_add(1, Ordering::Relaxed);
-                let payload = msg.payload().unwrap_or_default();
-                positions.read(msg.topic(), msg.partition(), msg.offset());
-                let decoded = self.format.decode(payload);
-                let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
-                before_event(&mut e);
+                key.clear();
+                let _ = write!(key, "{}/{}", msg.topic(), msg.partition());
+                let decoded = self.format.decode(msg.payload().unwrap_or_default());
+                let mut run = self.lock();
+                let Some(part) = run.parts.get_mut(&key) else {
+                    // A record of a partition revoked in this very poll: not ours to
+                    // process or commit; its next owner reads it.
+                    tracing::debug!(partition = %key, offset = msg.offset(), "record of a revoked partition left to its next owner");
+                    continue;
+                };
+                part.next = Some(msg.offset() + 1);
+                part.dirty = true;
+                let mut engines = self.engines.lock();
+                before_event(&mut engines);
                 let reason = match decoded {
                     Ok(ev) => {
                         stats.events += 1;
                         progress.events.fetch_add(1, Ordering::Relaxed);
-                        if let Some(ts) = ev.timestamp_nanos() {
-                            positions.hold(msg.topic(), msg.partition(), msg.offset(), ts);
+                        if let (false, Some(ts)) = (stateful, ev.timestamp_nanos()) {
+                            part.held.push_back((msg.offset(), ts));
                         }
-                        let pushed = e.push(ev, &mut alerts);
-                        drop(e);
+                        let pushed = engines.get(&key).push(ev, &mut alerts);
+                        drop(engines);
+                        drop(run);
                         let late = pushed.err().map(|l| {
                             stats.late += 1;
                             progress.late.fetch_add(1, Ordering::Relaxed);
@@ -325,69 +1002,63 @@ impl KafkaInput {
                         late
                     }
                     Err(err) => {
-                        drop(e);
+                        drop(engines);
+                        drop(run);
                         Some(err.to_string())
                     }
                 };
                 if let Some(reason) = reason {
                     stats.dead_lettered += 1;
                     progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    match &self.config.dead_letter_topic {
-                        Some(t) => {
-                            let partition = msg.partition().to_string();
-                            let offset = msg.offset().to_string();
-                            let headers = OwnedHeaders::new()
-                                .insert(Header {
-                                    key: "cordon.source.topic",
-                                    value: Some(msg.topic()),
-                                })
-                                .insert(Header {
-                                    key: "cordon.source.partition",
-                                    value: Some(&partition),
-                                })
-                                .insert(Header {
-                                    key: "cordon.source.offset",
-                                    value: Some(&offset),
-                                })
-                                .insert(Header {
-                                    key: "cordon.reason",
-                                    value: Some(&reason),
-                                });
-                            let key = msg
-                                .key()
-                                .map(|k| String::from_utf8_lossy(k).into_owned())
-                                .unwrap_or_default();
-                            self.send(t, &key, payload, headers)?;
-                        }
-                        None => {
-                            tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), %reason, "record dropped (no dead_letter_topic)")
-                        }
-                    }
+                    self.dead_letter(&msg, &reason)?;
                 }
+            }
+            if let Some(fatal) = self.lock().fatal.take() {
+                anyhow::bail!(
+                    "{fatal}; stopping rather than running without the partition's state"
+                );
             }
             if let Some(p) = &self.producer {
                 p.poll(Duration::ZERO);
             }
             if last_commit.elapsed() >= self.commit_every {
-                let wm = engine.lock().unwrap_or_else(|p| p.into_inner()).watermark();
-                self.commit(&mut durable, &mut positions, wm, &mut commits)?;
+                if let Err(e) = self.lock().commit(&self.consumer, None, &self.stats) {
+                    // Not fatal: the next interval tries again; until then nothing new is
+                    // committed, so nothing is lost.
+                    tracing::warn!(error = %format!("{e:#}"), "commit failed; retrying at the next interval");
+                }
                 last_commit = Instant::now();
             }
         }
-        // Stopping: nothing more is fetched; events still held for reordering are released,
-        // and what was consumed becomes durable and committed.
-        engine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .finish(&mut alerts);
-        for a in alerts.drain(..) {
-            stats.alerts += 1;
-            progress.alerts.fetch_add(1, Ordering::Relaxed);
-            self.publish(&a)?;
-            on_alert(a)?;
+        // Stopping: nothing more is fetched. With a state store, everything read goes into
+        // the checkpoints (events waiting for the watermark too) and the next owner carries
+        // on; without one, the reorder buffers are released and windows closed, since the
+        // state would otherwise be lost.
+        self.stats.ready.store(false, Ordering::Release);
+        if !stateful {
+            let mut engines = self.engines.lock();
+            for (_, e) in engines.iter_mut() {
+                e.finish(&mut alerts);
+            }
+            drop(engines);
+            for a in alerts.drain(..) {
+                stats.alerts += 1;
+                progress.alerts.fetch_add(1, Ordering::Relaxed);
+                self.publish(&a)?;
+                on_alert(a)?;
+            }
         }
-        // Everything read has now been processed.
-        self.commit(&mut durable, &mut positions, i64::MAX, &mut commits)?;
+        {
+            let mut run = self.lock();
+            if !stateful {
+                for p in run.parts.values_mut() {
+                    p.held.clear();
+                }
+            }
+            run.commit(&self.consumer, None, &self.stats)?;
+            run.closing = true;
+        }
+        let commits = self.stats.commits.load(Ordering::Relaxed);
         tracing::info!(commits, "kafka input stopped");
         Ok(stats)
     }

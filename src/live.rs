@@ -4,13 +4,13 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use cordon_detect::Engine;
 use cordon_query::api::Live;
 use cordon_query::metrics::Exposition;
 use serde_json::{json, Value};
 
+use crate::engines::{Engines, Inner};
 use crate::pipeline::Progress;
 
 /// An agent's profile as JSON (`cordon baseline show --json` and `GET /api/v1/agents/{id}`).
@@ -62,31 +62,37 @@ pub fn rule_json(r: &cordon_rules::Rule, s: &cordon_detect::engine::RuleStats) -
 
 /// The running engine behind the API.
 pub struct EngineLive {
-    /// The engine the pipeline runs.
-    pub engine: Arc<Mutex<Engine>>,
+    /// The engines the pipeline runs.
+    pub engines: Arc<Engines>,
     /// Rule files to reload from (empty: the built-in pack).
     pub rule_paths: Vec<PathBuf>,
+    /// Whether the input is ready (Kafka: every assigned partition's state restored).
+    pub ready: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
 }
 
 impl EngineLive {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Engine> {
-        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.engines.lock()
     }
 }
 
 impl Live for EngineLive {
     fn agent(&self, id: &str) -> Option<Value> {
         let e = self.lock();
-        e.profiles().get(id).map(|p| profile_json(id, &p))
+        e.profile(id).map(|p| profile_json(id, &p))
     }
 
     fn rules(&self) -> Vec<Value> {
         let e = self.lock();
         e.rules()
             .iter()
-            .zip(e.rule_stats())
+            .zip(&e.rule_stats())
             .map(|(r, s)| rule_json(r, s))
             .collect()
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.ready.as_ref().map_or(Ok(()), |f| f())
     }
 
     fn reload(&self) -> Result<Value, String> {
@@ -125,8 +131,10 @@ impl Live for EngineLive {
 pub struct MetricsSources {
     /// Pipeline counters.
     pub progress: Arc<Progress>,
-    /// The engine.
-    pub engine: Arc<Mutex<Engine>>,
+    /// The engines.
+    pub engines: Arc<Engines>,
+    /// Kafka input counters.
+    pub kafka: Option<Arc<crate::kafka::KafkaStats>>,
     /// The store's counters.
     pub store: Option<cordon_query::store::StatsHandle>,
     /// The responder.
@@ -173,7 +181,7 @@ impl MetricsSources {
             p.alerts.load(Ordering::Relaxed),
         );
         {
-            let e = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let e = self.engines.lock();
             let s = e.stats();
             c(
                 out,
@@ -187,7 +195,7 @@ impl MetricsSources {
                 "Suppression keys evicted because the table was full",
                 e.suppression_evictions(),
             );
-            for (r, st) in e.rules().iter().zip(e.rule_stats()) {
+            for (r, st) in e.rules().iter().zip(&e.rule_stats()) {
                 let l = [("rule", r.id.as_str())];
                 out.counter(
                     "cordon_rule_matches_total",
@@ -209,7 +217,7 @@ impl MetricsSources {
                 );
             }
             for (id, st) in e.state_stats() {
-                let l = [("rule", id)];
+                let l = [("rule", id.as_str())];
                 out.gauge(
                     "cordon_partial_matches",
                     "Open partial matches of a multi-event rule",
@@ -223,7 +231,7 @@ impl MetricsSources {
                     st.evicted as f64,
                 );
             }
-            let pr = e.profiles().stats();
+            let pr = e.profile_stats();
             out.gauge(
                 "cordon_profiles",
                 "Agent profiles held",
@@ -242,6 +250,9 @@ impl MetricsSources {
                 "Cold profiles dropped by the cold-tier cap",
                 pr.dropped,
             );
+        }
+        if let Some(k) = &self.kafka {
+            k.render(out);
         }
         if let Some(s) = &self.store {
             let s = s.stats();

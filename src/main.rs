@@ -4,6 +4,7 @@
 
 mod commands;
 mod demo;
+mod engines;
 mod hunt;
 mod kafka;
 mod live;

@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use anyhow::Result;
-use cordon_detect::{Alert, Engine};
+use cordon_detect::Alert;
+
+use crate::engines::{Engines, Inner};
 use cordon_ingest::{DeadLetterSink, DecodeError, Format, LineReader};
 
 /// Counters of one pipeline run.
@@ -57,14 +58,14 @@ pub struct Input<'a> {
 
 /// Runs the pipeline over the inputs; calls `before_event` before each record is pushed (to
 /// feed the engine what responses enforced) and `on_alert` for each alert in order. The
-/// engine is locked for one record at a time, so the API can read profiles or swap rules
+/// engines are locked for one record at a time, so the API can read profiles or swap rules
 /// between two records (uncontended, the lock costs tens of nanoseconds a record).
 pub fn run_files(
     input: Input<'_>,
-    engine: &Mutex<Engine>,
+    engines: &Engines,
     progress: &Progress,
     dead: &mut DeadLetterSink,
-    mut before_event: impl FnMut(&mut Engine),
+    mut before_event: impl FnMut(&mut Inner),
     mut on_alert: impl FnMut(Alert) -> Result<()>,
 ) -> Result<PipelineStats> {
     let Input {
@@ -89,14 +90,14 @@ pub fn run_files(
             format.decode(&buf)
         };
         progress.records.fetch_add(1, Ordering::Relaxed);
-        let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
-        before_event(&mut engine);
+        let mut inner = engines.lock();
+        before_event(&mut inner);
         match decoded {
             Ok(ev) => {
                 stats.events += 1;
                 progress.events.fetch_add(1, Ordering::Relaxed);
-                let pushed = engine.push(ev, &mut alerts);
-                drop(engine);
+                let pushed = inner.get("").push(ev, &mut alerts);
+                drop(inner);
                 if let Err(late) = pushed {
                     let reason = late.reason(lateness);
                     if warned < 5 {
@@ -115,7 +116,7 @@ pub fn run_files(
                 }
             }
             Err(e) => {
-                drop(engine);
+                drop(inner);
                 progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 let reason = e.to_string();
                 if warned < 5 {
@@ -126,7 +127,8 @@ pub fn run_files(
             }
         }
     }
-    let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+    let mut inner = engines.lock();
+    let engine = inner.get("");
     engine.finish(&mut alerts);
     for a in alerts.drain(..) {
         stats.alerts += 1;

@@ -37,6 +37,11 @@ pub trait Live: Send + Sync {
     /// Loads the rule files again; if they are valid, swaps them in between two events and
     /// says what changed; otherwise refuses with every error and keeps the running set.
     fn reload(&self) -> Result<Value, String>;
+    /// Whether the pipeline is ready to process (a Kafka input restoring partition state is
+    /// not); the reason when not.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// What the handlers share.
@@ -289,6 +294,13 @@ async fn count(
 }
 
 async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
+    if let Some(Err(reason)) = s.live.as_ref().map(|l| l.ready()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": reason})),
+        )
+            .into_response();
+    }
     match s.store.list("alerts").await {
         Ok(_) => Json(json!({"ready": true})).into_response(),
         Err(e) => (

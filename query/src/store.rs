@@ -393,6 +393,33 @@ impl Location {
         }
     }
 
+    /// Reads a whole file, or `None` when there is none.
+    pub async fn get_opt(&self, rel: &str) -> Result<Option<bytes::Bytes>, StoreError> {
+        match self {
+            Location::Local(root) => {
+                let p = root.join(rel);
+                match std::fs::read(&p) {
+                    Ok(b) => Ok(Some(b.into())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(err(&p, e)),
+                }
+            }
+            Location::Object { store, prefix, .. } => {
+                use object_store::ObjectStoreExt as _;
+                let path = Self::object_path(prefix, rel);
+                match store.get(&path).await {
+                    Ok(r) => r
+                        .bytes()
+                        .await
+                        .map(Some)
+                        .map_err(|e| obj_err(path.as_ref(), e)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(obj_err(path.as_ref(), e)),
+                }
+            }
+        }
+    }
+
     /// Deletes a file.
     pub async fn delete(&self, rel: &str) -> Result<(), StoreError> {
         match self {
@@ -462,7 +489,7 @@ impl Location {
         Ok(done)
     }
 
-    async fn compact_files(&self, dir: &str, files: &[String]) -> Result<(), StoreError> {
+    async fn compact_files(&self, dir: &str, files: &[String]) -> Result<String, StoreError> {
         let mut batches = Vec::new();
         for f in files {
             let bytes = self.get(f).await?;
@@ -480,7 +507,7 @@ impl Location {
         for f in files {
             self.delete(f).await?;
         }
-        Ok(())
+        Ok(rel)
     }
 }
 
@@ -520,7 +547,7 @@ struct Shared {
     pending: Mutex<Vec<Alert>>,
     oldest: Mutex<Option<Instant>>,
     /// Serialises flushes (the pipeline's and the flusher's).
-    writing: Mutex<HashMap<String, usize>>,
+    writing: Mutex<HashMap<String, Vec<String>>>,
     auto_compact: usize,
     written: AtomicU64,
     files: AtomicU64,
@@ -622,18 +649,17 @@ impl Shared {
         let result = (|| {
             for (d, day_alerts) in &by_day {
                 let batch = to_batch(day_alerts).map_err(|e| obj_err("alerts", e))?;
-                self.block_on(self.location.append("alerts", d, &[batch]))?;
+                let rel = self.block_on(self.location.append("alerts", d, &[batch]))?;
                 self.files.fetch_add(1, Ordering::Relaxed);
-                let n = since_compact.entry(d.clone()).or_default();
-                *n += 1;
-                if self.auto_compact > 0 && *n >= self.auto_compact {
-                    *n = 0;
+                // Only this writer's own files are merged: several instances may share a
+                // store, and two compacting the same files would each write the rows again.
+                let own = since_compact.entry(d.clone()).or_default();
+                own.push(rel);
+                if self.auto_compact > 0 && own.len() >= self.auto_compact {
                     let dir = format!("alerts/date={d}");
-                    let files = self.block_on(self.location.list(&dir))?;
-                    if files.len() > 1 {
-                        self.block_on(self.location.compact_files(&dir, &files))?;
-                        self.compactions.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let merged = self.block_on(self.location.compact_files(&dir, own))?;
+                    *own = vec![merged];
+                    self.compactions.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Ok(())
@@ -770,6 +796,13 @@ impl AlertStore {
         })
     }
 
+    /// Loads the ids of the latest two day partitions again, so alerts another instance
+    /// stored meanwhile (before a Kafka partition moved here) are not stored twice when their
+    /// events are replayed.
+    pub fn remember_recent(&self) -> Result<(), StoreError> {
+        self.shared.remember_recent()
+    }
+
     /// Where the store is.
     pub fn location(&self) -> &Location {
         &self.shared.location
@@ -833,11 +866,13 @@ impl AlertStore {
     /// `min_files`. Returns the partitions compacted.
     pub fn compact(&mut self, min_files: usize) -> Result<usize, StoreError> {
         self.flush()?;
-        let _writing = self
+        let mut writing = self
             .shared
             .writing
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        // The files this writer would merge next are merged now.
+        writing.clear();
         self.shared
             .block_on(self.shared.location.compact(min_files))
     }

@@ -1,0 +1,214 @@
+//! The engines of a run: one per input partition. A file run has one; a Kafka run has one per
+//! assigned partition, so each partition has its own event-time watermark (partitions are read
+//! side by side and run at different points in time) and its own state, which moves with the
+//! partition when the consumer group rebalances.
+//!
+//! Agents are the Kafka key, so one agent's events — and every chain, window and baseline keyed
+//! by it — live in one partition's engine. The API sees the engines as one: an agent's profile
+//! is looked up in each, counters are summed, a rule reload applies to all of them and to
+//! engines created later.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use cordon_detect::engine::{EngineStats, Reload, RuleStats};
+use cordon_detect::profile::{Profile, ProfileStats, Profiles};
+use cordon_detect::stateful::StateStats;
+use cordon_detect::Engine;
+use cordon_rules::{Rule, RuleSet};
+
+/// How new engines are built.
+#[derive(Clone, Debug, Default)]
+pub struct Template {
+    /// Allowed lateness.
+    pub lateness: Duration,
+    /// Peer-group field of the profiles.
+    pub peer_field: Option<String>,
+    /// Idle time before a profile goes to the cold tier.
+    pub idle_after: Option<Duration>,
+}
+
+impl Template {
+    /// Empty profiles configured as the template says.
+    pub fn profiles(&self) -> Profiles {
+        let mut p = Profiles::default();
+        if let Some(f) = &self.peer_field {
+            p = p.with_peer_field(f);
+        }
+        if let Some(d) = self.idle_after {
+            p = p.with_idle_after(d);
+        }
+        p
+    }
+}
+
+/// The engines, behind one lock (the pipeline takes it per record, the API briefly).
+pub struct Engines {
+    inner: Mutex<Inner>,
+}
+
+/// The locked engines.
+pub struct Inner {
+    set: RuleSet,
+    template: Template,
+    parts: BTreeMap<String, Engine>,
+}
+
+impl Engines {
+    /// No engine yet; each partition gets one when it is assigned.
+    pub fn new(set: RuleSet, template: Template) -> Engines {
+        Engines {
+            inner: Mutex::new(Inner {
+                set,
+                template,
+                parts: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// Locks the engines.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Inner {
+    /// A new engine with the current rules and no state.
+    pub fn fresh(&self) -> Engine {
+        Engine::new(&self.set)
+            .with_allowed_lateness(self.template.lateness)
+            .with_profiles(self.template.profiles())
+    }
+
+    /// The engine of `part`, created empty if there is none.
+    pub fn get(&mut self, part: &str) -> &mut Engine {
+        if !self.parts.contains_key(part) {
+            let e = self.fresh();
+            self.parts.insert(part.to_owned(), e);
+        }
+        self.parts
+            .get_mut(part)
+            .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+
+    /// The engine of `part`, if it has one.
+    pub fn get_existing(&mut self, part: &str) -> Option<&mut Engine> {
+        self.parts.get_mut(part)
+    }
+
+    /// Installs an engine for `part`.
+    pub fn insert(&mut self, part: &str, e: Engine) {
+        self.parts.insert(part.to_owned(), e);
+    }
+
+    /// Removes the engine of `part` (its partition was revoked).
+    pub fn remove(&mut self, part: &str) -> Option<Engine> {
+        self.parts.remove(part)
+    }
+
+    /// Every engine, by partition.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Engine)> {
+        self.parts.iter_mut()
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &[Rule] {
+        &self.set.rules
+    }
+
+    /// Per-rule counters summed over the engines, in [`Inner::rules`] order.
+    pub fn rule_stats(&self) -> Vec<RuleStats> {
+        let mut sum = vec![RuleStats::default(); self.set.rules.len()];
+        for e in self.parts.values() {
+            for (s, r) in sum.iter_mut().zip(e.rule_stats()) {
+                s.matched += r.matched;
+                s.alerts += r.alerts;
+                s.suppressed += r.suppressed;
+                s.excepted += r.excepted;
+            }
+        }
+        sum
+    }
+
+    /// Engine counters summed.
+    pub fn stats(&self) -> EngineStats {
+        let mut sum = EngineStats::default();
+        for e in self.parts.values() {
+            let s = e.stats();
+            sum.events += s.events;
+            sum.alerts += s.alerts;
+            sum.late += s.late;
+            sum.reordered += s.reordered;
+            sum.out_of_order += s.out_of_order;
+        }
+        sum
+    }
+
+    /// Suppression keys evicted, summed.
+    pub fn suppression_evictions(&self) -> u64 {
+        self.parts.values().map(Engine::suppression_evictions).sum()
+    }
+
+    /// State counters of each multi-event rule, summed over the engines.
+    pub fn state_stats(&self) -> Vec<(String, StateStats)> {
+        let mut by_rule: BTreeMap<String, StateStats> = BTreeMap::new();
+        for e in self.parts.values() {
+            for (id, s) in e.state_stats() {
+                let t = by_rule.entry(id.to_owned()).or_default();
+                t.open += s.open;
+                t.bytes += s.bytes;
+                t.rejected += s.rejected;
+                t.evicted += s.evicted;
+                t.expired += s.expired;
+                t.closed += s.closed;
+            }
+        }
+        by_rule.into_iter().collect()
+    }
+
+    /// Profile counters summed.
+    pub fn profile_stats(&self) -> ProfileStats {
+        let mut sum = ProfileStats::default();
+        for e in self.parts.values() {
+            let s = e.profiles().stats();
+            sum.hot += s.hot;
+            sum.cold += s.cold;
+            sum.cold_bytes += s.cold_bytes;
+            sum.idled += s.idled;
+            sum.evicted += s.evicted;
+            sum.revived += s.revived;
+            sum.dropped += s.dropped;
+            sum.from_peer += s.from_peer;
+            sum.damaged += s.damaged;
+        }
+        sum
+    }
+
+    /// An agent's profile, from whichever engine holds it.
+    pub fn profile(&self, agent: &str) -> Option<Profile> {
+        self.parts
+            .values()
+            .find_map(|e| e.profiles().get(agent).map(|p| p.into_owned()))
+    }
+
+    /// Swaps the rules of every engine (and of engines created later).
+    pub fn replace_rules(&mut self, set: &RuleSet) -> Reload {
+        let mut report = None;
+        for e in self.parts.values_mut() {
+            let r = e.replace_rules(set);
+            report.get_or_insert(r);
+        }
+        let report = report.unwrap_or_else(|| self.fresh().replace_rules(set));
+        self.set = set.clone();
+        report
+    }
+
+    /// Records an enforcement in every engine (a revoked token or an isolated server concerns
+    /// every partition's agents).
+    pub fn enforce(&mut self, e: cordon_detect::enforce::Enforcement) {
+        for engine in self.parts.values_mut() {
+            engine.enforce(e.clone());
+        }
+    }
+}
