@@ -6,6 +6,10 @@
 //! nothing it had not processed, so the next run in the group reads it all again and gives the
 //! same alerts; SIGTERM drains, commits and exits 0, and a third run reads nothing.
 //!
+//! With partition state checkpointed to a shared store, a million events read by two
+//! instances in one group, one of them killed with SIGKILL mid-stream and restarted, give
+//! exactly the file run's alerts, and the shared alert store holds each once.
+//!
 //! Needs `tansu` (`cargo install tansu --locked --features dynostore`; `.ci/run` installs it).
 
 #![allow(clippy::unwrap_used)]
@@ -113,21 +117,175 @@ fn drain(addr: &str, topic: &str, want: usize) -> Vec<rdkafka::message::OwnedMes
         .unwrap();
     c.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
-    for _ in 0..300 {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            out.push(m.detach());
-        }
-        if out.len() >= want {
-            // A little longer, to see that nothing more comes.
-            for _ in 0..10 {
-                if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-                    out.push(m.detach());
-                }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut quiet = 0;
+    while std::time::Instant::now() < deadline && quiet < 10 {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                out.push(m.detach());
+                quiet = 0;
             }
-            break;
+            // Once enough came, a second of quiet says nothing more is coming.
+            _ if out.len() >= want => quiet += 1,
+            _ => {}
         }
     }
     out
+}
+
+/// A `cordon run --kafka` child whose stderr is drained by a thread (kept for failures).
+struct Running {
+    child: Child,
+    metrics: String,
+    api: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Running {
+    fn spawn(config: &Path, alerts: &Path, store: &Path, keys: &Path) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+            .args([
+                "run",
+                "--kafka",
+                "--config",
+                config.to_str().unwrap(),
+                "--alerts",
+                alerts.to_str().unwrap(),
+                "--store",
+                store.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--keys",
+                keys.to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut metrics = String::new();
+        let mut api = String::new();
+        let mut line = String::new();
+        while metrics.is_empty() {
+            line.clear();
+            assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0);
+            log.lock().unwrap().push_str(&line);
+            if line.contains("admin-listen on") {
+                metrics = line.trim().rsplit("on ").next().unwrap().to_owned();
+            } else if line.contains(": listen on") {
+                api = line.trim().rsplit("on ").next().unwrap().to_owned();
+            }
+        }
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Running {
+            child,
+            metrics: format!("{metrics}/metrics"),
+            api,
+            log,
+        }
+    }
+
+    /// The value of a metric (summed over its labels).
+    fn metric(&self, key: &str, name: &str) -> f64 {
+        http::get(&self.metrics, key)
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The status code of a GET on the API listener (`/readyz`).
+    fn status(&self, path: &str) -> u16 {
+        let url = format!("{}{path}", self.api);
+        http::get(&url, "")
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// `(partition, lag)` as the instance reports it.
+    fn lags(&self, key: &str) -> Vec<(String, f64)> {
+        http::get(&self.metrics, key)
+            .lines()
+            .filter(|l| l.starts_with("cordon_kafka_consumer_lag{"))
+            .filter_map(|l| {
+                let p = l
+                    .split("partition=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()?
+                    .to_owned();
+                Some((p, l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn terminate(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        let log = self.log.lock().unwrap().clone();
+        assert!(status.success(), "exit {status}:\n{log}");
+        log
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// Produces every line keyed by its agent (an agent's events stay in order in one
+/// partition); lines of `partitioned` go to the partition given.
+fn produce(addr: &str, lines: &[&str], partitioned: &[(i32, String)]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let send = |mut rec: BaseRecord<'_, str, str>| loop {
+        match producer.send(rec) {
+            Ok(()) => break,
+            Err((_, r)) => {
+                producer.poll(Duration::from_millis(20));
+                rec = r;
+            }
+        }
+    };
+    for line in lines {
+        let key = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["gen_ai.agent.id"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        send(BaseRecord::to("events").key(key.as_str()).payload(*line));
+    }
+    for (p, line) in partitioned {
+        send(
+            BaseRecord::to("events")
+                .key("sentinel")
+                .payload(line.as_str())
+                .partition(*p),
+        );
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
 }
 
 #[test]
@@ -309,6 +467,175 @@ fn kafka_input_gives_the_file_runs_alerts() {
         .success());
     assert!(again.wait().unwrap().success());
     assert!(alert_ids(&d.join("again.jsonl")).is_empty());
+}
+
+/// Waits for `ok`, at most `secs` seconds; panics with `what` and the instances' logs.
+fn wait_until(secs: u64, what: &str, logs: &[&Running], mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs: Vec<String> = logs.iter().map(|r| r.log.lock().unwrap().clone()).collect();
+    panic!(
+        "timed out waiting for {what}; logs:\n{}",
+        logs.join("\n----\n")
+    );
+}
+
+/// The issue's contract: a million generated events through a 4-partition topic, read by two
+/// instances in one group with their partition state checkpointed to a shared store; one is
+/// killed with SIGKILL mid-stream (its partitions and state go to the other) and restarted
+/// (partitions come back to it with their state). Together they give exactly the alerts of
+/// `cordon run --input` on the same file, and the shared alert store holds each alert once.
+#[test]
+fn partitions_and_their_state_move_between_instances() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = cordon(&[
+        "generate",
+        "--seed",
+        "11",
+        "--agents",
+        "300",
+        "--duration",
+        "140h",
+        "--attack-sessions",
+        "8",
+        "--out",
+        d.join("g").to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let text = std::fs::read_to_string(d.join("g/events.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 1_000_000, "{} events", lines.len());
+    // Two late benign events per partition, days after the traffic: the first moves each
+    // partition's event time past every open window (so what `--input` closes at the end of
+    // its file is closed in the stream too); the second stays in the reorder buffer in both.
+    let sentinels: Vec<(i32, String)> = (0..4)
+        .flat_map(|p| {
+            [14, 15].map(|day| {
+                (
+                    p,
+                    format!(
+                        r#"{{"event.id":"sentinel-{p}-{day}","@timestamp":"2026-11-{day}T00:00:00Z","gen_ai.agent.id":"sentinel-{p}","mcp.method.name":"tools/list","audit.decision":"allow"}}"#
+                    ),
+                )
+            })
+        })
+        .collect();
+    let mut all = text.clone();
+    for (_, l) in &sentinels {
+        all.push_str(l);
+        all.push('\n');
+    }
+    std::fs::write(d.join("all.jsonl"), &all).unwrap();
+    drop(all);
+    let o = cordon(&[
+        "run",
+        "--input",
+        d.join("all.jsonl").to_str().unwrap(),
+        "--alerts",
+        d.join("ref.jsonl").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reference = alert_ids(&d.join("ref.jsonl"));
+    assert!(reference.len() > 100, "{} alerts", reference.len());
+    produce(&b.addr, &lines, &sentinels);
+    let total = (lines.len() + sentinels.len()) as f64;
+    drop(lines);
+    drop(text);
+
+    let keys = d.join("keys.json");
+    let key = api_key(&keys, "viewer");
+    let config = d.join("cordon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"cordon-pair\"\ntopics = [\"events\"]\n\
+             alerts_topic = \"alerts\"\ndead_letter_topic = \"dead\"\n\
+             state_store = \"{}\"\ncommit_interval = \"500ms\"\nstats_interval = \"500ms\"\n\
+             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n",
+            b.addr,
+            d.join("state").display()
+        ),
+    )
+    .unwrap();
+    let store = d.join("store");
+    let one = Running::spawn(&config, &d.join("one.jsonl"), &store, &keys);
+    let two = Running::spawn(&config, &d.join("two.jsonl"), &store, &keys);
+    let records = |r: &Running| r.metric(&key, "cordon_records_total");
+    wait_until(300, "a third of the records read", &[&one, &two], || {
+        records(&one) + records(&two) >= total / 3.0
+    });
+    one.kill9();
+    // The survivor gets every partition once the killed member's session times out, each
+    // restored from the last checkpoint the killed one wrote.
+    wait_until(60, "the survivor to own all partitions", &[&two], || {
+        two.metric(&key, "cordon_kafka_assigned_partitions") == 4.0
+    });
+    assert!(two.metric(&key, "cordon_kafka_restores_total") >= 1.0);
+    // A restart: partitions move back, handed over with their state.
+    let again = Running::spawn(&config, &d.join("again.jsonl"), &store, &keys);
+    wait_until(
+        300,
+        "every partition read to its end",
+        &[&two, &again],
+        || {
+            let mut lags = two.lags(&key);
+            lags.extend(again.lags(&key));
+            let owned = two.metric(&key, "cordon_kafka_assigned_partitions")
+                + again.metric(&key, "cordon_kafka_assigned_partitions");
+            owned == 4.0
+                && again.metric(&key, "cordon_kafka_assigned_partitions") > 0.0
+                && lags.len() == 4
+                && lags.iter().all(|(_, n)| *n == 0.0)
+        },
+    );
+    assert!(again.metric(&key, "cordon_kafka_restores_total") >= 1.0);
+    assert!(two.metric(&key, "cordon_kafka_rebalances_total") >= 3.0);
+    assert_eq!(two.status("/readyz"), 200);
+    assert_eq!(again.status("/readyz"), 200);
+    two.terminate();
+    again.terminate();
+
+    let mut got = alert_ids(&d.join("one.jsonl"));
+    got.extend(alert_ids(&d.join("two.jsonl")));
+    got.extend(alert_ids(&d.join("again.jsonl")));
+    let missing: Vec<_> = reference.difference(&got).take(5).collect();
+    let extra: Vec<_> = got.difference(&reference).take(5).collect();
+    assert!(
+        got == reference,
+        "{} alerts, {} expected; missing {missing:?}, extra {extra:?}",
+        got.len(),
+        reference.len()
+    );
+    // The shared store: every alert once, whichever instance raised it (and raised it again
+    // on replay).
+    let o = cordon(&[
+        "sql",
+        "--store",
+        store.to_str().unwrap(),
+        "--format",
+        "json",
+        "SELECT count(*) AS n, count(DISTINCT alert_id) AS d FROM alerts",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["d"].as_u64().unwrap() as usize, reference.len());
+    assert_eq!(v[0]["n"], v[0]["d"], "no alert stored twice");
+    // The alerts topic (at least once): every alert.
+    let on_topic: BTreeSet<String> = drain(&b.addr, "alerts", reference.len())
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            v["finding_info"]["uid"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(on_topic, reference);
 }
 
 /// A blocking GET with a bearer key, on plain TCP (the test has no blocking HTTP client).
