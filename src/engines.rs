@@ -97,6 +97,11 @@ impl Inner {
         self.parts.get_mut(part)
     }
 
+    /// The engine of `part`, read-only.
+    pub fn get_ref(&self, part: &str) -> Option<&Engine> {
+        self.parts.get(part)
+    }
+
     /// Installs an engine for `part`.
     pub fn insert(&mut self, part: &str, e: Engine) {
         self.parts.insert(part.to_owned(), e);

@@ -89,7 +89,8 @@ pub struct KafkaConfig {
     /// Longest to wait at shutdown for deliveries to the broker (default 30s).
     #[serde(default)]
     pub shutdown_timeout: Option<String>,
-    /// Bytes librdkafka may prefetch per partition (default 16 MiB).
+    /// Bytes librdkafka may prefetch (default 64 MiB): the memory bound when Cordon falls
+    /// behind.
     #[serde(default)]
     pub prefetch_bytes: Option<usize>,
     /// How often librdkafka reports consumer lag (default 2s).
@@ -167,6 +168,12 @@ pub struct KafkaStats {
     pub checkpoints: AtomicU64,
     /// Bytes of checkpoints written.
     pub checkpoint_bytes: AtomicU64,
+    /// Time spent checkpointing (serialise, compress, write), µs.
+    pub checkpoint_micros: AtomicU64,
+    /// Time spent making sinks durable before commits, µs.
+    pub durable_micros: AtomicU64,
+    /// Time spent waiting for the broker to confirm deliveries before commits, µs.
+    pub delivery_micros: AtomicU64,
     /// Partition states restored from a checkpoint.
     pub restores: AtomicU64,
     /// Checkpoints that could not be decoded (the partition started afresh).
@@ -245,6 +252,24 @@ impl KafkaStats {
             "cordon_kafka_checkpoint_bytes_total",
             "Bytes of partition state checkpoints written",
             &self.checkpoint_bytes,
+        );
+        out.counter(
+            "cordon_kafka_checkpoint_seconds_total",
+            "Time spent checkpointing partition state (serialise, compress, write)",
+            &[],
+            self.checkpoint_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        );
+        out.counter(
+            "cordon_kafka_durable_seconds_total",
+            "Time spent making the sinks durable before commits (alerts file, store)",
+            &[],
+            self.durable_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        );
+        out.counter(
+            "cordon_kafka_delivery_wait_seconds_total",
+            "Time spent waiting for the broker to confirm deliveries before commits",
+            &[],
+            self.delivery_micros.load(Ordering::Relaxed) as f64 / 1e6,
         );
         c(
             out,
@@ -358,23 +383,15 @@ impl CheckpointStore {
         )
     }
 
-    fn save(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        engine: &cordon_detect::Engine,
-    ) -> Result<usize> {
-        let raw = engine
-            .checkpoint()
-            .with_context(|| format!("checkpointing {topic}/{partition}"))?;
+    /// Compresses and writes an engine checkpoint taken at `offset`.
+    fn save(&self, topic: &str, partition: i32, offset: i64, raw: &[u8]) -> Result<usize> {
         let file = CheckpointFile {
             format: CHECKPOINT_FORMAT.into(),
             version: CHECKPOINT_VERSION,
             topic: topic.into(),
             partition,
             offset,
-            engine: zstd::encode_all(&raw[..], 1)?,
+            engine: zstd::encode_all(raw, 1)?,
         };
         let bytes = postcard::to_allocvec(&file)?;
         let n = bytes.len();
@@ -438,6 +455,113 @@ struct Part {
     committed: Option<i64>,
 }
 
+/// How a cut ended: the offsets committed by partition, or the partitions whose state must
+/// be checkpointed again.
+type Settled = Result<Vec<(String, i64)>, Vec<String>>;
+
+/// One partition in a [`Cut`].
+struct CutPart {
+    key: String,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    /// The engine's checkpoint at `offset` (uncompressed), when it changed.
+    engine: Option<Vec<u8>>,
+}
+
+/// Offsets to commit and the partition states that go with them.
+#[derive(Default)]
+struct Cut {
+    parts: Vec<CutPart>,
+}
+
+impl Cut {
+    fn keys(&self) -> Vec<String> {
+        self.parts.iter().map(|p| p.key.clone()).collect()
+    }
+}
+
+/// Completes cuts: makes the sinks durable, waits for deliveries, writes the checkpoints,
+/// commits. The poll loop hands it a cut and reads on while it works (so a commit's disk
+/// and network waits do not stall detection); a revocation or shutdown completes one on
+/// the poll thread. One cut at a time, in order.
+struct Committer {
+    hooks: Mutex<Option<Hooks>>,
+    producer: Option<Arc<BaseProducer<Deliveries>>>,
+    checkpoints: Option<CheckpointStore>,
+    flush_timeout: Duration,
+    stats: Arc<KafkaStats>,
+    lock: Mutex<()>,
+}
+
+impl Committer {
+    /// `mode`: the poll loop's committer thread commits asynchronously (a synchronous commit
+    /// from another thread can wait on a rebalance that waits on the poll thread); revocation
+    /// and shutdown commit synchronously on the poll thread.
+    fn complete(
+        &self,
+        consumer: &BaseConsumer<Ctx>,
+        cut: Cut,
+        mode: CommitMode,
+    ) -> Result<Vec<(String, i64)>> {
+        let stats = &self.stats;
+        let t0 = Instant::now();
+        if let Some(h) = self
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            (h.durable)()?;
+        }
+        let sinks_us = t0.elapsed().as_micros() as u64;
+        if let Some(p) = &self.producer {
+            p.flush(self.flush_timeout)
+                .context("[kafka]: waiting for deliveries")?;
+            let failed = p.context().failed.swap(0, Ordering::Relaxed);
+            if failed > 0 {
+                anyhow::bail!(
+                    "{failed} alert or dead-letter records were not delivered; not committing (the events are replayed on restart)"
+                );
+            }
+        }
+        stats.durable_micros.fetch_add(sinks_us, Ordering::Relaxed);
+        stats.delivery_micros.fetch_add(
+            t0.elapsed().as_micros() as u64 - sinks_us,
+            Ordering::Relaxed,
+        );
+        let mut tpl = TopicPartitionList::new();
+        let mut committed = Vec::new();
+        for p in &cut.parts {
+            if let (Some(store), Some(raw)) = (&self.checkpoints, &p.engine) {
+                let t = Instant::now();
+                let n = store.save(&p.topic, p.partition, p.offset, raw)?;
+                stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .checkpoint_bytes
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                stats
+                    .checkpoint_micros
+                    .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.offset))
+                .map_err(|e| anyhow::anyhow!("[kafka]: {e}"))?;
+            committed.push((p.key.clone(), p.offset));
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, mode) {
+                stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                anyhow::bail!("[kafka]: commit: {e}");
+            }
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        let us = t0.elapsed().as_micros() as u64;
+        stats.commit_micros.fetch_add(us, Ordering::Relaxed);
+        stats.last_commit_micros.store(us, Ordering::Relaxed);
+        Ok(committed)
+    }
+}
+
 /// What `cordon run` gives the input to make its sinks durable and to learn of new partitions.
 pub struct Hooks {
     /// Makes every sink durable (alerts file flushed, store written).
@@ -450,11 +574,8 @@ pub struct Hooks {
 /// `poll`, on the loop's thread, when the loop holds no lock).
 struct RunState {
     engines: Arc<Engines>,
-    producer: Option<Arc<BaseProducer<Deliveries>>>,
-    checkpoints: Option<CheckpointStore>,
-    hooks: Option<Hooks>,
+    committer: Arc<Committer>,
     parts: BTreeMap<String, Part>,
-    flush_timeout: Duration,
     /// Set when the state of an assigned partition cannot be read: the run stops rather than
     /// go on without it.
     fatal: Option<String>,
@@ -463,91 +584,103 @@ struct RunState {
 }
 
 impl RunState {
-    /// Makes everything durable, checkpoints (with a state store) and commits the partitions
-    /// in `only` (all when `None`).
-    fn commit(
-        &mut self,
-        consumer: &BaseConsumer<Ctx>,
-        only: Option<&HashSet<String>>,
-        stats: &KafkaStats,
-    ) -> Result<()> {
-        let t0 = Instant::now();
-        if let Some(h) = &mut self.hooks {
-            (h.durable)()?;
-        }
-        if let Some(p) = &self.producer {
-            p.flush(self.flush_timeout)
-                .context("[kafka]: waiting for deliveries")?;
-            let failed = p.context().failed.swap(0, Ordering::Relaxed);
-            if failed > 0 {
-                anyhow::bail!(
-                    "{failed} alert or dead-letter records were not delivered; not committing (the events are replayed on restart)"
-                );
-            }
-        }
-        let mut tpl = TopicPartitionList::new();
-        let mut wrote = Vec::new();
+    /// A consistent cut of the partitions in `only` (all when `None`): for each, the offset
+    /// to commit and, with a state store, its engine's state at exactly that offset (taken
+    /// now, on the poll thread; compressed and written by [`Committer::complete`]).
+    fn cut(&mut self, only: Option<&HashSet<String>>) -> Result<Cut> {
+        let mut cut = Cut::default();
+        let stateful = self.committer.checkpoints.is_some();
         for (key, part) in self.parts.iter_mut() {
             if only.is_some_and(|o| !o.contains(key)) {
                 continue;
             }
             let Some(next) = part.next else { continue };
-            let offset = match &self.checkpoints {
-                Some(store) => {
-                    if part.dirty {
-                        let mut engines = self.engines.lock();
-                        let Some(e) = engines.get_existing(key) else {
-                            continue;
-                        };
-                        let n = store.save(&part.topic, part.partition, next, e)?;
-                        drop(engines);
-                        stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                        stats
-                            .checkpoint_bytes
-                            .fetch_add(n as u64, Ordering::Relaxed);
-                        part.dirty = false;
+            let mut engine = None;
+            let offset = if stateful {
+                if part.dirty {
+                    let t = Instant::now();
+                    let engines = self.engines.lock();
+                    if let Some(e) = engines.get_ref(key) {
+                        engine = Some(
+                            e.checkpoint()
+                                .with_context(|| format!("checkpointing {key}"))?,
+                        );
                     }
-                    next
+                    drop(engines);
+                    self.committer
+                        .stats
+                        .checkpoint_micros
+                        .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    part.dirty = false;
                 }
-                None => {
-                    let wm = self
-                        .engines
-                        .lock()
-                        .get_existing(key)
-                        .map_or(i64::MAX, |e| e.watermark());
-                    while part.held.front().is_some_and(|&(_, ts)| ts <= wm) {
-                        part.held.pop_front();
-                    }
-                    part.held.front().map_or(next, |&(o, _)| o)
+                next
+            } else {
+                let wm = self
+                    .engines
+                    .lock()
+                    .get_existing(key)
+                    .map_or(i64::MAX, |e| e.watermark());
+                while part.held.front().is_some_and(|&(_, ts)| ts <= wm) {
+                    part.held.pop_front();
                 }
+                part.held.front().map_or(next, |&(o, _)| o)
             };
-            if part.committed == Some(offset) {
+            if part.committed == Some(offset) && engine.is_none() {
                 continue;
             }
-            tpl.add_partition_offset(&part.topic, part.partition, Offset::Offset(offset))
-                .map_err(|e| anyhow::anyhow!("[kafka]: {e}"))?;
-            wrote.push((key.clone(), offset));
+            cut.parts.push(CutPart {
+                key: key.clone(),
+                topic: part.topic.clone(),
+                partition: part.partition,
+                offset,
+                engine,
+            });
         }
-        if tpl.count() > 0 {
-            match consumer.commit(&tpl, CommitMode::Sync) {
-                Ok(()) => {
-                    stats.commits.fetch_add(1, Ordering::Relaxed);
-                    for (key, offset) in wrote {
-                        if let Some(p) = self.parts.get_mut(&key) {
-                            p.committed = Some(offset);
-                        }
+        Ok(cut)
+    }
+
+    /// What a finished commit means for the partitions: committed offsets recorded; on
+    /// failure, their state is checkpointed again next time.
+    fn settle(&mut self, done: Settled) {
+        match done {
+            Ok(committed) => {
+                for (key, offset) in committed {
+                    if let Some(p) = self.parts.get_mut(&key) {
+                        p.committed = Some(offset);
                     }
                 }
-                Err(e) => {
-                    stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                    anyhow::bail!("[kafka]: commit: {e}");
+            }
+            Err(keys) => {
+                for key in keys {
+                    if let Some(p) = self.parts.get_mut(&key) {
+                        p.dirty = true;
+                    }
                 }
             }
         }
-        let us = t0.elapsed().as_micros() as u64;
-        stats.commit_micros.fetch_add(us, Ordering::Relaxed);
-        stats.last_commit_micros.store(us, Ordering::Relaxed);
-        Ok(())
+    }
+
+    /// Makes everything durable, checkpoints and commits the partitions in `only` now, on
+    /// this thread (revocation, shutdown).
+    fn commit_now(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        only: Option<&HashSet<String>>,
+    ) -> Result<()> {
+        let committer = self.committer.clone();
+        let _one_at_a_time = committer.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let cut = self.cut(only)?;
+        let keys = cut.keys();
+        match committer.complete(consumer, cut, CommitMode::Sync) {
+            Ok(done) => {
+                self.settle(Ok(done));
+                Ok(())
+            }
+            Err(e) => {
+                self.settle(Err(keys));
+                Err(e)
+            }
+        }
     }
 
     /// Partitions assigned: restore each one's state and start it at its checkpoint's offset.
@@ -561,7 +694,7 @@ impl RunState {
             let key = format!("{topic}/{partition}");
             let mut engine = self.engines.lock().fresh();
             let mut start = None;
-            if let Some(store) = &self.checkpoints {
+            if let Some(store) = &self.committer.checkpoints {
                 let mut loaded = store.load(&topic, partition);
                 for attempt in 1..=3 {
                     if loaded.is_ok() {
@@ -615,7 +748,13 @@ impl RunState {
                 },
             );
         }
-        if let Some(h) = &mut self.hooks {
+        if let Some(h) = self
+            .committer
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
             if let Err(e) = (h.assigned)() {
                 tracing::warn!(error = %e, "after assignment");
             }
@@ -639,7 +778,7 @@ impl RunState {
             .map(|e| format!("{}/{}", e.topic(), e.partition()))
             .collect();
         if !self.closing {
-            if let Err(e) = self.commit(consumer, Some(&keys), stats) {
+            if let Err(e) = self.commit_now(consumer, Some(&keys)) {
                 tracing::warn!(error = %format!("{e:#}"), "revoked partitions not committed; their next owner replays from the last checkpoint");
             }
         }
@@ -684,6 +823,34 @@ impl ClientContext for Ctx {
 }
 
 impl ConsumerContext for Ctx {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        let Err(e) = result else { return };
+        if matches!(
+            e,
+            rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)
+        ) {
+            return;
+        }
+        self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "an asynchronous commit failed; the offsets are committed again at the next interval");
+        // The callback may run inside a synchronous commit that holds the run state: then the
+        // next change to the partition commits it anyway.
+        if let Ok(mut run) = self.run.try_lock() {
+            for el in offsets.elements() {
+                if let Some(p) = run
+                    .parts
+                    .get_mut(&format!("{}/{}", el.topic(), el.partition()))
+                {
+                    p.committed = None;
+                }
+            }
+        }
+    }
+
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Ctx>,
@@ -802,13 +969,18 @@ impl KafkaInput {
         } else {
             None
         };
-        let run = Arc::new(Mutex::new(RunState {
-            engines: engines.clone(),
+        let committer = Arc::new(Committer {
+            hooks: Mutex::new(None),
             producer: producer.clone(),
             checkpoints,
-            hooks: None,
-            parts: BTreeMap::new(),
             flush_timeout,
+            stats: stats.clone(),
+            lock: Mutex::new(()),
+        });
+        let run = Arc::new(Mutex::new(RunState {
+            engines: engines.clone(),
+            committer: committer.clone(),
+            parts: BTreeMap::new(),
             fatal: None,
             closing: false,
         }));
@@ -816,17 +988,29 @@ impl KafkaInput {
         c.set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
             .set(
                 "statistics.interval.ms",
                 stats_every.as_millis().max(1).to_string(),
             )
             .set(
                 "queued.max.messages.kbytes",
-                (config.prefetch_bytes.unwrap_or(16 << 20) / 1024)
+                (config.prefetch_bytes.unwrap_or(64 << 20) / 1024)
                     .max(1)
                     .to_string(),
             );
+        // Defaults a `[kafka.properties]` entry overrides. librdkafka postpones a partition's
+        // next fetch by `fetch.queue.backoff.ms` (1 s) whenever its prefetch queue is past a
+        // threshold, which with 1 KB events capped the rate at a fraction of the broker's;
+        // the prefetch cap bounds memory, a short backoff keeps the queue fed.
+        for (k, v) in [
+            ("auto.offset.reset", "earliest"),
+            ("fetch.queue.backoff.ms", "10"),
+            ("queued.min.messages", "10000"),
+        ] {
+            if c.get(k).is_none() {
+                c.set(k, v);
+            }
+        }
         let consumer: BaseConsumer<Ctx> = c
             .create_with_context(Ctx {
                 run: run.clone(),
@@ -939,8 +1123,63 @@ impl KafkaInput {
         mut on_alert: impl FnMut(Alert) -> Result<()>,
         hooks: Hooks,
     ) -> Result<PipelineStats> {
-        self.lock().hooks = Some(hooks);
-        let stateful = self.lock().checkpoints.is_some();
+        let committer = self.lock().committer.clone();
+        *committer.hooks.lock().unwrap_or_else(|p| p.into_inner()) = Some(hooks);
+        let stateful = committer.checkpoints.is_some();
+        std::thread::scope(|scope| {
+            // The committer's thread: completes the cuts the loop hands it, one at a time.
+            let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Cut>(1);
+            let (done_tx, done) = std::sync::mpsc::channel::<Settled>();
+            let worker = {
+                let committer = committer.clone();
+                let consumer = &self.consumer;
+                scope.spawn(move || {
+                    for cut in job_rx {
+                        let _one_at_a_time =
+                            committer.lock.lock().unwrap_or_else(|p| p.into_inner());
+                        let keys = cut.keys();
+                        let r = committer.complete(consumer, cut, CommitMode::Async).map_err(|e| {
+                            // Not fatal: the next interval tries again; until then nothing
+                            // new is committed, so nothing is lost.
+                            tracing::warn!(error = %format!("{e:#}"), "commit failed; retrying at the next interval");
+                            keys
+                        });
+                        if done_tx.send(r).is_err() {
+                            break;
+                        }
+                    }
+                })
+            };
+            let r = self.poll_loop(
+                progress,
+                stop,
+                stateful,
+                &mut before_event,
+                &mut on_alert,
+                &jobs,
+                &done,
+            );
+            drop(jobs);
+            let _ = worker.join();
+            while let Ok(d) = done.try_recv() {
+                self.lock().settle(d);
+            }
+            r
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn poll_loop(
+        &self,
+        progress: &Progress,
+        stop: &AtomicBool,
+        stateful: bool,
+        before_event: &mut impl FnMut(&mut Inner),
+        on_alert: &mut impl FnMut(Alert) -> Result<()>,
+        jobs: &std::sync::mpsc::SyncSender<Cut>,
+        done: &std::sync::mpsc::Receiver<Settled>,
+    ) -> Result<PipelineStats> {
+        let mut in_flight = false;
         let mut stats = PipelineStats::default();
         let mut alerts = Vec::new();
         let batch = self.config.batch.unwrap_or(10_000).max(1);
@@ -1021,11 +1260,14 @@ impl KafkaInput {
             if let Some(p) = &self.producer {
                 p.poll(Duration::ZERO);
             }
-            if last_commit.elapsed() >= self.commit_every {
-                if let Err(e) = self.lock().commit(&self.consumer, None, &self.stats) {
-                    // Not fatal: the next interval tries again; until then nothing new is
-                    // committed, so nothing is lost.
-                    tracing::warn!(error = %format!("{e:#}"), "commit failed; retrying at the next interval");
+            while let Ok(d) = done.try_recv() {
+                in_flight = false;
+                self.lock().settle(d);
+            }
+            if !in_flight && last_commit.elapsed() >= self.commit_every {
+                let cut = self.lock().cut(None)?;
+                if !cut.parts.is_empty() {
+                    in_flight = jobs.send(cut).is_ok();
                 }
                 last_commit = Instant::now();
             }
@@ -1055,7 +1297,17 @@ impl KafkaInput {
                     p.held.clear();
                 }
             }
-            run.commit(&self.consumer, None, &self.stats)?;
+            // After the committer's last cut: one at a time, in order.
+            while in_flight {
+                match done.recv() {
+                    Ok(d) => {
+                        in_flight = false;
+                        run.settle(d);
+                    }
+                    Err(_) => break,
+                }
+            }
+            run.commit_now(&self.consumer, None)?;
             run.closing = true;
         }
         let commits = self.stats.commits.load(Ordering::Relaxed);

@@ -17,85 +17,17 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::broker::broker;
+use common::http;
 use common::{api_key, cordon};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-
-struct Broker {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tansu() -> PathBuf {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let installed = Path::new(&home).join(".cargo/bin/tansu");
-    if installed.exists() {
-        return installed;
-    }
-    PathBuf::from("tansu")
-}
-
-fn broker() -> Broker {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu())
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu: cargo install tansu --locked --features dynostore (or run .ci/run)");
-    let b = Broker {
-        child,
-        addr: format!("127.0.0.1:{port}"),
-    };
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(&b.addr).is_ok() {
-            for (topic, partitions) in [("events", "4"), ("alerts", "1"), ("dead", "1")] {
-                let o = Command::new(tansu())
-                    .args([
-                        "topic",
-                        "create",
-                        topic,
-                        "--partitions",
-                        partitions,
-                        "--broker",
-                        &url,
-                    ])
-                    .output()
-                    .unwrap();
-                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            }
-            return b;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("tansu did not listen on {port}");
-}
 
 fn alert_ids(path: &Path) -> BTreeSet<String> {
     std::fs::read_to_string(path)
@@ -636,23 +568,4 @@ fn partitions_and_their_state_move_between_instances() {
         })
         .collect();
     assert_eq!(on_topic, reference);
-}
-
-/// A blocking GET with a bearer key, on plain TCP (the test has no blocking HTTP client).
-mod http {
-    pub fn get(url: &str, key: &str) -> String {
-        use std::io::{Read, Write};
-        let rest = url.trim_start_matches("http://");
-        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let Ok(mut s) = std::net::TcpStream::connect(host) else {
-            return String::new();
-        };
-        let _ = write!(
-            s,
-            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
-        );
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
-    }
 }

@@ -2,6 +2,9 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod broker;
+pub mod http;
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -1,0 +1,418 @@
+//! Kafka end to end, against a real broker (`tansu`, in-memory storage, on loopback), each
+//! figure against a baseline measured in the same run on the same broker and topic:
+//!
+//! - **Throughput**: `cordon run --kafka` (release build; decode, 28 built-in rules, one
+//!   engine per partition, alerts produced to a topic and stored in Parquet, partition state
+//!   checkpointed every second) reading a 4-partition topic of generated events, against a
+//!   raw rdkafka consume loop in a consumer group of its own that only touches each payload.
+//!   Rates are first record to last record. Goal: ≥ 70% of the raw rate.
+//! - **Latency**: events produced at half the measured end-to-end rate with their time set to
+//!   the send time; for each alert read back from the alerts topic, the time from sending the
+//!   alert's last evidence event to receiving the alert. p50 and p99. Goal: p99 ≤ 50 ms. The
+//!   engine runs with `--allowed-lateness 0s` here: with lateness L, an event waits in the
+//!   reorder buffer until the stream is L past it, which adds L to every alert by design.
+//!
+//! `cargo bench --bench kafka` (`KAFKA_BENCH_EVENTS` sets the size, default 500 000). Needs
+//! `tansu` (`cargo install tansu --locked --features dynostore`); without it, it says so and
+//! exits. The broker, the bench and Cordon share this machine's cores, so the ratio is the
+//! figure to read, not the absolute rates.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+#[path = "../tests/common/broker.rs"]
+mod broker;
+#[path = "../tests/common/http.rs"]
+mod http;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cordon_ingest::generate::{generate, GenConfig};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+fn cordon() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cordon"))
+}
+
+fn producer(addr: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+fn send(p: &BaseProducer, topic: &str, key: &str, payload: &str) {
+    let mut rec = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                p.poll(Duration::from_millis(5));
+                rec = r;
+            }
+        }
+    }
+}
+
+fn agent(line: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v["gen_ai.agent.id"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Consumer properties given to both the raw loop and Cordon (`KAFKA_BENCH_PROPS`,
+/// `name=value,…`).
+fn props() -> Vec<(String, String)> {
+    std::env::var("KAFKA_BENCH_PROPS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Consumes `n` records of `topic` in a group of its own; returns records/s from the first
+/// record to the last.
+fn raw_rate(addr: &str, topic: &str, n: usize) -> f64 {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", addr)
+        .set("group.id", format!("raw-{}", ulid::Ulid::new()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    for (k, v) in props() {
+        cfg.set(k, v);
+    }
+    let c: BaseConsumer = cfg.create().unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut seen = 0usize;
+    let mut bytes = 0usize;
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while seen < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, n, "raw loop read everything");
+    std::hint::black_box(bytes);
+    n as f64 / first.unwrap().elapsed().as_secs_f64()
+}
+
+struct Cordon {
+    child: Child,
+    metrics: String,
+    api: String,
+}
+
+impl Cordon {
+    fn start(config: &Path, dir: &Path, keys: &Path, extra: &[&str]) -> Cordon {
+        let mut child = cordon()
+            .args([
+                "run",
+                "--kafka",
+                "--config",
+                config.to_str().unwrap(),
+                "--alerts",
+                dir.join("alerts.jsonl").to_str().unwrap(),
+                "--store",
+                dir.join("store").to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--keys",
+                keys.to_str().unwrap(),
+            ])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (mut metrics, mut api, mut line) = (String::new(), String::new(), String::new());
+        while metrics.is_empty() {
+            line.clear();
+            assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0);
+            if line.contains("admin-listen on") {
+                metrics = line.trim().rsplit("on ").next().unwrap().to_owned() + "/metrics";
+            } else if line.contains(": listen on") {
+                api = line.trim().rsplit("on ").next().unwrap().to_owned();
+            }
+        }
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        Cordon {
+            child,
+            metrics,
+            api,
+        }
+    }
+
+    fn metric(&self, key: &str, name: &str) -> f64 {
+        http::get(&self.metrics, key)
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn ready(&self) -> bool {
+        http::get(&format!("{}/readyz", self.api), "").starts_with("HTTP/1.1 200")
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(
+    dir: &Path,
+    addr: &str,
+    topic: &str,
+    alerts: &str,
+    extra: &[(String, String)],
+) -> std::path::PathBuf {
+    let p = dir.join("cordon.toml");
+    let mut text =
+        format!(
+        "[kafka]\nbrokers = \"{addr}\"\ngroup_id = \"cordon-{topic}\"\ntopics = [\"{topic}\"]\n\
+         alerts_topic = \"{alerts}\"\nstate_store = \"{}\"\ncommit_interval = \"1s\"\n{}\
+         [kafka.properties]\n",
+        dir.join("state").display(),
+        std::env::var("KAFKA_BENCH_TOML").unwrap_or_default().replace(';', "\n") + "\n"
+    );
+    let mut all: std::collections::BTreeMap<String, String> = props().into_iter().collect();
+    all.extend(extra.iter().cloned());
+    for (k, v) in all {
+        text.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+    }
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Properties for the latency phase (`KAFKA_BENCH_LATENCY_PROPS`, `name=value,…`).
+fn latency_props() -> Vec<(String, String)> {
+    std::env::var("KAFKA_BENCH_LATENCY_PROPS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+fn main() {
+    if !broker::tansu().exists() && Command::new("tansu").arg("--help").output().is_err() {
+        eprintln!("kafka bench: tansu not found (cargo install tansu --locked --features dynostore); skipped");
+        return;
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: usize = std::env::var("KAFKA_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500_000);
+    let b = broker::broker_with(&[
+        ("events", 4),
+        ("alerts", 1),
+        ("live", 4),
+        ("live-alerts", 1),
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys.json");
+    let o = cordon()
+        .args([
+            "keys", "create", "--role", "viewer", "--name", "bench", "--keys",
+        ])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let key = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+
+    // Traffic: generated, with every attack scenario, keyed by agent.
+    let hours = (n as f64 / 25.0 / 150.0).ceil() as i64;
+    let events = generate(&GenConfig {
+        seed: 5,
+        agents: 150,
+        duration_nanos: hours.max(1) * 3_600_000_000_000,
+        sessions_per_attack: 6,
+        ..Default::default()
+    })
+    .events;
+    let lines: Vec<String> = events.iter().take(n).map(|e| e.to_string()).collect();
+    let n = lines.len();
+    let bytes: usize = lines.iter().map(String::len).sum();
+    let p = producer(&b.addr);
+    let t = Instant::now();
+    for l in &lines {
+        send(&p, "events", &agent(l), l);
+    }
+    p.flush(Duration::from_secs(120)).unwrap();
+    println!(
+        "produced {n} events ({:.0} B each) in {:.2} s",
+        bytes as f64 / n as f64,
+        t.elapsed().as_secs_f64()
+    );
+
+    // Throughput: raw loop, then Cordon, then the raw loop again (the broker warms up).
+    let raw1 = raw_rate(&b.addr, "events", n);
+    let dir = tmp.path().join("e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = Cordon::start(
+        &config(&dir, &b.addr, "events", "alerts", &[]),
+        &dir,
+        &keys,
+        &[],
+    );
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut records = 0.0;
+    while records < n as f64 && Instant::now() < deadline {
+        records = c.metric(&key, "cordon_records_total");
+        if records > 0.0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(records as usize, n, "cordon read everything");
+    let e2e = n as f64 / first.unwrap().elapsed().as_secs_f64();
+    let alerts = c.metric(&key, "cordon_alerts_total");
+    let checkpoints = c.metric(&key, "cordon_kafka_checkpoints_total");
+    let commit_s = c.metric(&key, "cordon_kafka_commit_seconds_total");
+    let commits = c.metric(&key, "cordon_kafka_commits_total");
+    let ckpt_s = c.metric(&key, "cordon_kafka_checkpoint_seconds_total");
+    let ckpt_b = c.metric(&key, "cordon_kafka_checkpoint_bytes_total");
+    let durable_s = c.metric(&key, "cordon_kafka_durable_seconds_total");
+    let delivery_s = c.metric(&key, "cordon_kafka_delivery_wait_seconds_total");
+    c.stop();
+    let raw2 = raw_rate(&b.addr, "events", n);
+    let raw = (raw1 + raw2) / 2.0;
+    println!("raw consume loop:   {raw1:>9.0} / {raw2:>9.0} events/s (before / after)");
+    println!(
+        "cordon end to end:  {e2e:>9.0} events/s  = {:.2} of the raw rate  ({alerts} alerts, {checkpoints} checkpoints, {commits} commits averaging {:.1} ms)",
+        e2e / raw,
+        commit_s * 1000.0 / commits.max(1.0)
+    );
+    println!(
+        "  per commit: {:.1} ms making sinks durable, {:.1} ms waiting for deliveries, {:.1} ms checkpointing ({:.0} KB per partition checkpoint)",
+        durable_s * 1000.0 / commits.max(1.0),
+        delivery_s * 1000.0 / commits.max(1.0),
+        ckpt_s * 1000.0 / commits.max(1.0),
+        ckpt_b / checkpoints.max(1.0) / 1024.0
+    );
+
+    // Latency at half the end-to-end rate.
+    let rate = e2e / 2.0;
+    let dir = tmp.path().join("live");
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = Cordon::start(
+        &config(&dir, &b.addr, "live", "live-alerts", &latency_props()),
+        &dir,
+        &keys,
+        &["--allowed-lateness", "0s"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.ready() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let received: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (received, stop, addr) = (received.clone(), stop.clone(), b.addr.clone());
+        std::thread::spawn(move || {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &addr)
+                .set("group.id", "latency-reader")
+                .set("auto.offset.reset", "earliest")
+                .set("fetch.wait.max.ms", "5")
+                .create()
+                .unwrap();
+            c.subscribe(&["live-alerts"]).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(20)) {
+                    let at = Instant::now();
+                    let v: serde_json::Value =
+                        serde_json::from_slice(m.payload().unwrap()).unwrap();
+                    if let Some(last) = v["finding_info"]["related_events"]
+                        .as_array()
+                        .and_then(|e| e.last())
+                        .and_then(|e| e["uid"].as_str())
+                    {
+                        received.lock().unwrap().push((last.to_owned(), at));
+                    }
+                }
+            }
+        })
+    };
+    // Let the reader join its group before anything is sent.
+    std::thread::sleep(Duration::from_secs(3));
+    let p = producer(&b.addr);
+    let secs = 20.0;
+    let total = ((rate * secs) as usize).min(events.len());
+    let start = Instant::now();
+    for (i, ev) in events.iter().take(total).enumerate() {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let mut ev = ev.clone();
+        let wall = jiff::Timestamp::now();
+        ev.set_timestamp_nanos(wall.as_nanosecond() as i64);
+        let line = ev.to_string();
+        let id = ev.id().unwrap_or_default().to_owned();
+        sent.lock().unwrap().insert(id, Instant::now());
+        send(&p, "live", ev.agent_id().unwrap_or_default(), &line);
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let achieved = total as f64 / start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    reader.join().unwrap();
+    let commits = c.metric(&key, "cordon_kafka_commits_total");
+    let commit_ms = c.metric(&key, "cordon_kafka_commit_seconds_total") * 1000.0 / commits.max(1.0);
+    let ckpt_ms =
+        c.metric(&key, "cordon_kafka_checkpoint_seconds_total") * 1000.0 / commits.max(1.0);
+    let sinks_ms = c.metric(&key, "cordon_kafka_durable_seconds_total") * 1000.0 / commits.max(1.0);
+    let wait_ms =
+        c.metric(&key, "cordon_kafka_delivery_wait_seconds_total") * 1000.0 / commits.max(1.0);
+    c.stop();
+    println!("  while live: {commits} commits averaging {commit_ms:.1} ms ({sinks_ms:.1} ms sinks, {wait_ms:.1} ms deliveries, {ckpt_ms:.1} ms checkpointing)");
+    let sent = sent.lock().unwrap();
+    let mut ms: Vec<f64> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(id, at)| Some(at.duration_since(*sent.get(id)?).as_secs_f64() * 1000.0))
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    if ms.is_empty() {
+        println!("latency: no alerts came back");
+        return;
+    }
+    println!(
+        "event-to-alert latency at {achieved:.0} events/s (half the end-to-end rate), {} alerts: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms.len(),
+        percentile(&ms, 0.50),
+        percentile(&ms, 0.99),
+        ms[ms.len() - 1]
+    );
+}

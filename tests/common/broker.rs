@@ -1,0 +1,88 @@
+//! A real Kafka-protocol broker for tests and benchmarks: `tansu` on a free loopback port
+//! with in-memory storage, and topics created with its own CLI.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running broker; killed when dropped.
+pub struct Broker {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The tansu binary (`~/.cargo/bin/tansu`, else on the `PATH`).
+pub fn tansu() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let installed = Path::new(&home).join(".cargo/bin/tansu");
+    if installed.exists() {
+        return installed;
+    }
+    PathBuf::from("tansu")
+}
+
+/// Starts a broker with the topics `events` (4 partitions), `alerts` and `dead`.
+pub fn broker() -> Broker {
+    broker_with(&[("events", 4), ("alerts", 1), ("dead", 1)])
+}
+
+/// Starts a broker with these topics and partition counts.
+pub fn broker_with(topics: &[(&str, u32)]) -> Broker {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(tansu())
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu: cargo install tansu --locked --features dynostore (or run .ci/run)");
+    let b = Broker {
+        child,
+        addr: format!("127.0.0.1:{port}"),
+    };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(&b.addr).is_ok() {
+            for (topic, partitions) in topics {
+                let partitions = partitions.to_string();
+                let o = Command::new(tansu())
+                    .args([
+                        "topic",
+                        "create",
+                        topic,
+                        "--partitions",
+                        &partitions,
+                        "--broker",
+                        &url,
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            }
+            return b;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("tansu did not listen on {port}");
+}
