@@ -75,6 +75,16 @@ struct Running {
 
 impl Running {
     fn spawn(config: &Path, alerts: &Path, store: &Path, keys: &Path) -> Running {
+        Running::spawn_with(config, alerts, store, keys, &[])
+    }
+
+    fn spawn_with(
+        config: &Path,
+        alerts: &Path,
+        store: &Path,
+        keys: &Path,
+        extra: &[&str],
+    ) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
             .args([
                 "run",
@@ -92,6 +102,7 @@ impl Running {
                 "--keys",
                 keys.to_str().unwrap(),
             ])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
@@ -568,4 +579,228 @@ fn partitions_and_their_state_move_between_instances() {
         })
         .collect();
     assert_eq!(on_topic, reference);
+}
+
+/// A certificate authority and a server certificate for `127.0.0.1`: (CA, cert, key) paths.
+fn pki(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    // Distinct names: OpenSSL takes a certificate whose subject is its issuer's for
+    // self-signed.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Cordon test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "tansu behind a TLS front");
+    let cert = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("broker.pem"),
+        dir.join("broker-key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// TLS to the broker: tansu speaks plain TCP, so a rustls front on loopback terminates TLS
+/// and the broker advertises the front's address — every connection librdkafka makes goes
+/// through TLS, verified against the test CA, which Cordon reads through `[kafka.secrets]`
+/// (`ssl.ca.pem` from a file). The run gives the file run's alerts.
+#[test]
+fn kafka_over_tls() {
+    let front = common::broker::free_port();
+    let b = common::broker::broker_advertising(&[("events", 4), ("alerts", 1)], Some(front));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ca, cert, key_pem) = pki(d);
+    let tls = cordon_query::tls::TlsFiles {
+        cert,
+        key: key_pem,
+        client_ca: None,
+    }
+    .server_config()
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", front)))
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let upstream = b.addr.clone();
+    let handshakes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = handshakes.clone();
+    rt.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, upstream, counted) =
+                (acceptor.clone(), upstream.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    let o = cordon(&[
+        "generate",
+        "--seed",
+        "4",
+        "--agents",
+        "10",
+        "--duration",
+        "2h",
+        "--out",
+        d.join("g").to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let events = d.join("g/events.jsonl");
+    let o = cordon(&[
+        "run",
+        "--input",
+        events.to_str().unwrap(),
+        "--alerts",
+        d.join("ref.jsonl").to_str().unwrap(),
+        "--allowed-lateness",
+        "24h",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reference = alert_ids(&d.join("ref.jsonl"));
+    assert!(!reference.is_empty());
+    // Produced over TLS too.
+    let text = std::fs::read_to_string(&events).unwrap();
+    struct Logs;
+    impl rdkafka::ClientContext for Logs {
+        fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+            if (level as i32) <= (rdkafka::config::RDKafkaLogLevel::Warning as i32) {
+                eprintln!("test producer: librdkafka {fac}: {msg}");
+            }
+        }
+    }
+    impl rdkafka::producer::ProducerContext for Logs {
+        type DeliveryOpaque = ();
+        fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+    }
+    let producer: BaseProducer<Logs> = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{front}"))
+        .set("security.protocol", "ssl")
+        .set("ssl.ca.location", ca.to_str().unwrap())
+        .create_with_context(Logs)
+        .unwrap();
+    let mut sent = 0.0;
+    for line in text.lines() {
+        let key = serde_json::from_str::<serde_json::Value>(line).unwrap()["gen_ai.agent.id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut rec = BaseRecord::to("events").key(key.as_str()).payload(line);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    producer.poll(Duration::from_millis(20));
+                    rec = r;
+                }
+            }
+        }
+        sent += 1.0;
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let keys = d.join("keys.json");
+    let api = api_key(&keys, "viewer");
+    let config = d.join("cordon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"127.0.0.1:{front}\"\ngroup_id = \"cordon-tls\"\ntopics = [\"events\"]\n\
+             alerts_topic = \"alerts\"\ncommit_interval = \"200ms\"\n\
+             [kafka.properties]\n\"security.protocol\" = \"ssl\"\n\
+             [kafka.secrets]\n\"ssl.ca.pem\" = \"file:{}\"\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let run = Running::spawn_with(
+        &config,
+        &d.join("kafka.jsonl"),
+        &d.join("store"),
+        &keys,
+        &["--allowed-lateness", "24h"],
+    );
+    wait_until(120, "every record read over TLS", &[&run], || {
+        run.metric(&api, "cordon_records_total") >= sent
+    });
+    run.terminate();
+    assert_eq!(alert_ids(&d.join("kafka.jsonl")), reference);
+    assert!(handshakes.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    let on_topic = drain_tls(front, &ca, reference.len());
+    assert_eq!(on_topic, reference.len());
+}
+
+/// Counts the alerts on the alerts topic, read over TLS.
+fn drain_tls(port: u16, ca: &Path, want: usize) -> usize {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+        .set("security.protocol", "ssl")
+        .set("ssl.ca.location", ca.to_str().unwrap())
+        .set("group.id", "reader-tls")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&["alerts"]).unwrap();
+    let mut n = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while n < want && std::time::Instant::now() < deadline {
+        if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// A secret that cannot be had is an error naming the property and where it was to come
+/// from — never a silent empty value, never the secret.
+#[test]
+fn missing_kafka_secrets_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cordon.toml");
+    for (source, expect) in [
+        ("env:CORDON_TEST_UNSET_SECRET", "CORDON_TEST_UNSET_SECRET"),
+        (
+            "file:/nonexistent/cordon-secret",
+            "/nonexistent/cordon-secret",
+        ),
+        ("hunter2", "expected \"env:NAME\" or \"file:PATH\""),
+    ] {
+        std::fs::write(
+            &config,
+            format!(
+                "[kafka]\nbrokers = \"127.0.0.1:9\"\ngroup_id = \"g\"\ntopics = [\"events\"]\n\
+                 [kafka.secrets]\n\"sasl.password\" = \"{source}\"\n"
+            ),
+        )
+        .unwrap();
+        let o = cordon(&["run", "--kafka", "--config", config.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(
+            err.contains("sasl.password") && err.contains(expect),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "the value is never echoed: {err}");
+    }
 }

@@ -38,19 +38,35 @@ pub fn broker() -> Broker {
 
 /// Starts a broker with these topics and partition counts.
 pub fn broker_with(topics: &[(&str, u32)]) -> Broker {
+    broker_advertising(topics, None)
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a broker that tells clients to connect to `advertised` (a proxy in front of it)
+/// instead of its own port; `addr` is still its own port.
+pub fn broker_advertising(topics: &[(&str, u32)], advertised: Option<u16>) -> Broker {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let url = format!("tcp://127.0.0.1:{port}");
+    let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
     let child = Command::new(tansu())
         .args([
             "broker",
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
             "--storage-engine",
             "memory://tansu/",
         ])
