@@ -12,7 +12,9 @@
 //!   engine runs with `--allowed-lateness 0s` here: with lateness L, an event waits in the
 //!   reorder buffer until the stream is L past it, which adds L to every alert by design.
 //!
-//! `cargo bench --bench kafka` (`KAFKA_BENCH_EVENTS` sets the size, default 500 000). Needs
+//! `cargo bench --bench kafka` (`KAFKA_BENCH_EVENTS` sets the size, default 500 000;
+//! `KAFKA_BENCH_PROPS` / `KAFKA_BENCH_LATENCY_PROPS` add librdkafka properties (`k=v,…`) to
+//! both consumers / to the latency run; `KAFKA_BENCH_COMMIT` sets `commit_interval`). Needs
 //! `tansu` (`cargo install tansu --locked --features dynostore`); without it, it says so and
 //! exits. The broker, the bench and Cordon share this machine's cores, so the ratio is the
 //! figure to read, not the absolute rates.
@@ -187,9 +189,10 @@ fn config(
     let mut text =
         format!(
         "[kafka]\nbrokers = \"{addr}\"\ngroup_id = \"cordon-{topic}\"\ntopics = [\"{topic}\"]\n\
-         alerts_topic = \"{alerts}\"\nstate_store = \"{}\"\ncommit_interval = \"1s\"\n{}\
+         alerts_topic = \"{alerts}\"\nstate_store = \"{}\"\ncommit_interval = \"{}\"\n{}\
          [kafka.properties]\n",
         dir.join("state").display(),
+        std::env::var("KAFKA_BENCH_COMMIT").unwrap_or_else(|_| "1s".into()),
         std::env::var("KAFKA_BENCH_TOML").unwrap_or_default().replace(';', "\n") + "\n"
     );
     let mut all: std::collections::BTreeMap<String, String> = props().into_iter().collect();

@@ -381,7 +381,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             })
             .collect();
         let state: serde_json::Map<String, serde_json::Value> = engine
-            .state_stats()
+            .state_stats(true)
             .into_iter()
             .map(|(id, s)| (id, serde_json::json!(s)))
             .collect();

@@ -155,11 +155,17 @@ impl Inner {
         self.parts.values().map(Engine::suppression_evictions).sum()
     }
 
-    /// State counters of each multi-event rule, summed over the engines.
-    pub fn state_stats(&self) -> Vec<(String, StateStats)> {
+    /// State counters of each multi-event rule, summed over the engines; `bytes` walks
+    /// every partial for its size (slow with much state: not for metrics scrapes).
+    pub fn state_stats(&self, bytes: bool) -> Vec<(String, StateStats)> {
         let mut by_rule: BTreeMap<String, StateStats> = BTreeMap::new();
         for e in self.parts.values() {
-            for (id, s) in e.state_stats() {
+            let each = if bytes {
+                e.state_stats()
+            } else {
+                e.state_counts()
+            };
+            for (id, s) in each {
                 let t = by_rule.entry(id.to_owned()).or_default();
                 t.open += s.open;
                 t.bytes += s.bytes;

@@ -216,7 +216,7 @@ impl MetricsSources {
                     st.suppressed as f64,
                 );
             }
-            for (id, st) in e.state_stats() {
+            for (id, st) in e.state_stats(false) {
                 let l = [("rule", id.as_str())];
                 out.gauge(
                     "cordon_partial_matches",

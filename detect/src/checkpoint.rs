@@ -10,14 +10,15 @@
 //! (`tests/checkpoint.rs`).
 //!
 //! The form is postcard (compact, no schema to ship) with a format name and version up front.
-//! Events are kept as their native JSON line plus the baseline features the engine set on
-//! them, so a restored partial match carries the same evidence and figures. Detectors are saved
+//! Events are kept as their native JSON line (content fingerprints apart, in binary) plus the
+//! baseline features the engine set on them, so a restored partial match carries the same
+//! evidence and figures. Detectors are saved
 //! by rule id, version and query: a restored engine running a changed rule starts that rule
 //! empty (as a hot reload does) and keeps every other rule's state.
 
 use std::collections::VecDeque;
 
-use cordon_ingest::{BaselineFeatures, BaselineField, Event};
+use cordon_ingest::{BaselineFeatures, BaselineField, CoreField, Event};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The format name written first in every checkpoint.
@@ -36,9 +37,15 @@ pub enum CheckpointError {
     Damaged(String),
 }
 
-/// An event as a checkpoint keeps it: its native JSON and the baseline features set on it.
+/// An event as a checkpoint keeps it: its native JSON without the content fingerprints, the
+/// fingerprints in binary, and the baseline features set on it.
 #[derive(Serialize, Deserialize)]
-struct SavedEvent(String, Vec<(String, f64, f64, f64)>);
+struct SavedEvent(
+    String,
+    Option<Vec<u64>>,
+    Option<Vec<u64>>,
+    Vec<(String, f64, f64, f64)>,
+);
 
 impl SavedEvent {
     fn from_event(e: &Event) -> SavedEvent {
@@ -50,15 +57,27 @@ impl SavedEvent {
                     .collect()
             })
             .unwrap_or_default();
-        SavedEvent(e.to_string(), features)
+        SavedEvent(
+            e.to_json_without_fingerprints(),
+            e.result_fp().map(<[u64]>::to_vec),
+            e.args_fp().map(<[u64]>::to_vec),
+            features,
+        )
     }
 
     fn into_event(self) -> Result<Event, String> {
-        let mut e = cordon_ingest::decode_native(self.0.as_bytes())
+        let SavedEvent(json, result_fp, args_fp, features) = self;
+        let mut e = cordon_ingest::decode_native(json.as_bytes())
             .map_err(|err| format!("a saved event does not decode ({err})"))?;
-        if !self.1.is_empty() {
+        if let Some(fps) = result_fp {
+            e.set_fingerprints(CoreField::ResultFp, fps);
+        }
+        if let Some(fps) = args_fp {
+            e.set_fingerprints(CoreField::ArgsFp, fps);
+        }
+        if !features.is_empty() {
             let mut b = BaselineFeatures::default();
-            for (name, value, observed, expected) in self.1 {
+            for (name, value, observed, expected) in features {
                 let f = BaselineField::ALL
                     .iter()
                     .find(|(n, _)| *n == name)

@@ -553,6 +553,15 @@ impl Engine {
             .collect()
     }
 
+    /// Counters and open partials of each multi-event rule, without walking the partials
+    /// for their size (for metrics scrapes).
+    pub fn state_counts(&self) -> Vec<(&str, StateStats)> {
+        self.stateful
+            .iter()
+            .map(|s| (self.rules[s.rule].id.as_str(), s.detector.counts()))
+            .collect()
+    }
+
     /// Suppression keys evicted because the table was full.
     pub fn suppression_evictions(&self) -> u64 {
         self.suppressor.evicted()

@@ -130,6 +130,12 @@ impl Stateful for SampleDetector {
         Ok(())
     }
 
+    fn counts(&self) -> StateStats {
+        let mut s = self.stats.clone();
+        s.open = self.keys.len();
+        s
+    }
+
     fn state(&self) -> StateStats {
         let mut s = self.stats.clone();
         s.open = self.keys.len();

@@ -462,6 +462,12 @@ impl Stateful for SequenceDetector {
         Ok(())
     }
 
+    fn counts(&self) -> StateStats {
+        let mut s = self.stats.clone();
+        s.open = self.open;
+        s
+    }
+
     fn state(&self) -> StateStats {
         let mut s = self.stats.clone();
         s.open = self.open;

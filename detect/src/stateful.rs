@@ -39,8 +39,11 @@ pub trait Stateful: Send {
     fn on_watermark(&mut self, wm: i64, out: &mut Vec<Finding>);
     /// End of input: every window closes.
     fn finish(&mut self, out: &mut Vec<Finding>);
-    /// Counters.
+    /// Counters, with the bytes held (walks every partial: for `--stats`, not for scrapes).
     fn state(&self) -> StateStats;
+    /// Counters and open partials, without the byte estimate: cheap enough for every
+    /// metrics scrape (which holds the engines' lock).
+    fn counts(&self) -> StateStats;
     /// Everything the detector holds, for a checkpoint ([`crate::checkpoint`]).
     fn save(&self) -> Result<Vec<u8>, String>;
     /// Replaces the detector's state with a saved one (of the same rule).

@@ -200,6 +200,12 @@ impl Stateful for ThresholdDetector {
         Ok(())
     }
 
+    fn counts(&self) -> StateStats {
+        let mut s = self.stats.clone();
+        s.open = self.keys.len();
+        s
+    }
+
     fn state(&self) -> StateStats {
         let mut s = self.stats.clone();
         s.open = self.keys.len();

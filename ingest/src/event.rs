@@ -845,10 +845,30 @@ impl PartialEq for Event {
 
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.serialize_fields(s, true)
+    }
+}
+
+impl Event {
+    /// The event as JSON text without its content fingerprints, which the caller keeps in
+    /// binary: engine checkpoints hold many events, and writing fingerprints as hex text was
+    /// most of their cost.
+    pub fn to_json_without_fingerprints(&self) -> String {
+        struct NoFingerprints<'a>(&'a Event);
+        impl Serialize for NoFingerprints<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.0.serialize_fields(s, false)
+            }
+        }
+        serde_json::to_string(&NoFingerprints(self)).unwrap_or_default()
+    }
+
+    fn serialize_fields<S: Serializer>(&self, s: S, fingerprints: bool) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(None)?;
         for &f in CoreField::ALL {
             match self.core(f) {
                 FieldValue::Missing => {}
+                FieldValue::Fingerprints(_) if !fingerprints => {}
                 FieldValue::Str(v) => m.serialize_entry(f.name(), v)?,
                 FieldValue::Int(v) => m.serialize_entry(f.name(), &v)?,
                 FieldValue::Float(v) => m.serialize_entry(f.name(), &v)?,
