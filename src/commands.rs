@@ -176,10 +176,21 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::input(e.to_string()))?;
     let (enforce_tx, enforce_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut enforce_rx = enforce_rx;
+    let (results_tx, results_rx) = tokio::sync::mpsc::unbounded_channel();
+    let wants_results = a.kafka
+        && config
+            .as_ref()
+            .and_then(|c| c.kafka.as_ref())
+            .is_some_and(|k| k.actions_topic.is_some());
     let running = match config.as_ref().and_then(|c| c.response.as_ref()) {
-        Some(r) => Some(crate::respond::Running::start(
-            crate::respond::responder(r, a.dry_run)?.with_enforcement(enforce_tx),
-        )?),
+        Some(r) => {
+            let mut responder =
+                crate::respond::responder(r, a.dry_run)?.with_enforcement(enforce_tx);
+            if wants_results {
+                responder = responder.with_results(results_tx);
+            }
+            Some(crate::respond::Running::start(responder)?)
+        }
         None => None,
     };
     let services = crate::sqlcmd::runtime()?;
@@ -194,11 +205,12 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             .as_ref()
             .and_then(|c| c.kafka.as_ref())
             .ok_or_else(|| Failure::input("--kafka: the configuration has no [kafka] section"))?;
-        Some(crate::kafka::KafkaInput::open(
-            cfg,
-            engines.clone(),
-            services.handle().clone(),
-        )?)
+        let input =
+            crate::kafka::KafkaInput::open(cfg, engines.clone(), services.handle().clone())?;
+        if input.wants_action_results() {
+            input.action_results(results_rx);
+        }
+        Some(input)
     } else {
         None
     };

@@ -76,6 +76,10 @@ pub struct KafkaConfig {
     /// Undecodable or late records go here with their origin and reason in headers.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// Every response action attempt and its outcome (JSON, key = alert id, tokens
+    /// redacted) goes here, when responses are configured.
+    #[serde(default)]
+    pub actions_topic: Option<String>,
     /// Where each partition's engine state is checkpointed: a directory or an object store
     /// URL. Without it, state is in memory only.
     #[serde(default)]
@@ -184,6 +188,8 @@ pub struct KafkaStats {
     pub dead_letter_records: AtomicU64,
     /// Alerts produced to the alerts topic.
     pub alerts_produced: AtomicU64,
+    /// Action results produced to the actions topic.
+    pub action_results_produced: AtomicU64,
     /// Records the broker did not take (the commit that would cover them is refused).
     pub delivery_failures: AtomicU64,
     /// Whether every assigned partition's state is restored.
@@ -302,6 +308,12 @@ impl KafkaStats {
             "cordon_kafka_alerts_produced_total",
             "Alerts produced to the alerts topic",
             &self.alerts_produced,
+        );
+        c(
+            out,
+            "cordon_kafka_action_results_produced_total",
+            "Response action attempts produced to the actions topic",
+            &self.action_results_produced,
         );
         c(
             out,
@@ -904,6 +916,7 @@ impl ConsumerContext for Ctx {
 /// A running Kafka input.
 pub struct KafkaInput {
     consumer: BaseConsumer<Ctx>,
+    results: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>>>,
     run: Arc<Mutex<RunState>>,
     stats: Arc<KafkaStats>,
     engines: Arc<Engines>,
@@ -964,7 +977,10 @@ impl KafkaInput {
             .transpose()?;
         let stats = Arc::new(KafkaStats::default());
         let base = config.client()?;
-        let producer = if config.alerts_topic.is_some() || config.dead_letter_topic.is_some() {
+        let producer = if config.alerts_topic.is_some()
+            || config.dead_letter_topic.is_some()
+            || config.actions_topic.is_some()
+        {
             let mut p = base.clone();
             p.set("enable.idempotence", "true").set("acks", "all");
             Some(Arc::new(
@@ -1029,6 +1045,7 @@ impl KafkaInput {
         consumer.subscribe(&topics).context("[kafka]: subscribe")?;
         Ok(KafkaInput {
             consumer,
+            results: Mutex::new(None),
             run,
             stats,
             engines,
@@ -1037,6 +1054,35 @@ impl KafkaInput {
             format,
             commit_every,
         })
+    }
+
+    /// Whether action results have somewhere to go.
+    pub fn wants_action_results(&self) -> bool {
+        self.config.actions_topic.is_some()
+    }
+
+    /// Where the responder's action results come from (published to `actions_topic`).
+    pub fn action_results(&self, rx: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
+        *self.results.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+    }
+
+    /// Produces the action results that arrived since the last call.
+    fn publish_action_results(&self) -> Result<()> {
+        let Some(topic) = &self.config.actions_topic else {
+            return Ok(());
+        };
+        let mut rx = self.results.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(rx) = rx.as_mut() else {
+            return Ok(());
+        };
+        while let Ok(v) = rx.try_recv() {
+            let key = v["action"]["alert_id"].as_str().unwrap_or("").to_owned();
+            self.send(topic, &key, &serde_json::to_vec(&v)?, OwnedHeaders::new())?;
+            self.stats
+                .action_results_produced
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// The input's counters (metrics, readiness).
@@ -1265,6 +1311,7 @@ impl KafkaInput {
                     "{fatal}; stopping rather than running without the partition's state"
                 );
             }
+            self.publish_action_results()?;
             if let Some(p) = &self.producer {
                 p.poll(Duration::ZERO);
             }

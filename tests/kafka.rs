@@ -104,6 +104,15 @@ impl Running {
             ])
             .args(extra)
             .env("RUST_LOG", "info")
+            .env("CORDON_IDP_CLIENT_SECRET", "x")
+            .env(
+                "CORDON_GATEWAY_WHSEC",
+                "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            )
+            .env(
+                "CORDON_CHAT_WHSEC",
+                "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            )
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -802,5 +811,78 @@ fn missing_kafka_secrets_are_named() {
             "{err}"
         );
         assert!(!err.contains("hunter2"), "the value is never echoed: {err}");
+    }
+}
+
+/// With responses configured, every action attempt and its outcome reaches `actions_topic`
+/// (here in dry run, with the repository's example configuration), keyed by alert id, with
+/// tokens redacted.
+#[test]
+fn action_results_reach_their_topic() {
+    let b = common::broker::broker_with(&[("events", 4), ("alerts", 1), ("actions", 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = cordon(&[
+        "generate",
+        "--seed",
+        "6",
+        "--agents",
+        "10",
+        "--duration",
+        "2h",
+        "--out",
+        d.join("g").to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let text = std::fs::read_to_string(d.join("g/events.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    produce(&b.addr, &lines, &[]);
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("cordon.example.toml"))
+            .unwrap()
+            .replace(
+                "\"cordon-outbox.redb\"",
+                &format!("{:?}", d.join("outbox.redb")),
+            )
+            .replace(
+                "\"cordon-actions.jsonl\"",
+                &format!("{:?}", d.join("actions.jsonl")),
+            );
+    let config = d.join("cordon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{example}\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"cordon-actions\"\ntopics = [\"events\"]\n\
+             alerts_topic = \"alerts\"\nactions_topic = \"actions\"\ncommit_interval = \"200ms\"\n",
+            b.addr
+        ),
+    )
+    .unwrap();
+    let keys = d.join("keys.json");
+    let api = api_key(&keys, "viewer");
+    let run = Running::spawn_with(
+        &config,
+        &d.join("kafka.jsonl"),
+        &d.join("store"),
+        &keys,
+        &["--dry-run"],
+    );
+    wait_until(120, "action results on the topic", &[&run], || {
+        run.metric(&api, "cordon_kafka_action_results_produced_total") >= 1.0
+    });
+    run.terminate();
+    let logged = std::fs::read_to_string(d.join("actions.jsonl")).unwrap();
+    let on_topic = drain(&b.addr, "actions", 1);
+    assert!(!on_topic.is_empty());
+    for m in &on_topic {
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        assert_eq!(v["type"], "cordon.action.attempt");
+        assert_eq!(m.key(), v["action"]["alert_id"].as_str().map(str::as_bytes));
+        assert!(v["attempt"]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("dry run"));
+        // The same record the action log has.
+        assert!(logged.contains(v["action"]["id"].as_str().unwrap()));
     }
 }

@@ -69,6 +69,7 @@ pub struct Responder {
     ctx: Context,
     wake: Notify,
     enforce: Option<mpsc::UnboundedSender<Enforcement>>,
+    results: Option<mpsc::UnboundedSender<serde_json::Value>>,
     stats: Mutex<ResponseStats>,
     latencies: Mutex<Vec<u64>>,
     action_log: Option<Mutex<std::fs::File>>,
@@ -137,6 +138,7 @@ impl Responder {
             ctx: Context { console_url },
             wake: Notify::new(),
             enforce: None,
+            results: None,
             stats: Mutex::new(ResponseStats::default()),
             latencies: Mutex::new(Vec::new()),
             action_log: None,
@@ -155,7 +157,9 @@ impl Responder {
     }
 
     fn log_attempt(&self, r: &ActionRecord, a: &Attempt) {
-        let Some(log) = &self.action_log else { return };
+        if self.action_log.is_none() && self.results.is_none() {
+            return;
+        }
         let r = r.redacted();
         let line = serde_json::json!({
             "type": "cordon.action.attempt",
@@ -167,12 +171,23 @@ impl Responder {
             },
             "attempt": a,
         });
+        if let Some(tx) = &self.results {
+            let _ = tx.send(line.clone());
+        }
+        let Some(log) = &self.action_log else { return };
         if let Ok(mut f) = log.lock() {
             use std::io::Write as _;
             if writeln!(f, "{line}").is_err() {
                 tracing::warn!("could not append to the action log");
             }
         }
+    }
+
+    /// Sends every attempt and its outcome (as the action log writes it, tokens redacted) to
+    /// `tx`: the Kafka input publishes them to its `actions_topic`.
+    pub fn with_results(mut self, tx: mpsc::UnboundedSender<serde_json::Value>) -> Responder {
+        self.results = Some(tx);
+        self
     }
 
     /// Sends what succeeded to `tx` (the engine's closed loop).
