@@ -485,8 +485,8 @@ struct CutPart {
     topic: String,
     partition: i32,
     offset: i64,
-    /// The engine's checkpoint at `offset` (uncompressed), when it changed.
-    engine: Option<Vec<u8>>,
+    /// A copy of the engine at `offset`, when it changed (serialised by the committer).
+    engine: Option<Box<cordon_detect::Engine>>,
 }
 
 /// Offsets to commit and the partition states that go with them.
@@ -553,9 +553,12 @@ impl Committer {
         let mut tpl = TopicPartitionList::new();
         let mut committed = Vec::new();
         for p in &cut.parts {
-            if let (Some(store), Some(raw)) = (&self.checkpoints, &p.engine) {
+            if let (Some(store), Some(engine)) = (&self.checkpoints, &p.engine) {
                 let t = Instant::now();
-                let n = store.save(&p.topic, p.partition, p.offset, raw)?;
+                let raw = engine
+                    .checkpoint()
+                    .with_context(|| format!("checkpointing {}", p.key))?;
+                let n = store.save(&p.topic, p.partition, p.offset, &raw)?;
                 stats.checkpoints.fetch_add(1, Ordering::Relaxed);
                 stats
                     .checkpoint_bytes
@@ -621,10 +624,7 @@ impl RunState {
                     let t = Instant::now();
                     let engines = self.engines.lock();
                     if let Some(e) = engines.get_ref(key) {
-                        engine = Some(
-                            e.checkpoint()
-                                .with_context(|| format!("checkpointing {key}"))?,
-                        );
+                        engine = Some(Box::new(e.clone_state()));
                     }
                     drop(engines);
                     self.committer

@@ -333,7 +333,7 @@ pub struct ProfileStats {
 }
 
 /// The profiles of every agent.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Profiles {
     agents: FxHashMap<String, Profile>,
     cold: FxHashMap<String, (i64, Vec<u8>)>,

@@ -14,6 +14,7 @@ use crate::stateful::{Finding, StateStats, Stateful};
 pub const DEFAULT_KEY_CAP: usize = 200_000;
 
 /// Runs one sample rule.
+#[derive(Clone)]
 pub struct SampleDetector {
     spec: SampleSpec,
     keys: HashMap<String, Vec<Option<Event>>>,
@@ -128,6 +129,10 @@ impl Stateful for SampleDetector {
         self.stats = stats;
         self.last_sweep = last_sweep;
         Ok(())
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Stateful> {
+        Box::new(self.clone())
     }
 
     fn counts(&self) -> StateStats {

@@ -42,7 +42,7 @@ struct Partial {
     events: Vec<Event>,
 }
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 struct KeyState {
     /// `stages[s]`: partials that matched `s` positive steps (index 0 unused).
     stages: Vec<Vec<Partial>>,
@@ -57,6 +57,7 @@ impl KeyState {
 }
 
 /// Runs one sequence rule.
+#[derive(Clone)]
 pub struct SequenceDetector {
     spec: SequenceSpec,
     positive: Vec<usize>,
@@ -460,6 +461,10 @@ impl Stateful for SequenceDetector {
         self.open = open;
         self.stats = stats;
         Ok(())
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Stateful> {
+        Box::new(self.clone())
     }
 
     fn counts(&self) -> StateStats {

@@ -46,6 +46,9 @@ pub trait Stateful: Send {
     fn counts(&self) -> StateStats;
     /// Everything the detector holds, for a checkpoint ([`crate::checkpoint`]).
     fn save(&self) -> Result<Vec<u8>, String>;
+    /// A copy of the detector with its state (a checkpoint is serialised from the copy, off
+    /// the thread that runs the rules).
+    fn boxed_clone(&self) -> Box<dyn Stateful>;
     /// Replaces the detector's state with a saved one (of the same rule).
     fn load(&mut self, bytes: &[u8]) -> Result<(), String>;
 }

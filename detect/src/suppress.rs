@@ -13,7 +13,7 @@ use crate::keys::push_value;
 pub const MAX_SUPPRESS_KEYS: usize = 100_000;
 
 /// The suppression table of an engine.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Suppressor {
     last_alert: HashMap<(usize, String), (i64, i64)>,
     evicted: u64,

@@ -24,7 +24,7 @@ pub const DEFAULT_KEY_CAP: usize = 200_000;
 /// Cap on timestamps (or distinct values) remembered per key.
 pub const PER_KEY_CAP: usize = 100_000;
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Window {
     times: VecDeque<i64>,
     /// Distinct value → (last seen, its latest event).
@@ -36,6 +36,7 @@ struct Window {
 }
 
 /// Runs one threshold rule.
+#[derive(Clone)]
 pub struct ThresholdDetector {
     spec: ThresholdSpec,
     keys: HashMap<String, Window>,
@@ -198,6 +199,10 @@ impl Stateful for ThresholdDetector {
         self.stats = stats;
         self.last_sweep = last_sweep;
         Ok(())
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Stateful> {
+        Box::new(self.clone())
     }
 
     fn counts(&self) -> StateStats {
