@@ -40,9 +40,17 @@ fn alert_ids(path: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-fn drain(addr: &str, topic: &str, want: usize) -> Vec<rdkafka::message::OwnedMessage> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", addr)
+/// A client of the broker at `addr` (plain TCP; add TLS settings to the result).
+fn client(addr: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", addr);
+    c
+}
+
+/// Reads `topic` from the start until `want` records came and a second passed quietly.
+fn drain(client: &ClientConfig, topic: &str, want: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let c: BaseConsumer = client
+        .clone()
         .set("group.id", format!("reader-{topic}"))
         .set("auto.offset.reset", "earliest")
         .create()
@@ -207,12 +215,8 @@ impl Running {
 
 /// Produces every line keyed by its agent (an agent's events stay in order in one
 /// partition); lines of `partitioned` go to the partition given.
-fn produce(addr: &str, lines: &[&str], partitioned: &[(i32, String)]) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .set("linger.ms", "20")
-        .create()
-        .unwrap();
+fn produce(client: &ClientConfig, lines: &[&str], partitioned: &[(i32, String)]) {
+    let producer: BaseProducer = client.clone().set("linger.ms", "20").create().unwrap();
     let send = |mut rec: BaseRecord<'_, str, str>| loop {
         match producer.send(rec) {
             Ok(()) => break,
@@ -272,29 +276,9 @@ fn kafka_input_gives_the_file_runs_alerts() {
     assert!(reference.len() > 5);
     // Produce every event keyed by agent (one agent's events stay in order), plus one bad one.
     let text = std::fs::read_to_string(&events).unwrap();
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &b.addr)
-        .create()
-        .unwrap();
-    let mut sent = 0;
-    for line in text.lines().chain(std::iter::once("{not json")) {
-        let key = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v["gen_ai.agent.id"].as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let mut rec = BaseRecord::to("events").key(&key).payload(line);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    producer.poll(Duration::from_millis(20));
-                    rec = r;
-                }
-            }
-        }
-        sent += 1;
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    let lines: Vec<&str> = text.lines().chain(std::iter::once("{not json")).collect();
+    produce(&client(&b.addr), &lines, &[]);
+    let sent = lines.len() as u64;
     let keys = d.join("keys.json");
     let key = api_key(&keys, "viewer");
     // A short session timeout: the killed consumer's partitions go to the next run in seconds
@@ -387,13 +371,13 @@ fn kafka_input_gives_the_file_runs_alerts() {
         "the file run's alerts"
     );
     // The alerts topic: every alert, keyed by agent.
-    let on_topic = drain(&b.addr, "alerts", reference.len());
+    let on_topic = drain(&client(&b.addr), "alerts", reference.len());
     assert_eq!(on_topic.len(), reference.len());
     assert!(on_topic
         .iter()
         .all(|m| m.key().is_some_and(|k| k.starts_with(b"agent-"))));
     // The dead letter: the bad record, where it came from and why (once per run that read it).
-    let dead = drain(&b.addr, "dead", 2);
+    let dead = drain(&client(&b.addr), "dead", 2);
     assert_eq!(dead.len(), 2);
     assert_eq!(dead[0].payload(), Some(&b"{not json"[..]));
     let headers = dead[0].headers().unwrap();
@@ -496,7 +480,7 @@ fn partitions_and_their_state_move_between_instances() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let reference = alert_ids(&d.join("ref.jsonl"));
     assert!(reference.len() > 100, "{} alerts", reference.len());
-    produce(&b.addr, &lines, &sentinels);
+    produce(&client(&b.addr), &lines, &sentinels);
     let total = (lines.len() + sentinels.len()) as f64;
     drop(lines);
     drop(text);
@@ -580,7 +564,7 @@ fn partitions_and_their_state_move_between_instances() {
     assert_eq!(v[0]["d"].as_u64().unwrap() as usize, reference.len());
     assert_eq!(v[0]["n"], v[0]["d"], "no alert stored twice");
     // The alerts topic (at least once): every alert.
-    let on_topic: BTreeSet<String> = drain(&b.addr, "alerts", reference.len())
+    let on_topic: BTreeSet<String> = drain(&client(&b.addr), "alerts", reference.len())
         .iter()
         .map(|m| {
             let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
@@ -692,43 +676,13 @@ fn kafka_over_tls() {
     assert!(!reference.is_empty());
     // Produced over TLS too.
     let text = std::fs::read_to_string(&events).unwrap();
-    struct Logs;
-    impl rdkafka::ClientContext for Logs {
-        fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
-            if (level as i32) <= (rdkafka::config::RDKafkaLogLevel::Warning as i32) {
-                eprintln!("test producer: librdkafka {fac}: {msg}");
-            }
-        }
-    }
-    impl rdkafka::producer::ProducerContext for Logs {
-        type DeliveryOpaque = ();
-        fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
-    }
-    let producer: BaseProducer<Logs> = ClientConfig::new()
-        .set("bootstrap.servers", format!("127.0.0.1:{front}"))
+    let mut tls_client = client(&format!("127.0.0.1:{front}"));
+    tls_client
         .set("security.protocol", "ssl")
-        .set("ssl.ca.location", ca.to_str().unwrap())
-        .create_with_context(Logs)
-        .unwrap();
-    let mut sent = 0.0;
-    for line in text.lines() {
-        let key = serde_json::from_str::<serde_json::Value>(line).unwrap()["gen_ai.agent.id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let mut rec = BaseRecord::to("events").key(key.as_str()).payload(line);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    producer.poll(Duration::from_millis(20));
-                    rec = r;
-                }
-            }
-        }
-        sent += 1.0;
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
+        .set("ssl.ca.location", ca.to_str().unwrap());
+    let lines: Vec<&str> = text.lines().collect();
+    produce(&tls_client, &lines, &[]);
+    let sent = lines.len() as f64;
     let keys = d.join("keys.json");
     let api = api_key(&keys, "viewer");
     let config = d.join("cordon.toml");
@@ -756,29 +710,10 @@ fn kafka_over_tls() {
     run.terminate();
     assert_eq!(alert_ids(&d.join("kafka.jsonl")), reference);
     assert!(handshakes.load(std::sync::atomic::Ordering::Relaxed) >= 2);
-    let on_topic = drain_tls(front, &ca, reference.len());
-    assert_eq!(on_topic, reference.len());
-}
-
-/// Counts the alerts on the alerts topic, read over TLS.
-fn drain_tls(port: u16, ca: &Path, want: usize) -> usize {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
-        .set("security.protocol", "ssl")
-        .set("ssl.ca.location", ca.to_str().unwrap())
-        .set("group.id", "reader-tls")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    c.subscribe(&["alerts"]).unwrap();
-    let mut n = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while n < want && std::time::Instant::now() < deadline {
-        if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
-            n += 1;
-        }
-    }
-    n
+    assert_eq!(
+        drain(&tls_client, "alerts", reference.len()).len(),
+        reference.len()
+    );
 }
 
 /// A secret that cannot be had is an error naming the property and where it was to come
@@ -836,7 +771,7 @@ fn action_results_reach_their_topic() {
     assert!(o.status.success());
     let text = std::fs::read_to_string(d.join("g/events.jsonl")).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    produce(&b.addr, &lines, &[]);
+    produce(&client(&b.addr), &lines, &[]);
     let example =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("cordon.example.toml"))
             .unwrap()
@@ -872,7 +807,7 @@ fn action_results_reach_their_topic() {
     });
     run.terminate();
     let logged = std::fs::read_to_string(d.join("actions.jsonl")).unwrap();
-    let on_topic = drain(&b.addr, "actions", 1);
+    let on_topic = drain(&client(&b.addr), "actions", 1);
     assert!(!on_topic.is_empty());
     for m in &on_topic {
         let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
