@@ -414,10 +414,16 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
                 .map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
         }
     }
+    let duplicates = engine.stats().duplicates;
     eprintln!(
-        "cordon: {} records, {} events, {} dead-lettered{}, {} alerts from {} rules",
+        "cordon: {} records, {} events{}, {} dead-lettered{}, {} alerts from {} rules",
         stats.records,
         stats.events,
+        if duplicates > 0 {
+            format!(" ({duplicates} duplicates of events already read, dropped)")
+        } else {
+            String::new()
+        },
         stats.dead_lettered,
         match &a.dead_letter {
             Some(p) if stats.dead_lettered > 0 => format!(" (see {})", p.display()),

@@ -146,6 +146,7 @@ impl Inner {
             sum.late += s.late;
             sum.reordered += s.reordered;
             sum.out_of_order += s.out_of_order;
+            sum.duplicates += s.duplicates;
         }
         sum
     }

@@ -108,6 +108,9 @@ pub struct KafkaConfig {
     /// (e.g. `"sasl.password" = "env:KAFKA_PASSWORD"`), never written in the config itself.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// SASL/OAUTHBEARER with tokens from an OAuth 2.0 token endpoint (client credentials).
+    #[serde(default)]
+    pub oauthbearer: Option<crate::oauthbearer::OauthConfig>,
 }
 
 fn duration(field: &str, v: &Option<String>, default: Duration) -> Result<Duration> {
@@ -131,23 +134,21 @@ impl KafkaConfig {
             c.set(k, v);
         }
         for (k, source) in &self.secrets {
-            let value = if let Some(name) = source.strip_prefix("env:") {
-                std::env::var(name).map_err(|_| {
-                    anyhow::anyhow!(
-                        "[kafka.secrets]: {k:?} comes from the environment variable {name}, which is not set"
-                    )
-                })?
-            } else if let Some(path) = source.strip_prefix("file:") {
-                std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("[kafka.secrets]: {k:?}: {path}: {e}"))?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_owned()
-            } else {
-                anyhow::bail!(
-                    "[kafka.secrets]: {k:?}: expected \"env:NAME\" or \"file:PATH\" (the secret itself never goes in the config)"
-                );
-            };
+            let value =
+                crate::oauthbearer::read_secret(&format!("[kafka.secrets]: {k:?}"), source)?;
             c.set(k, value);
+        }
+        if self.oauthbearer.is_some() {
+            match self.properties.get("sasl.mechanism").map(String::as_str) {
+                None | Some("OAUTHBEARER") => {}
+                Some(other) => anyhow::bail!(
+                    "[kafka]: [kafka.oauthbearer] is set but sasl.mechanism is {other:?}; remove one"
+                ),
+            }
+            c.set("sasl.mechanism", "OAUTHBEARER");
+            if !self.properties.contains_key("security.protocol") {
+                c.set("security.protocol", "SASL_SSL");
+            }
         }
         Ok(c)
     }
@@ -164,6 +165,8 @@ pub struct KafkaStats {
     pub commits: AtomicU64,
     /// Commits that failed (retried at the next interval).
     pub commit_failures: AtomicU64,
+    /// Cuts skipped because a later one was completed first (a revocation's).
+    pub stale_cuts: AtomicU64,
     /// Total time spent committing (make durable, checkpoint, commit), µs.
     pub commit_micros: AtomicU64,
     /// The last commit's time, µs.
@@ -196,6 +199,8 @@ pub struct KafkaStats {
     pub ready: AtomicBool,
     /// Consumer lag by `topic/partition`, as librdkafka last reported it.
     pub lag: Mutex<BTreeMap<String, i64>>,
+    /// OAUTHBEARER token requests, when configured.
+    pub oauth: std::sync::OnceLock<Arc<crate::oauthbearer::TokenStats>>,
 }
 
 impl KafkaStats {
@@ -236,6 +241,12 @@ impl KafkaStats {
             "cordon_kafka_commit_failures_total",
             "Commits that failed (retried at the next interval)",
             &self.commit_failures,
+        );
+        c(
+            out,
+            "cordon_kafka_stale_cuts_total",
+            "Periodic commits skipped because a revocation committed a later state first",
+            &self.stale_cuts,
         );
         out.counter(
             "cordon_kafka_commit_seconds_total",
@@ -327,6 +338,20 @@ impl KafkaStats {
             &[],
             f64::from(u8::from(self.ready.load(Ordering::Relaxed))),
         );
+        if let Some(t) = self.oauth.get() {
+            c(
+                out,
+                "cordon_kafka_oauth_tokens_total",
+                "OAUTHBEARER tokens obtained from the token endpoint",
+                &t.issued,
+            );
+            c(
+                out,
+                "cordon_kafka_oauth_token_failures_total",
+                "OAUTHBEARER token requests that failed (librdkafka retries them)",
+                &t.failures,
+            );
+        }
         let lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
         for (part, n) in lag.iter() {
             let (topic, partition) = part.rsplit_once('/').unwrap_or((part, ""));
@@ -344,9 +369,29 @@ impl KafkaStats {
 struct Deliveries {
     stats: Arc<KafkaStats>,
     failed: AtomicU64,
+    tokens: Option<Arc<crate::oauthbearer::TokenSource>>,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _: Option<&str>,
+    ) -> std::result::Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        oauth_token(self.tokens.as_deref())
+    }
+}
+
+/// A token for librdkafka's OAUTHBEARER refresh (asked only when `sasl.mechanism` is it).
+fn oauth_token(
+    tokens: Option<&crate::oauthbearer::TokenSource>,
+) -> std::result::Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+    match tokens {
+        Some(t) => t.token().map_err(Into::into),
+        None => Err("sasl.mechanism OAUTHBEARER needs a [kafka.oauthbearer] section (token endpoint and client credentials)".into()),
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -492,6 +537,8 @@ struct CutPart {
 /// Offsets to commit and the partition states that go with them.
 #[derive(Default)]
 struct Cut {
+    /// Cuts are numbered as they are taken: one completed after a later one is stale.
+    seq: u64,
     parts: Vec<CutPart>,
 }
 
@@ -511,19 +558,30 @@ struct Committer {
     checkpoints: Option<CheckpointStore>,
     flush_timeout: Duration,
     stats: Arc<KafkaStats>,
-    lock: Mutex<()>,
+    /// Held while a cut completes; holds the number of the last cut completed.
+    lock: Mutex<u64>,
 }
 
 impl Committer {
     /// `mode`: the poll loop's committer thread commits asynchronously (a synchronous commit
     /// from another thread can wait on a rebalance that waits on the poll thread); revocation
     /// and shutdown commit synchronously on the poll thread.
+    /// `last`: the number of the last cut completed (under [`Committer::lock`]). A cut older
+    /// than it is skipped: a revocation can complete a newer cut on the poll thread while the
+    /// committer thread waits for the lock with an older one, and writing the older one
+    /// afterwards would take the partition's checkpoint and offset back.
     fn complete(
         &self,
         consumer: &BaseConsumer<Ctx>,
         cut: Cut,
         mode: CommitMode,
+        last: &mut u64,
     ) -> Result<Vec<(String, i64)>> {
+        if cut.seq <= *last {
+            self.stats.stale_cuts.fetch_add(1, Ordering::Relaxed);
+            return Ok(Vec::new());
+        }
+        *last = cut.seq;
         let stats = &self.stats;
         let t0 = Instant::now();
         if let Some(h) = self
@@ -604,6 +662,8 @@ struct RunState {
     fatal: Option<String>,
     /// Stopping: the consumer is closing, nothing more to commit.
     closing: bool,
+    /// Cuts taken so far.
+    cuts: u64,
 }
 
 impl RunState {
@@ -611,7 +671,11 @@ impl RunState {
     /// to commit and, with a state store, its engine's state at exactly that offset (taken
     /// now, on the poll thread; compressed and written by [`Committer::complete`]).
     fn cut(&mut self, only: Option<&HashSet<String>>) -> Result<Cut> {
-        let mut cut = Cut::default();
+        self.cuts += 1;
+        let mut cut = Cut {
+            seq: self.cuts,
+            parts: Vec::new(),
+        };
         let stateful = self.committer.checkpoints.is_some();
         for (key, part) in self.parts.iter_mut() {
             if only.is_some_and(|o| !o.contains(key)) {
@@ -688,10 +752,10 @@ impl RunState {
         only: Option<&HashSet<String>>,
     ) -> Result<()> {
         let committer = self.committer.clone();
-        let _one_at_a_time = committer.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = committer.lock.lock().unwrap_or_else(|p| p.into_inner());
         let cut = self.cut(only)?;
         let keys = cut.keys();
-        match committer.complete(consumer, cut, CommitMode::Sync) {
+        match committer.complete(consumer, cut, CommitMode::Sync, &mut last) {
             Ok(done) => {
                 self.settle(Ok(done));
                 Ok(())
@@ -819,6 +883,7 @@ impl RunState {
 struct Ctx {
     run: Arc<Mutex<RunState>>,
     stats: Arc<KafkaStats>,
+    tokens: Option<Arc<crate::oauthbearer::TokenSource>>,
 }
 
 impl Ctx {
@@ -828,6 +893,15 @@ impl Ctx {
 }
 
 impl ClientContext for Ctx {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _: Option<&str>,
+    ) -> std::result::Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        oauth_token(self.tokens.as_deref())
+    }
+
     fn stats(&self, s: Statistics) {
         let assigned = self.lock();
         let mut lag = self.stats.lag.lock().unwrap_or_else(|p| p.into_inner());
@@ -977,6 +1051,14 @@ impl KafkaInput {
             .transpose()?;
         let stats = Arc::new(KafkaStats::default());
         let base = config.client()?;
+        let tokens = config
+            .oauthbearer
+            .as_ref()
+            .map(|o| crate::oauthbearer::TokenSource::new(o, rt.clone()).map(Arc::new))
+            .transpose()?;
+        if let Some(t) = &tokens {
+            let _ = stats.oauth.set(t.stats.clone());
+        }
         let producer = if config.alerts_topic.is_some()
             || config.dead_letter_topic.is_some()
             || config.actions_topic.is_some()
@@ -987,6 +1069,7 @@ impl KafkaInput {
                 p.create_with_context(Deliveries {
                     stats: stats.clone(),
                     failed: AtomicU64::new(0),
+                    tokens: tokens.clone(),
                 })
                 .context("[kafka]: producer")?,
             ))
@@ -999,7 +1082,7 @@ impl KafkaInput {
             checkpoints,
             flush_timeout,
             stats: stats.clone(),
-            lock: Mutex::new(()),
+            lock: Mutex::new(0),
         });
         let run = Arc::new(Mutex::new(RunState {
             engines: engines.clone(),
@@ -1007,6 +1090,7 @@ impl KafkaInput {
             parts: BTreeMap::new(),
             fatal: None,
             closing: false,
+            cuts: 0,
         }));
         let mut c = base;
         c.set("group.id", &config.group_id)
@@ -1039,6 +1123,7 @@ impl KafkaInput {
             .create_with_context(Ctx {
                 run: run.clone(),
                 stats: stats.clone(),
+                tokens,
             })
             .context("[kafka]: consumer")?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -1189,10 +1274,9 @@ impl KafkaInput {
                 let consumer = &self.consumer;
                 scope.spawn(move || {
                     for cut in job_rx {
-                        let _one_at_a_time =
-                            committer.lock.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut last = committer.lock.lock().unwrap_or_else(|p| p.into_inner());
                         let keys = cut.keys();
-                        let r = committer.complete(consumer, cut, CommitMode::Async).map_err(|e| {
+                        let r = committer.complete(consumer, cut, CommitMode::Async, &mut last).map_err(|e| {
                             // Not fatal: the next interval tries again; until then nothing
                             // new is committed, so nothing is lost.
                             tracing::warn!(error = %format!("{e:#}"), "commit failed; retrying at the next interval");

@@ -191,6 +191,12 @@ impl MetricsSources {
             );
             c(
                 out,
+                "cordon_events_duplicate_total",
+                "Events dropped as copies of one already read (same event.id and time)",
+                s.duplicates,
+            );
+            c(
+                out,
                 "cordon_suppression_keys_evicted_total",
                 "Suppression keys evicted because the table was full",
                 e.suppression_evictions(),

@@ -8,6 +8,7 @@ mod engines;
 mod hunt;
 mod kafka;
 mod live;
+mod oauthbearer;
 mod pipeline;
 mod respond;
 mod score;

@@ -11,9 +11,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,53 +23,14 @@ use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
+mod common;
+
+use common::oauth::oauth;
+
 const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_cordon")
-}
-
-/// The OAuth server, killed on drop.
-struct OAuth {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for OAuth {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn oauth() -> OAuth {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oauth");
-    if !dir.join("node_modules/oidc-provider").exists() {
-        let st = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm (Node.js) is needed for the OAuth tests");
-        assert!(st.success(), "npm ci in tests/oauth failed");
-    }
-    let mut child = Command::new("node")
-        .arg("server.mjs")
-        .current_dir(&dir)
-        .env("PORT", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .strip_prefix("ready ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("the OAuth server said {line:?}"));
-    OAuth { child, port }
 }
 
 #[derive(Default)]

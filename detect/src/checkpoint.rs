@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The format name written first in every checkpoint.
 pub const FORMAT: &str = "cordon-engine-checkpoint";
 /// The version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Why a checkpoint could not be read.
 #[derive(Debug, thiserror::Error)]

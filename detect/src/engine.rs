@@ -129,6 +129,10 @@ pub struct EngineStats {
     pub reordered: u64,
     /// Events passed to [`Engine::observe`] older than one already processed.
     pub out_of_order: u64,
+    /// Events dropped as copies of one already accepted (same `event.id` and time; see
+    /// [`crate::dedupe`]).
+    #[serde(default)]
+    pub duplicates: u64,
 }
 
 /// An event refused because it arrived behind the watermark.
@@ -221,6 +225,7 @@ struct Saved {
     buffer: Vec<(i64, u64, BufferedEvent)>,
     profiles: Vec<u8>,
     enforced: crate::enforce::Enforced,
+    recent: crate::dedupe::Recent,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -264,6 +269,8 @@ pub struct Engine {
     seq: u64,
     profiles: Profiles,
     enforced: crate::enforce::Enforced,
+    /// Ids of accepted events a copy of which could still arrive.
+    recent: crate::dedupe::Recent,
 }
 
 #[derive(Clone)]
@@ -322,6 +329,7 @@ impl Engine {
             seq: 0,
             profiles: Profiles::default(),
             enforced: crate::enforce::Enforced::default(),
+            recent: crate::dedupe::Recent::default(),
         }
     }
 
@@ -422,6 +430,7 @@ impl Engine {
             seq: self.seq,
             profiles: self.profiles.clone(),
             enforced: self.enforced.clone(),
+            recent: self.recent.clone(),
         }
     }
 
@@ -466,6 +475,7 @@ impl Engine {
             buffer,
             profiles: self.profiles.save_bytes().map_err(damaged)?,
             enforced: self.enforced.clone(),
+            recent: self.recent.clone(),
         };
         crate::checkpoint::to_bytes(&saved).map_err(damaged)
     }
@@ -557,6 +567,7 @@ impl Engine {
             .load_bytes(&saved.profiles)
             .map_err(|e| E::Damaged(format!("profiles: {e}")))?;
         self.enforced = saved.enforced;
+        self.recent = saved.recent;
         Ok(report)
     }
 
@@ -630,6 +641,12 @@ impl Engine {
                 watermark: self.released,
             });
         }
+        if let Some(id) = ev.id() {
+            if self.recent.seen(id, ts) {
+                self.stats.duplicates += 1;
+                return Ok(());
+            }
+        }
         if ts < self.max_seen {
             self.stats.reordered += 1;
         }
@@ -666,7 +683,11 @@ impl Engine {
     /// An event leaves the reorder buffer: its agent's baseline features are set (the profile
     /// then learns it), and the rules run.
     fn release(&mut self, p: Pending, out: &mut Vec<Alert>) {
-        self.released = p.ts;
+        if p.ts > self.released {
+            self.released = p.ts;
+            // A copy of anything older would be refused as late.
+            self.recent.expire(p.ts);
+        }
         let mut ev = p.event;
         self.profiles.annotate(&mut ev);
         self.enforced.mark(&mut ev);

@@ -10,6 +10,7 @@
 pub mod alert;
 pub mod baseline;
 pub mod checkpoint;
+pub mod dedupe;
 pub mod enforce;
 pub mod engine;
 pub mod keys;

@@ -331,6 +331,17 @@ impl Location {
 
     /// The `*.parquet` files under `rel` (a table or a partition), as relative paths, sorted.
     pub async fn list(&self, rel: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .list_modified(rel)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    }
+
+    /// [`Location::list`] with each file's last modification (ms since the epoch; 0 when
+    /// the file system does not say).
+    pub async fn list_modified(&self, rel: &str) -> Result<Vec<(String, i64)>, StoreError> {
         let mut out = Vec::new();
         match self {
             Location::Local(root) => {
@@ -347,7 +358,13 @@ impl Location {
                             stack.push(p);
                         } else if p.extension().is_some_and(|x| x == "parquet") {
                             if let Ok(r) = p.strip_prefix(root) {
-                                out.push(r.to_string_lossy().replace('\\', "/"));
+                                let modified = e
+                                    .metadata()
+                                    .and_then(|m| m.modified())
+                                    .ok()
+                                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                                    .map_or(0, |d| d.as_millis() as i64);
+                                out.push((r.to_string_lossy().replace('\\', "/"), modified));
                             }
                         }
                     }
@@ -365,7 +382,7 @@ impl Location {
                 for m in metas {
                     let p = m.location.as_ref();
                     if p.ends_with(".parquet") && p.len() > skip {
-                        out.push(p[skip..].to_owned());
+                        out.push((p[skip..].to_owned(), m.last_modified.timestamp_millis()));
                     }
                 }
             }
@@ -572,6 +589,11 @@ struct Seen {
 /// Alert ids remembered for dedupe (about 160 bytes each with the set and the order).
 pub const DEDUPE_IDS: usize = 200_000;
 
+/// How far back (wall clock, before the newest file) [`AlertStore::remember_recent`] reads
+/// alert ids: longer than a checkpoint interval plus a session timeout and a rebalance, the
+/// span of alerts a dead instance wrote that its partitions' next owner raises again.
+pub const REPLAY_WINDOW_MS: i64 = 15 * 60 * 1000;
+
 impl Seen {
     /// Records an id; false when it was already there.
     fn insert(&mut self, id: &str) -> bool {
@@ -590,22 +612,26 @@ impl Seen {
 }
 
 impl Shared {
-    /// Loads the ids of the latest two day partitions (by name): a replay re-raises recent
-    /// alerts, and those are where they are.
+    /// Loads the ids of the alerts a replay can raise again: those of the files written
+    /// within [`REPLAY_WINDOW_MS`] of the newest file (wall clock: what another instance
+    /// wrote since its last checkpoint before it died, whatever the alerts' event dates —
+    /// partitions run at different points in event time), and those of the latest two day
+    /// partitions (by name).
     fn remember_recent(&self) -> Result<(), StoreError> {
-        let files = self.block_on(self.location.list("alerts"))?;
+        let files = self.block_on(self.location.list_modified("alerts"))?;
         let mut days: Vec<&str> = files
             .iter()
-            .filter_map(|f| f.rsplit_once('/').map(|(d, _)| d))
+            .filter_map(|(f, _)| f.rsplit_once('/').map(|(d, _)| d))
             .collect();
         days.sort_unstable();
         days.dedup();
         let recent: Vec<&str> = days.iter().rev().take(2).copied().collect();
+        let newest = files.iter().map(|(_, t)| *t).max().unwrap_or(0);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        for f in files
-            .iter()
-            .filter(|f| recent.iter().any(|d| f.starts_with(&format!("{d}/"))))
-        {
+        for (f, _) in files.iter().filter(|(f, t)| {
+            *t >= newest - REPLAY_WINDOW_MS
+                || recent.iter().any(|d| f.starts_with(&format!("{d}/")))
+        }) {
             let bytes = self.block_on(self.location.get(f))?;
             let builder =
                 parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
@@ -796,9 +822,10 @@ impl AlertStore {
         })
     }
 
-    /// Loads the ids of the latest two day partitions again, so alerts another instance
-    /// stored meanwhile (before a Kafka partition moved here) are not stored twice when their
-    /// events are replayed.
+    /// Loads the ids of recently written alerts again (files written within
+    /// [`REPLAY_WINDOW_MS`] of the newest one, and the latest two day partitions), so alerts
+    /// another instance stored meanwhile (before a Kafka partition moved here) are not stored
+    /// twice when their events are replayed.
     pub fn remember_recent(&self) -> Result<(), StoreError> {
         self.shared.remember_recent()
     }

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod http;
+pub mod oauth;
 
 use std::path::Path;
 use std::process::{Command, Output};
