@@ -136,7 +136,7 @@ impl Running {
                 keys.to_str().unwrap(),
             ])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("CORDON_LOG", "info")
             .env("CORDON_IDP_CLIENT_SECRET", "x")
             .env(
                 "CORDON_GATEWAY_WHSEC",
