@@ -8,35 +8,58 @@
 //! event's time is within the allowed lateness of the watermark; anything older is refused as
 //! late anyway — and drops a second event with the same id and time, counting it.
 //!
-//! Memory follows the reorder buffer: the ids of roughly the events of one lateness window.
-//! Events without an id are never deduplicated.
+//! Memory follows the reorder buffer: the ids of roughly the events of one lateness window,
+//! each kept as a 64-bit SipHash-1-3 under a random key (no allocation per event; the key,
+//! saved with the state, keeps anyone who can choose event ids from making two different
+//! events collide). Events without an id are never deduplicated.
 
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 /// Ids of recently accepted events, with their times.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Recent {
-    /// id → event time (ns).
-    ids: FxHashMap<Box<str>, i64>,
-    /// (event time, id) in arrival order; a front entry leaves once it is older than the
-    /// horizon (entries behind an older one wait for it: they stay a little longer, never
-    /// less).
-    order: VecDeque<(i64, Box<str>)>,
+    /// The SipHash key.
+    key: (u64, u64),
+    /// Hash of the id → event time (ns).
+    ids: FxHashMap<u64, i64>,
+    /// (event time, hash of the id) in arrival order; a front entry leaves once it is older
+    /// than the horizon (entries behind an older one wait for it: they stay a little longer,
+    /// never less).
+    order: VecDeque<(i64, u64)>,
+}
+
+impl Default for Recent {
+    fn default() -> Recent {
+        // Two random words from the standard library's per-process random hasher state.
+        let random = std::collections::hash_map::RandomState::new();
+        Recent {
+            key: (random.hash_one(0u8), random.hash_one(1u8)),
+            ids: FxHashMap::default(),
+            order: VecDeque::new(),
+        }
+    }
 }
 
 impl Recent {
+    fn hash(&self, id: &str) -> u64 {
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.key.0, self.key.1);
+        h.write(id.as_bytes());
+        h.finish()
+    }
+
     /// Whether an event with this id and time was already accepted; remembers it if not.
     pub fn seen(&mut self, id: &str, ts: i64) -> bool {
-        if let Some(&t) = self.ids.get(id) {
+        let id = self.hash(id);
+        if let Some(&t) = self.ids.get(&id) {
             if t == ts {
                 return true;
             }
         }
-        let id: Box<str> = id.into();
-        self.ids.insert(id.clone(), ts);
+        self.ids.insert(id, ts);
         self.order.push_back((ts, id));
         false
     }

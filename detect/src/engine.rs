@@ -641,7 +641,7 @@ impl Engine {
                 watermark: self.released,
             });
         }
-        if let Some(id) = ev.id() {
+        if let Some(id) = ev.id().filter(|id| !id.is_empty()) {
             if self.recent.seen(id, ts) {
                 self.stats.duplicates += 1;
                 return Ok(());
