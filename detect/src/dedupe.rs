@@ -4,9 +4,9 @@
 //! idempotence, a relay replaying a spool) deliver the same event twice. Counted twice, one
 //! event would open two partial matches, fill a threshold window twice or shift a baseline, and
 //! alerts would name different evidence than a clean stream gives. So the engine remembers the
-//! ids of the events it accepted for as long as a copy could still be accepted — while the
-//! event's time is within the allowed lateness of the watermark; anything older is refused as
-//! late anyway — and drops a second event with the same id and time, counting it.
+//! ids of the events it accepted for as long as a copy could still be accepted — until the
+//! reorder buffer has released events past it (the stream is the allowed lateness beyond it);
+//! anything older is refused as late anyway — and drops a second event with the same id and time, counting it.
 //!
 //! Memory follows the reorder buffer: the ids of roughly the events of one lateness window,
 //! each kept as a 64-bit SipHash-1-3 under a random key (no allocation per event; the key,
