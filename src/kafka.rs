@@ -185,6 +185,14 @@ pub struct KafkaStats {
     pub delivery_micros: AtomicU64,
     /// Partition states restored from a checkpoint.
     pub restores: AtomicU64,
+    /// Offsets passed over without a record: where a partition's next record came later
+    /// than the offset after the last one (transaction markers and compaction leave such
+    /// holes; right after a restore it means the broker did not return records the state
+    /// does not hold).
+    pub offsets_skipped: AtomicU64,
+    /// Records at an offset the partition's state already reflects, dropped (a broker or
+    /// client returning a record twice).
+    pub records_repeated: AtomicU64,
     /// Checkpoints that could not be decoded (the partition started afresh).
     pub restore_failures: AtomicU64,
     /// Records sent to the dead-letter topic.
@@ -301,6 +309,18 @@ impl KafkaStats {
             "cordon_kafka_restores_total",
             "Partition states restored from a checkpoint",
             &self.restores,
+        );
+        c(
+            out,
+            "cordon_kafka_offsets_skipped_total",
+            "Offsets passed over with no record (transaction markers, compaction, or records a broker did not return)",
+            &self.offsets_skipped,
+        );
+        c(
+            out,
+            "cordon_kafka_records_repeated_total",
+            "Records at an offset the partition's state already reflects, dropped",
+            &self.records_repeated,
         );
         c(
             out,
@@ -512,6 +532,8 @@ struct Part {
     partition: i32,
     /// The offset after the last record read (or the checkpoint's).
     next: Option<i64>,
+    /// The first offset read in this assignment (logged when the partition goes).
+    first: Option<i64>,
     /// Without a state store: (offset, event time) of events pushed and possibly still held.
     held: VecDeque<(i64, i64)>,
     /// Read since the last checkpoint.
@@ -617,6 +639,7 @@ impl Committer {
                     .checkpoint()
                     .with_context(|| format!("checkpointing {}", p.key))?;
                 let n = store.save(&p.topic, p.partition, p.offset, &raw)?;
+                tracing::debug!(partition = %p.key, offset = p.offset, seq = cut.seq, "checkpoint written");
                 stats.checkpoints.fetch_add(1, Ordering::Relaxed);
                 stats
                     .checkpoint_bytes
@@ -826,6 +849,7 @@ impl RunState {
                     topic,
                     partition,
                     next: start,
+                    first: None,
                     held: VecDeque::new(),
                     dirty: false,
                     committed: start,
@@ -868,6 +892,9 @@ impl RunState {
         }
         let mut lag = stats.lag.lock().unwrap_or_else(|p| p.into_inner());
         for k in &keys {
+            if let Some(p) = self.parts.get(k) {
+                tracing::info!(partition = %k, first = ?p.first, next = ?p.next, committed = ?p.committed, "partition released");
+            }
             self.parts.remove(k);
             self.engines.lock().remove(k);
             lag.remove(k);
@@ -1351,6 +1378,28 @@ impl KafkaInput {
                     tracing::debug!(partition = %key, offset = msg.offset(), "record of a revoked partition left to its next owner");
                     continue;
                 };
+                match part.next {
+                    // Earlier than the next expected: the state already holds it.
+                    Some(n) if msg.offset() < n => {
+                        self.stats.records_repeated.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(partition = %key, expected = n, offset = msg.offset(), "a record the partition's state already reflects, dropped");
+                        continue;
+                    }
+                    // Later: offsets with no record (transaction markers, compaction), or
+                    // records the broker did not return.
+                    Some(n) if msg.offset() > n => {
+                        self.stats
+                            .offsets_skipped
+                            .fetch_add((msg.offset() - n) as u64, Ordering::Relaxed);
+                        if part.first.is_none() {
+                            tracing::warn!(partition = %key, expected = n, offset = msg.offset(), "the first record read is later than the partition's checkpoint: offsets with no record (transaction markers, compaction) or records the broker did not return");
+                        } else {
+                            tracing::debug!(partition = %key, expected = n, offset = msg.offset(), "offsets skipped");
+                        }
+                    }
+                    _ => {}
+                }
+                part.first.get_or_insert(msg.offset());
                 part.next = Some(msg.offset() + 1);
                 part.dirty = true;
                 let mut engines = self.engines.lock();

@@ -21,14 +21,22 @@ impl Drop for Broker {
     }
 }
 
-/// The tansu binary (`~/.cargo/bin/tansu`, else on the `PATH`).
+/// The tansu binary: `$CORDON_TANSU`, else the build of `.ci/tansu.sh`
+/// (`~/.cache/cordon/tansu-0.6.0-fetchfix/bin/tansu`). Stock tansu 0.6.0 is not used: its
+/// memory storage answers a fetch from the middle of a producer batch with the *next* batch,
+/// so a consumer resuming from a checkpoint loses records (`.ci/tansu.sh` fixes that).
 pub fn tansu() -> PathBuf {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let installed = Path::new(&home).join(".cargo/bin/tansu");
-    if installed.exists() {
-        return installed;
+    if let Some(p) = std::env::var_os("CORDON_TANSU") {
+        return PathBuf::from(p);
     }
-    PathBuf::from("tansu")
+    let home = std::env::var("HOME").unwrap_or_default();
+    let fixed = Path::new(&home).join(".cache/cordon/tansu-0.6.0-fetchfix/bin/tansu");
+    assert!(
+        fixed.exists(),
+        "no tansu at {}: run .ci/tansu.sh (or set CORDON_TANSU)",
+        fixed.display()
+    );
+    fixed
 }
 
 /// Starts a broker with the topics `events` (4 partitions), `alerts` and `dead`.
@@ -73,7 +81,7 @@ pub fn broker_advertising(topics: &[(&str, u32)], advertised: Option<u16>) -> Br
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("tansu: cargo install tansu --locked --features dynostore (or run .ci/run)");
+        .expect("tansu: run .ci/tansu.sh (or set CORDON_TANSU)");
     let b = Broker {
         child,
         addr: format!("127.0.0.1:{port}"),
