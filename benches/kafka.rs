@@ -15,7 +15,7 @@
 //! `cargo bench --bench kafka` (`KAFKA_BENCH_EVENTS` sets the size, default 500 000;
 //! `KAFKA_BENCH_PROPS` / `KAFKA_BENCH_LATENCY_PROPS` add librdkafka properties (`k=v,…`) to
 //! both consumers / to the latency run; `KAFKA_BENCH_COMMIT` sets `commit_interval`). Needs
-//! `tansu` (`cargo install tansu --locked --features dynostore`); without it, it says so and
+//! `tansu` (built by `.ci/tansu.sh`, or `CORDON_TANSU`); without it, it says so and
 //! exits. The broker, the bench and Cordon share this machine's cores, so the ratio is the
 //! figure to read, not the absolute rates.
 
@@ -219,8 +219,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn main() {
-    if !broker::tansu().exists() && Command::new("tansu").arg("--help").output().is_err() {
-        eprintln!("kafka bench: tansu not found (cargo install tansu --locked --features dynostore); skipped");
+    if !broker::tansu_path().exists() {
+        eprintln!(
+            "kafka bench: no tansu at {} (run .ci/tansu.sh or set CORDON_TANSU); skipped",
+            broker::tansu_path().display()
+        );
         return;
     }
     if std::env::args().any(|a| a == "--list") {

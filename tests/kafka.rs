@@ -538,7 +538,6 @@ fn wait_until(secs: u64, what: &str, logs: &[&Running], mut ok: impl FnMut() -> 
 /// (partitions come back to it with their state). Together they give exactly the alerts of
 /// `cordon run --input` on the same file, and the shared alert store holds each alert once.
 #[test]
-#[ignore = "intermittent: about one run in four raises one alert with other evidence after a hand-over (issue 5, open); run with --ignored"]
 fn partitions_and_their_state_move_between_instances() {
     let b = broker();
     let dir = tempfile::tempdir().unwrap();
@@ -712,12 +711,19 @@ fn partitions_and_their_state_move_between_instances() {
         store.to_str().unwrap(),
         "--format",
         "json",
-        "SELECT count(*) AS n, count(DISTINCT alert_id) AS d FROM alerts",
+        "SELECT count(*) AS n, count(DISTINCT alert_id) AS d, \
+         (SELECT count(*) FROM alert_rows) AS rows FROM alerts",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[0]["d"].as_u64().unwrap() as usize, reference.len());
     assert_eq!(v[0]["n"], v[0]["d"], "no alert stored twice");
+    // Rows written twice on disk (a replay racing the other instance's write), which the
+    // `alerts` view hides: reported, for the record.
+    eprintln!(
+        "alert rows on disk: {} for {} alerts",
+        v[0]["rows"], v[0]["d"]
+    );
     // The alerts topic (at least once): every alert.
     let on_topic: BTreeSet<String> = drain(&client(&b.addr), "alerts", reference.len())
         .iter()

@@ -618,36 +618,59 @@ impl Shared {
     /// partitions run at different points in event time), and those of the latest two day
     /// partitions (by name).
     fn remember_recent(&self) -> Result<(), StoreError> {
-        let files = self.block_on(self.location.list_modified("alerts"))?;
-        let mut days: Vec<&str> = files
-            .iter()
-            .filter_map(|(f, _)| f.rsplit_once('/').map(|(d, _)| d))
-            .collect();
-        days.sort_unstable();
-        days.dedup();
-        let recent: Vec<&str> = days.iter().rev().take(2).copied().collect();
-        let newest = files.iter().map(|(_, t)| *t).max().unwrap_or(0);
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        for (f, _) in files.iter().filter(|(f, t)| {
-            *t >= newest - REPLAY_WINDOW_MS
-                || recent.iter().any(|d| f.starts_with(&format!("{d}/")))
-        }) {
-            let bytes = self.block_on(self.location.get(f))?;
-            let builder =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .map_err(|e| obj_err(f, e))?;
-            let mask =
-                parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["alert_id"]);
-            for b in builder
-                .with_projection(mask)
-                .build()
-                .map_err(|e| obj_err(f, e))?
-            {
-                let b = b.map_err(|e| obj_err(f, e))?;
-                if let Some(ids) = b.column(0).as_any().downcast_ref::<StringArray>() {
-                    for id in ids.iter().flatten() {
-                        seen.insert(id);
+        // A file listed can be gone when read: another instance compacted it into a new file
+        // the listing may have missed. Then list again (a few times at most). A file that
+        // cannot be read does not stop the others from being read.
+        let mut failed = None;
+        for _ in 0..3 {
+            let mut vanished = false;
+            let files = self.block_on(self.location.list_modified("alerts"))?;
+            let mut days: Vec<&str> = files
+                .iter()
+                .filter_map(|(f, _)| f.rsplit_once('/').map(|(d, _)| d))
+                .collect();
+            days.sort_unstable();
+            days.dedup();
+            let recent: Vec<&str> = days.iter().rev().take(2).copied().collect();
+            let newest = files.iter().map(|(_, t)| *t).max().unwrap_or(0);
+            for (f, _) in files.iter().filter(|(f, t)| {
+                *t >= newest - REPLAY_WINDOW_MS
+                    || recent.iter().any(|d| f.starts_with(&format!("{d}/")))
+            }) {
+                match self.block_on(self.location.get_opt(f)) {
+                    Ok(Some(bytes)) => {
+                        if let Err(e) = self.remember_file(f, bytes) {
+                            failed.get_or_insert(e);
+                        }
                     }
+                    Ok(None) => vanished = true,
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            if !vanished {
+                break;
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Adds the alert ids of one Parquet file to the remembered ones.
+    fn remember_file(&self, f: &str, bytes: bytes::Bytes) -> Result<(), StoreError> {
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(|e| obj_err(f, e))?;
+        let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["alert_id"]);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for b in builder
+            .with_projection(mask)
+            .build()
+            .map_err(|e| obj_err(f, e))?
+        {
+            let b = b.map_err(|e| obj_err(f, e))?;
+            if let Some(ids) = b.column(0).as_any().downcast_ref::<StringArray>() {
+                for id in ids.iter().flatten() {
+                    seen.insert(id);
                 }
             }
         }

@@ -26,17 +26,22 @@ impl Drop for Broker {
 /// memory storage answers a fetch from the middle of a producer batch with the *next* batch,
 /// so a consumer resuming from a checkpoint loses records (`.ci/tansu.sh` fixes that).
 pub fn tansu() -> PathBuf {
+    let p = tansu_path();
+    assert!(
+        p.exists(),
+        "no tansu at {}: run .ci/tansu.sh (or set CORDON_TANSU)",
+        p.display()
+    );
+    p
+}
+
+/// Where [`tansu`] looks, whether or not it is there.
+pub fn tansu_path() -> PathBuf {
     if let Some(p) = std::env::var_os("CORDON_TANSU") {
         return PathBuf::from(p);
     }
     let home = std::env::var("HOME").unwrap_or_default();
-    let fixed = Path::new(&home).join(".cache/cordon/tansu-0.6.0-fetchfix/bin/tansu");
-    assert!(
-        fixed.exists(),
-        "no tansu at {}: run .ci/tansu.sh (or set CORDON_TANSU)",
-        fixed.display()
-    );
-    fixed
+    Path::new(&home).join(".cache/cordon/tansu-0.6.0-fetchfix/bin/tansu")
 }
 
 /// Starts a broker with the topics `events` (4 partitions), `alerts` and `dead`.
