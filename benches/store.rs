@@ -52,7 +52,7 @@ fn seed_alerts() -> Vec<cordon_detect::Alert> {
 
 /// Appends `n` copies of the seed alerts through the store's writer; alerts per second.
 fn ingest(dir: &std::path::Path, seed: &[cordon_detect::Alert], n: usize, tag: &str) -> f64 {
-    let mut store = AlertStore::open_at(Location::Local(dir.to_path_buf()), None).expect("store");
+    let store = AlertStore::open_at(Location::Local(dir.to_path_buf()), None).expect("store");
     let t = Instant::now();
     for i in 0..n {
         let mut a = seed[i % seed.len()].clone();

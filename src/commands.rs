@@ -262,7 +262,9 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
     // Shared with the Kafka input's rebalance callback, which makes them durable before it
     // hands partitions over.
     let sink = std::sync::Arc::new(std::sync::Mutex::new(sink));
-    let store = std::sync::Arc::new(std::sync::Mutex::new(store));
+    // Appends and flushes take `&self` (the store locks inside): the committer's flush does
+    // not stall the pipeline thread's appends.
+    let store = std::sync::Arc::new(store);
     let before_event = |engines: &mut crate::engines::Inner| {
         while let Ok(e) = enforce_rx.try_recv() {
             engines.enforce(e);
@@ -275,7 +277,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         if let Some(s) = &siem {
             s.send(alert.to_ocsf());
         }
-        if let Some(s) = store.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(s) = store.as_ref() {
             s.append(alert.clone())?;
         }
         if let Some(r) = &running {
@@ -295,8 +297,15 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             durable: Box::new({
                 let (sink, store) = (sink.clone(), store.clone());
                 move || {
-                    sink.lock().unwrap_or_else(|p| p.into_inner()).flush()?;
-                    if let Some(s) = store.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    // Synced outside the sink's lock: the pipeline thread goes on emitting.
+                    let unsynced = sink
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .flush_unsynced()?;
+                    if let Some(u) = unsynced {
+                        u.sync()?;
+                    }
+                    if let Some(s) = store.as_ref() {
                         s.flush()?;
                     }
                     Ok(())
@@ -307,7 +316,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
                 move || {
                     // Another instance may have stored alerts of these partitions before it
                     // lost them: their replay here must not store them twice.
-                    if let Some(s) = store.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    if let Some(s) = store.as_ref() {
                         s.remember_recent()?;
                     }
                     Ok(())
@@ -332,9 +341,8 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
     };
     drop(kafka);
     let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
-    let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
     sink.flush().map_err(|e| Failure::input(e.to_string()))?;
-    if let Some(s) = store.as_mut() {
+    if let Some(s) = store.as_ref() {
         s.flush().map_err(|e| Failure::input(e.to_string()))?;
     }
     if let (Some(api), true) = (&api, a.kafka) {

@@ -876,7 +876,7 @@ impl AlertStore {
 
     /// Adds an alert (unless the store already has its id: a replay); writes a batch when the
     /// buffer is full.
-    pub fn append(&mut self, alert: Alert) -> Result<(), StoreError> {
+    pub fn append(&self, alert: Alert) -> Result<(), StoreError> {
         if !self
             .shared
             .seen
@@ -907,8 +907,9 @@ impl AlertStore {
         Ok(())
     }
 
-    /// Writes the buffered alerts, one file per day partition.
-    pub fn flush(&mut self) -> Result<(), StoreError> {
+    /// Writes the buffered alerts, one file per day partition. Takes `&self`: alerts can be
+    /// appended while a flush writes (they go in the next one).
+    pub fn flush(&self) -> Result<(), StoreError> {
         self.shared.flush()
     }
 

@@ -67,7 +67,7 @@ fn fixture() -> Fixture {
     engine.finish(&mut out);
     let alerts = out.len();
     assert!(alerts > 5);
-    let mut store = AlertStore::open(dir.path()).unwrap();
+    let store = AlertStore::open(dir.path()).unwrap();
     let first = out[0].clone();
     for a in out {
         store.append(a).unwrap();

@@ -31,8 +31,8 @@ fn a_replayed_alert_of_an_old_day_is_not_stored_twice() {
     let dir = tempfile::tempdir().unwrap();
     // Two instances on one store. The first stores everything, the oldest day's alert last
     // (the partition that is behind in event time was the last to write before it died).
-    let mut one = AlertStore::open(dir.path()).unwrap();
-    let mut two = AlertStore::open(dir.path()).unwrap();
+    let one = AlertStore::open(dir.path()).unwrap();
+    let two = AlertStore::open(dir.path()).unwrap();
     for a in alerts.iter().skip(1) {
         one.append(a.clone()).unwrap();
     }
@@ -72,8 +72,8 @@ fn sql_sees_one_row_per_alert_whatever_the_writers_did() {
     assert!(alerts.len() >= 2, "{} alerts", alerts.len());
     let dir = tempfile::tempdir().unwrap();
     // Two writers that never read each other's ids: every alert lands twice.
-    let mut one = AlertStore::open(dir.path()).unwrap();
-    let mut two = AlertStore::open(dir.path()).unwrap();
+    let one = AlertStore::open(dir.path()).unwrap();
+    let two = AlertStore::open(dir.path()).unwrap();
     for a in &alerts {
         one.append(a.clone()).unwrap();
         two.append(a.clone()).unwrap();

@@ -12,8 +12,35 @@ use super::{AlertSink, SinkError};
 pub struct JsonLinesSink {
     target: String,
     out: Box<dyn Write + Send>,
-    file: Option<File>,
+    file: Option<std::sync::Arc<File>>,
     written: u64,
+}
+
+/// Alerts handed to the operating system but not yet synced: [`Unsynced::sync`] makes them
+/// durable. Lets a sink shared behind a lock be synced without holding the lock through the
+/// disk's wait, so the thread emitting alerts does not stall on it.
+pub struct Unsynced {
+    target: String,
+    file: std::sync::Arc<File>,
+}
+
+impl Unsynced {
+    /// Makes the alerts written before [`JsonLinesSink::flush_unsynced`] durable.
+    pub fn sync(self) -> Result<(), SinkError> {
+        sync_data(&self.file).map_err(|source| SinkError::Io {
+            target: self.target,
+            source,
+        })
+    }
+}
+
+/// `sync_data`, except on character devices (`/dev/null`, a terminal), which cannot be
+/// synced and need not be.
+fn sync_data(f: &File) -> io::Result<()> {
+    match f.sync_data() {
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
+        r => r,
+    }
 }
 
 impl JsonLinesSink {
@@ -35,7 +62,7 @@ impl JsonLinesSink {
         Ok(JsonLinesSink {
             target,
             out: Box::new(BufWriter::new(f)),
-            file: Some(sync),
+            file: Some(std::sync::Arc::new(sync)),
             written: 0,
         })
     }
@@ -83,15 +110,22 @@ impl AlertSink for JsonLinesSink {
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.out.flush().map_err(|e| self.io(e))?;
-        if let Some(f) = &self.file {
-            // Character devices (`/dev/null`, a terminal) cannot be synced and need not be.
-            match f.sync_data() {
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {}
-                r => r.map_err(|e| self.io(e))?,
-            }
+        match self.flush_unsynced()? {
+            Some(u) => u.sync(),
+            None => Ok(()),
         }
-        Ok(())
+    }
+}
+
+impl JsonLinesSink {
+    /// Hands the buffered alerts to the operating system; the result, when the sink is a
+    /// file, syncs them ([`Unsynced::sync`]).
+    pub fn flush_unsynced(&mut self) -> Result<Option<Unsynced>, SinkError> {
+        self.out.flush().map_err(|e| self.io(e))?;
+        Ok(self.file.as_ref().map(|f| Unsynced {
+            target: self.target.clone(),
+            file: f.clone(),
+        }))
     }
 }
 
