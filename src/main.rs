@@ -109,6 +109,11 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// mimalloc rather than the system allocator: decoding and detection allocate many small,
+/// short-lived strings and maps, and engine snapshots copy them in bulk.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
