@@ -8,11 +8,11 @@
 
 use cordon_query::store::AlertStore;
 
-#[test]
-fn a_replayed_alert_of_an_old_day_is_not_stored_twice() {
+/// The built-in rules' alerts on `days` days of generated traffic of `agents` agents.
+fn alerts_of(agents: usize, days: i64) -> Vec<cordon_detect::Alert> {
     let g = cordon_ingest::generate::generate(&cordon_ingest::generate::GenConfig {
-        agents: 30,
-        duration_nanos: 4 * 24 * 3_600_000_000_000,
+        agents,
+        duration_nanos: days * 24 * 3_600_000_000_000,
         ..Default::default()
     });
     let set = cordon_rules::RuleSet::builtin().unwrap();
@@ -22,6 +22,12 @@ fn a_replayed_alert_of_an_old_day_is_not_stored_twice() {
         engine.push(ev, &mut alerts).unwrap();
     }
     engine.finish(&mut alerts);
+    alerts
+}
+
+#[test]
+fn a_replayed_alert_of_an_old_day_is_not_stored_twice() {
+    let mut alerts = alerts_of(30, 4);
     alerts.sort_by_key(|a| a.last_seen_ms);
     let day = |a: &cordon_detect::Alert| a.last_seen_ms / 86_400_000;
     let days: std::collections::BTreeSet<i64> = alerts.iter().map(day).collect();
@@ -57,18 +63,7 @@ fn a_replayed_alert_of_an_old_day_is_not_stored_twice() {
 /// prunes to that day's files.
 #[test]
 fn sql_sees_one_row_per_alert_whatever_the_writers_did() {
-    let g = cordon_ingest::generate::generate(&cordon_ingest::generate::GenConfig {
-        agents: 20,
-        duration_nanos: 2 * 24 * 3_600_000_000_000,
-        ..Default::default()
-    });
-    let set = cordon_rules::RuleSet::builtin().unwrap();
-    let mut engine = cordon_detect::Engine::new(&set);
-    let mut alerts = Vec::new();
-    for ev in g.events {
-        engine.push(ev, &mut alerts).unwrap();
-    }
-    engine.finish(&mut alerts);
+    let alerts = alerts_of(20, 2);
     assert!(alerts.len() >= 2, "{} alerts", alerts.len());
     let dir = tempfile::tempdir().unwrap();
     // Two writers that never read each other's ids: every alert lands twice.
