@@ -59,7 +59,12 @@ fn bounded<V>(m: &mut FxHashMap<String, V>, evicted: &mut u64, key: impl Fn(&V) 
     if m.len() < MAX_HELD {
         return;
     }
-    if let Some(k) = m.iter().min_by_key(|(_, v)| key(v)).map(|(k, _)| k.clone()) {
+    // Ties go by name, not by the map's iteration order (which a restored copy does not share).
+    if let Some(k) = m
+        .iter()
+        .min_by_key(|(k, v)| (key(v), *k))
+        .map(|(k, _)| k.clone())
+    {
         m.remove(&k);
         *evicted += 1;
     }

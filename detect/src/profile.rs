@@ -623,7 +623,8 @@ impl Profiles {
             if let Some(oldest) = self
                 .cold
                 .iter()
-                .min_by_key(|(_, (last, _))| *last)
+                // Ties by name: the map's order differs in a restored copy.
+                .min_by_key(|(k, (last, _))| (*last, *k))
                 .map(|(k, _)| k.clone())
             {
                 self.cold.remove(&oldest);

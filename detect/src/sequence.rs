@@ -176,7 +176,15 @@ impl SequenceDetector {
         let (_, cutoff, _) = starts.select_nth_unstable(cut - 1);
         let cutoff = *cutoff;
         let mut removed = 0usize;
-        for ks in self.keys.values_mut() {
+        // Partials starting at the cutoff are evicted in key order, not in the map's
+        // iteration order, which depends on the map's history: an engine restored from a
+        // checkpoint must evict the same partials as the one that wrote it.
+        let mut names: Vec<String> = self.keys.keys().cloned().collect();
+        names.sort_unstable();
+        for name in &names {
+            let Some(ks) = self.keys.get_mut(name) else {
+                continue;
+            };
             for list in ks.stages.iter_mut().chain(std::iter::once(&mut ks.pending)) {
                 list.retain(|p| {
                     let keep = removed >= cut || p.start > cutoff;

@@ -51,7 +51,8 @@ impl Suppressor {
                 .iter()
                 .map(|(k, v)| (v.0, k.clone()))
                 .collect();
-            by_age.sort_unstable_by_key(|(t, _)| *t);
+            // Ties by key, so every instance and restored copy evicts the same keys.
+            by_age.sort_unstable();
             let excess = self.last_alert.len() - MAX_SUPPRESS_KEYS / 2;
             for (_, k) in by_age.into_iter().take(excess) {
                 self.last_alert.remove(&k);

@@ -526,6 +526,60 @@ fn the_global_cap_evicts_the_oldest_partials_and_counts_them() {
     assert_eq!(out[0].events[0].agent_id(), Some("agent999"));
 }
 
+/// At the cap, partials that start at the same time are evicted in key order, not in the
+/// iteration order of the detector's map (which depends on its history: a detector restored
+/// from a checkpoint iterates differently from the one that wrote it), so an engine that was
+/// checkpointed and restored keeps the same partials as one that ran straight through.
+#[test]
+fn the_global_cap_breaks_ties_the_same_way_every_time() {
+    use cordon_detect::sequence::SequenceDetector;
+    use cordon_detect::Stateful;
+    use cordon_rules::CompiledQuery;
+    let set = rule(
+        r#"sequence by gen_ai.agent.id with maxspan=1h [tool where gen_ai.tool.name == "a"] [tool where gen_ai.tool.name == "b"]"#,
+    );
+    let CompiledQuery::Sequence(spec) = set.rules[0].query.query.clone() else {
+        panic!("a sequence")
+    };
+    // 300 chains opened in the same second (every eviction is a tie), with a checkpoint and
+    // restore after `restore_at` of them; then every chain's second step.
+    let survivors = |restore_at: Option<usize>| {
+        let mut d = SequenceDetector::with_caps(spec.clone(), 100);
+        let mut out = Vec::new();
+        for i in 0..300 {
+            if restore_at == Some(i) {
+                let saved = d.save().unwrap();
+                d = SequenceDetector::with_caps(spec.clone(), 100);
+                d.load(&saved).unwrap();
+            }
+            d.observe(
+                &ev(5, "a", &format!("agent{:03}", (i * 7) % 300), ""),
+                &mut out,
+            );
+        }
+        for i in 0..300 {
+            d.observe(&ev(6, "b", &format!("agent{i:03}"), ""), &mut out);
+        }
+        let mut done: Vec<String> = out
+            .iter()
+            .map(|f| f.events[0].agent_id().unwrap_or_default().to_owned())
+            .collect();
+        done.sort();
+        done
+    };
+    let straight = survivors(None);
+    assert!(
+        !straight.is_empty() && straight.len() <= 100,
+        "{}",
+        straight.len()
+    );
+    for at in [40, 95, 101, 150, 233, 299] {
+        assert_eq!(survivors(Some(at)), straight, "restored after {at}");
+    }
+    // The keys that sort last survive.
+    assert_eq!(straight.last().map(String::as_str), Some("agent299"));
+}
+
 #[test]
 fn a_reload_keeps_partial_matches_of_unchanged_rules_only() {
     let two = |second_version: u32| {
