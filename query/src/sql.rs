@@ -1,10 +1,7 @@
 //! SQL over the alert store, with DataFusion. Tables:
 //!
-//! - `alerts`: the stored alerts, one row per alert id, over `alert_rows`, the store's Parquet
-//!   files as written (the `date` partition column comes from the directory names, so
-//!   `WHERE date = '…'` reads one day's files only). Instances sharing a store dedupe on
-//!   write, but a replay can race another instance's write: the view makes "one row per
-//!   alert" hold whatever the writers did, and `alert_rows` shows what is on disk;
+//! - `alerts`: the store's Parquet files (the `date` partition column comes from the directory
+//!   names, so `WHERE date = '…'` reads one day's files only);
 //! - `alert_events`: the lifecycle stream (ack, assign, resolve, suppress), same layout;
 //! - `actions`: the response outbox's actions as of when the session opened (parameters with
 //!   tokens redacted);
@@ -28,28 +25,6 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::store::{alerts_schema, Location};
-
-/// The `alerts` view: one row per alert id. A row is written again only when two writers
-/// raise the same alert (a replay whose first copy landed after the replaying instance read
-/// the store's recent ids, a zombie consumer, a crash between a compaction's write and its
-/// deletes); the copies are the same alert (ids derive from the rule and the evidence), so
-/// any one stands for it. `date` and `alert_id` are the grouping columns themselves (not
-/// aggregates of them), so filters on them reach the file scan: `WHERE date = …` still
-/// reads one day's files, `WHERE alert_id = …` uses the Parquet statistics.
-fn alerts_view() -> String {
-    let columns: Vec<String> = alerts_schema()
-        .fields()
-        .iter()
-        .map(|f| match f.name().as_str() {
-            "alert_id" => "alert_id".to_owned(),
-            c => format!("first_value(\"{c}\") AS \"{c}\""),
-        })
-        .collect();
-    format!(
-        "CREATE VIEW alerts AS SELECT {}, date FROM alert_rows GROUP BY date, alert_id",
-        columns.join(", ")
-    )
-}
 
 /// The `alert_status` view: each alert with its current status.
 const STATUS_VIEW: &str = "CREATE VIEW alert_status AS \
@@ -215,9 +190,9 @@ impl Sql {
         if let Some((base, store)) = location.object_store() {
             ctx.register_object_store(&base, store);
         }
-        for (name, table, schema) in [
-            ("alert_rows", "alerts", alerts_schema()),
-            ("alert_events", "alert_events", crate::lifecycle::schema()),
+        for (table, schema) in [
+            ("alerts", alerts_schema()),
+            ("alert_events", crate::lifecycle::schema()),
         ] {
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet")
@@ -226,7 +201,7 @@ impl Sql {
                     arrow::datatypes::DataType::Utf8,
                 )]);
             ctx.register_listing_table(
-                name,
+                table,
                 location.table_url(table),
                 options,
                 Some(schema),
@@ -239,7 +214,6 @@ impl Sql {
         let mem = datafusion::datasource::MemTable::try_new(actions_schema(), vec![vec![batch]])
             .map_err(q)?;
         ctx.register_table("actions", Arc::new(mem)).map_err(q)?;
-        ctx.sql(&alerts_view()).await.map_err(q)?;
         ctx.sql(STATUS_VIEW).await.map_err(q)?;
         Ok(Sql { ctx, limits })
     }

@@ -506,8 +506,12 @@ impl Location {
         Ok(done)
     }
 
+    /// Merges `files` into one, keeping one row per id (`alert_id`, `event_id`): two
+    /// instances sharing the store can, rarely, both write one alert (a replay racing the
+    /// other's write); the copies are the same alert, so the first is kept.
     async fn compact_files(&self, dir: &str, files: &[String]) -> Result<String, StoreError> {
         let mut batches = Vec::new();
+        let mut ids: std::collections::HashSet<String> = std::collections::HashSet::new();
         for f in files {
             let bytes = self.get(f).await?;
             let reader =
@@ -515,7 +519,22 @@ impl Location {
                     .and_then(|b| b.build())
                     .map_err(|e| obj_err(f, e))?;
             for b in reader {
-                batches.push(b.map_err(|e| obj_err(f, e))?);
+                let b = b.map_err(|e| obj_err(f, e))?;
+                let key = ["alert_id", "event_id"]
+                    .iter()
+                    .find_map(|k| b.column_by_name(k))
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
+                let Some(key) = key else {
+                    batches.push(b);
+                    continue;
+                };
+                let keep: arrow::array::BooleanArray = key
+                    .iter()
+                    .map(|id| Some(id.is_none_or(|id| ids.insert(id.to_owned()))))
+                    .collect();
+                let b =
+                    arrow::compute::filter_record_batch(&b, &keep).map_err(|e| obj_err(f, e))?;
+                batches.push(b);
             }
         }
         let rel = format!("{dir}/part-{}.parquet", ulid::Ulid::new());
@@ -695,10 +714,12 @@ impl Shared {
         for a in &alerts {
             by_day.entry(day(a.last_seen_ms)).or_default().push(a);
         }
+        let mut written_days: std::collections::HashSet<String> = std::collections::HashSet::new();
         let result = (|| {
             for (d, day_alerts) in &by_day {
                 let batch = to_batch(day_alerts).map_err(|e| obj_err("alerts", e))?;
                 let rel = self.block_on(self.location.append("alerts", d, &[batch]))?;
+                written_days.insert(d.clone());
                 self.files.fetch_add(1, Ordering::Relaxed);
                 // Only this writer's own files are merged: several instances may share a
                 // store, and two compacting the same files would each write the rows again.
@@ -722,11 +743,16 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                // Keep them for the next flush: nothing is dropped on a failed write. A day
-                // already written before the failure is written again (alert ids dedupe).
+                // Keep the alerts of the days not written for the next flush: nothing is
+                // dropped on a failed write, and nothing written is written again.
                 self.flush_errors.fetch_add(1, Ordering::Relaxed);
+                let (done, mut alerts): (Vec<Alert>, Vec<Alert>) = alerts
+                    .into_iter()
+                    .partition(|a| written_days.contains(&day(a.last_seen_ms)));
+                self.written.fetch_add(done.len() as u64, Ordering::Relaxed);
+                self.buffered
+                    .fetch_sub(done.len() as u64, Ordering::Relaxed);
                 let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                let mut alerts = alerts;
                 alerts.append(&mut p);
                 *p = alerts;
                 *self.oldest.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
