@@ -723,6 +723,9 @@ fn partitions_and_their_state_move_between_instances() {
     let (rows, distinct) = counts();
     assert_eq!(distinct as usize, reference.len());
     eprintln!("alert store: {rows} rows for {distinct} alerts before compaction");
+    if rows != distinct {
+        keep_evidence(d, &logs, &reference, &got);
+    }
     let o = cordon(&["store", "compact", "--store", store.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
@@ -741,13 +744,32 @@ fn partitions_and_their_state_move_between_instances() {
     assert_eq!(on_topic, reference);
 }
 
-/// After a failed comparison: copies every instance's whole log and each differing alert
-/// (with the instance that raised it) to a directory that outlives the test, and says where.
+/// After a failed comparison, or copies in the store: keeps every instance's whole log, each
+/// differing alert (with the instance that raised it) and the alert store in a directory that
+/// outlives the test, and says where.
 fn keep_evidence(d: &Path, logs: &[String], reference: &BTreeSet<String>, got: &BTreeSet<String>) {
     let keep = std::env::temp_dir().join(format!("cordon-pair-{}", std::process::id()));
     std::fs::create_dir_all(&keep).unwrap();
     for (name, log) in ["one", "two", "again"].iter().zip(logs) {
         std::fs::write(keep.join(format!("{name}.log")), log).unwrap();
+    }
+    // The shared alert store as the instances left it (which instance wrote which file shows
+    // in the files' times against the logs).
+    let mut dirs = vec![std::path::PathBuf::from("store")];
+    while let Some(rel) = dirs.pop() {
+        std::fs::create_dir_all(keep.join(&rel)).unwrap();
+        for e in std::fs::read_dir(d.join(&rel))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let rel = rel.join(e.file_name());
+            if e.path().is_dir() {
+                dirs.push(rel);
+            } else {
+                let _ = std::fs::copy(e.path(), keep.join(&rel));
+            }
+        }
     }
     let mut diff = String::new();
     for (file, wanted) in [
