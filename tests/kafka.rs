@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use common::broker::broker;
 use common::http;
-use common::{api_key, cordon};
+use common::{api_key, cordon, sql_json};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -708,16 +708,10 @@ fn partitions_and_their_state_move_between_instances() {
     // race (a replay racing the other's write: seen as 7 extra rows in 1 of 8 runs); copies
     // are reported, and compaction must leave one row per alert.
     let counts = || {
-        let o = cordon(&[
-            "sql",
-            "--store",
-            store.to_str().unwrap(),
-            "--format",
-            "json",
+        let v = sql_json(
+            &store,
             "SELECT count(*) AS n, count(DISTINCT alert_id) AS d FROM alerts",
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        );
         (v[0]["n"].as_u64().unwrap(), v[0]["d"].as_u64().unwrap())
     };
     let (rows, distinct) = counts();

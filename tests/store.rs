@@ -4,15 +4,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn cordon(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cordon"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use std::path::Path;
+use std::process::Command;
+
+use common::{cordon, sql_json};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -28,19 +25,6 @@ fn files(dir: &Path) -> Vec<String> {
     }
     out.sort();
     out
-}
-
-fn sql_json(store: &Path, q: &str) -> serde_json::Value {
-    let o = cordon(&[
-        "sql",
-        "--store",
-        store.to_str().unwrap(),
-        "--format",
-        "json",
-        q,
-    ]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 #[test]

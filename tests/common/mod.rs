@@ -17,6 +17,20 @@ pub fn cordon(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `cordon sql --format json` on `store`; the rows.
+pub fn sql_json(store: &Path, q: &str) -> serde_json::Value {
+    let o = cordon(&[
+        "sql",
+        "--store",
+        store.to_str().unwrap(),
+        "--format",
+        "json",
+        q,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 /// Creates an API key of `role` (named after it) in `keys`; returns the key.
 pub fn api_key(keys: &Path, role: &str) -> String {
     let o = cordon(&[

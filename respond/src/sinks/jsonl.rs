@@ -87,6 +87,16 @@ impl JsonLinesSink {
         }
     }
 
+    /// Hands the buffered alerts to the operating system; the result, when the sink is a
+    /// file, syncs them ([`Unsynced::sync`]).
+    pub fn flush_unsynced(&mut self) -> Result<Option<Unsynced>, SinkError> {
+        self.out.flush().map_err(|e| self.io(e))?;
+        Ok(self.file.as_ref().map(|f| Unsynced {
+            target: self.target.clone(),
+            file: f.clone(),
+        }))
+    }
+
     /// Alerts written so far.
     pub fn written(&self) -> u64 {
         self.written
@@ -114,18 +124,6 @@ impl AlertSink for JsonLinesSink {
             Some(u) => u.sync(),
             None => Ok(()),
         }
-    }
-}
-
-impl JsonLinesSink {
-    /// Hands the buffered alerts to the operating system; the result, when the sink is a
-    /// file, syncs them ([`Unsynced::sync`]).
-    pub fn flush_unsynced(&mut self) -> Result<Option<Unsynced>, SinkError> {
-        self.out.flush().map_err(|e| self.io(e))?;
-        Ok(self.file.as_ref().map(|f| Unsynced {
-            target: self.target.clone(),
-            file: f.clone(),
-        }))
     }
 }
 
