@@ -150,7 +150,18 @@ impl Cordon {
                 api = line.trim().rsplit("on ").next().unwrap().to_owned();
             }
         }
-        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        // `KAFKA_BENCH_LOG=dir`: each Cordon's log is kept there.
+        let mut keep: Box<dyn std::io::Write + Send> = match std::env::var("KAFKA_BENCH_LOG") {
+            Ok(d) => Box::new(
+                std::fs::File::create(Path::new(&d).join(format!(
+                    "cordon-{}.log",
+                    dir.file_name().unwrap().to_string_lossy()
+                )))
+                .unwrap(),
+            ),
+            Err(_) => Box::new(std::io::sink()),
+        };
+        std::thread::spawn(move || std::io::copy(&mut err, &mut keep));
         Cordon {
             child,
             metrics,
@@ -338,7 +349,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let received: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let received: Arc<Mutex<Vec<(String, String, Instant)>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let (received, stop, addr) = (received.clone(), stop.clone(), b.addr.clone());
@@ -361,7 +372,11 @@ fn main() {
                         .and_then(|e| e.last())
                         .and_then(|e| e["uid"].as_str())
                     {
-                        received.lock().unwrap().push((last.to_owned(), at));
+                        let rule = v["finding_info"]["title"].as_str().unwrap_or_default();
+                        received
+                            .lock()
+                            .unwrap()
+                            .push((last.to_owned(), rule.to_owned(), at));
                     }
                 }
             }
@@ -372,20 +387,36 @@ fn main() {
     let p = producer(&b.addr);
     let secs = 20.0;
     let total = ((rate * secs) as usize).min(events.len());
+    // Each line is rendered beforehand with a placeholder time, replaced by the send time as
+    // it goes: rendering JSON while sending took most of a core here, which the broker and
+    // Cordon share.
+    const PLACEHOLDER: &str = "1970-01-01T00:00:00Z";
+    let rendered: Vec<(String, String, String)> = events
+        .iter()
+        .take(total)
+        .map(|ev| {
+            let mut ev = ev.clone();
+            ev.set_timestamp_nanos(0);
+            (
+                ev.to_string(),
+                ev.id().unwrap_or_default().to_owned(),
+                ev.agent_id().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert!(rendered
+        .iter()
+        .all(|(l, _, _)| l.matches(PLACEHOLDER).count() == 1));
     let start = Instant::now();
-    for (i, ev) in events.iter().take(total).enumerate() {
+    for (i, (line, id, agent)) in rendered.iter().enumerate() {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
         }
-        let mut ev = ev.clone();
-        let wall = jiff::Timestamp::now();
-        ev.set_timestamp_nanos(wall.as_nanosecond() as i64);
-        let line = ev.to_string();
-        let id = ev.id().unwrap_or_default().to_owned();
-        sent.lock().unwrap().insert(id, Instant::now());
-        send(&p, "live", ev.agent_id().unwrap_or_default(), &line);
+        let line = line.replacen(PLACEHOLDER, &jiff::Timestamp::now().to_string(), 1);
+        sent.lock().unwrap().insert(id.clone(), Instant::now());
+        send(&p, "live", agent, &line);
         p.poll(Duration::ZERO);
     }
     p.flush(Duration::from_secs(30)).unwrap();
@@ -401,16 +432,28 @@ fn main() {
     let snap_ms = c.metric(&key, "cordon_kafka_snapshot_seconds_total") * 1000.0 / commits.max(1.0);
     let wait_ms =
         c.metric(&key, "cordon_kafka_delivery_wait_seconds_total") * 1000.0 / commits.max(1.0);
+    let ckpt_kb = c.metric(&key, "cordon_kafka_checkpoint_bytes_total")
+        / c.metric(&key, "cordon_kafka_checkpoints_total").max(1.0)
+        / 1024.0;
     c.stop();
-    println!("  while live: {commits} commits averaging {commit_ms:.1} ms beside the poll loop ({sinks_ms:.1} ms sinks, {wait_ms:.1} ms deliveries, {ckpt_ms:.1} ms writing checkpoints); {snap_ms:.1} ms of the poll loop's time per commit taking snapshots");
+    println!("  while live: {commits} commits averaging {commit_ms:.1} ms beside the poll loop ({sinks_ms:.1} ms sinks, {wait_ms:.1} ms deliveries, {ckpt_ms:.1} ms writing checkpoints of {ckpt_kb:.0} KB per partition); {snap_ms:.1} ms of the poll loop's time per commit taking snapshots");
     let sent = sent.lock().unwrap();
-    let mut ms: Vec<f64> = received
+    // (latency ms, sent at s since the start, rule)
+    let mut each: Vec<(f64, f64, String)> = received
         .lock()
         .unwrap()
         .iter()
-        .filter_map(|(id, at)| Some(at.duration_since(*sent.get(id)?).as_secs_f64() * 1000.0))
+        .filter_map(|(id, rule, at)| {
+            let t = *sent.get(id)?;
+            Some((
+                at.duration_since(t).as_secs_f64() * 1000.0,
+                t.duration_since(start).as_secs_f64(),
+                rule.clone(),
+            ))
+        })
         .collect();
-    ms.sort_by(f64::total_cmp);
+    each.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let ms: Vec<f64> = each.iter().map(|e| e.0).collect();
     if ms.is_empty() {
         println!("latency: no alerts came back");
         return;
@@ -422,4 +465,9 @@ fn main() {
         percentile(&ms, 0.99),
         ms[ms.len() - 1]
     );
+    // The slowest, with when their last event was sent: several at one moment is a pause,
+    // one rule again and again is the rule's semantics.
+    for (ms, at, rule) in each.iter().rev().take(8) {
+        println!("  {ms:>8.1} ms  sent at {at:>6.2} s  {rule}");
+    }
 }

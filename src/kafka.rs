@@ -19,10 +19,20 @@
 //!
 //! Why checkpoints in a store, not a compacted changelog topic: a partition's state is one
 //! value of tens of kilobytes to tens of megabytes (profiles of thousands of agents), past
-//! Kafka's default 1 MiB record limit, and restoring it is one read instead of replaying a
+//! Kafka's default 1 MiB record limit, and restoring it is a few reads instead of replaying a
 //! changelog. The store is a local directory (one machine, or a shared volume) or any object
 //! store URL (`s3://bucket/prefix`), where a write appears whole or not at all — the same
-//! layer the alert store uses. Without `state_store`, state lives in memory: commits then cover,
+//! layer the alert store uses.
+//!
+//! **Checkpoints are chains.** Most of a partition's state is events held by open partial
+//! matches, and they are held for minutes while the state is checkpointed every second; so a
+//! checkpoint writes the events new since the last one and refers to the rest
+//! ([`cordon_detect::checkpoint`]). A partition's head file (`<partition>.ckpt`) names the
+//! offset and the chain's files (`<partition>/<ulid>.part`); each checkpoint writes one file,
+//! then the head. When the chain's files hold more than twice the bytes of the events still
+//! referred to (plus 8 MiB), or 64 files, the next checkpoint starts a new chain with every
+//! held event, and once its head is written the old chain's files are deleted. A new owner
+//! restores from the whole chain and starts a chain of its own. Without `state_store`, state lives in memory: commits then cover,
 //! per partition, only the offsets before the first event still held in the reorder buffer,
 //! and a restart or hand-over starts that partition's state afresh.
 //!
@@ -35,7 +45,7 @@
 //! to the dead-letter topic with where they came from and why in headers. SIGTERM or SIGINT
 //! stops fetching, makes everything durable, checkpoints, commits and exits 0.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -175,6 +185,15 @@ pub struct KafkaStats {
     pub checkpoints: AtomicU64,
     /// Bytes of checkpoints written.
     pub checkpoint_bytes: AtomicU64,
+    /// Events written into checkpoints (each held event is written once per chain).
+    pub checkpoint_events: AtomicU64,
+    /// Checkpoint chains started (the first checkpoint of a partition, and each time a
+    /// chain's files came to hold mostly events no longer needed).
+    pub checkpoint_chains: AtomicU64,
+    /// Files of finished checkpoint chains deleted.
+    pub checkpoint_files_deleted: AtomicU64,
+    /// Files of finished checkpoint chains that could not be deleted (left behind).
+    pub checkpoint_delete_failures: AtomicU64,
     /// Time spent compressing and writing checkpoints (committer thread), µs.
     pub checkpoint_micros: AtomicU64,
     /// Time the poll loop spent taking engine snapshots for checkpoints, µs.
@@ -279,6 +298,30 @@ impl KafkaStats {
             "cordon_kafka_checkpoint_bytes_total",
             "Bytes of partition state checkpoints written",
             &self.checkpoint_bytes,
+        );
+        c(
+            out,
+            "cordon_kafka_checkpoint_events_total",
+            "Events written into partition checkpoints (once per chain)",
+            &self.checkpoint_events,
+        );
+        c(
+            out,
+            "cordon_kafka_checkpoint_chains_total",
+            "Checkpoint chains started (a partition's first checkpoint, and when a chain outgrew its state)",
+            &self.checkpoint_chains,
+        );
+        c(
+            out,
+            "cordon_kafka_checkpoint_files_deleted_total",
+            "Files of finished checkpoint chains deleted",
+            &self.checkpoint_files_deleted,
+        );
+        c(
+            out,
+            "cordon_kafka_checkpoint_delete_failures_total",
+            "Files of finished checkpoint chains that could not be deleted (left behind)",
+            &self.checkpoint_delete_failures,
         );
         out.counter(
             "cordon_kafka_checkpoint_seconds_total",
@@ -425,11 +468,17 @@ impl ProducerContext for Deliveries {
 }
 
 /// The first bytes of every partition checkpoint file.
+/// Work on the poll thread slower than this is logged (debug): it holds up every record.
+const SLOW: Duration = Duration::from_millis(20);
+
 const CHECKPOINT_FORMAT: &str = "cordon-partition-checkpoint";
-const CHECKPOINT_VERSION: u32 = 1;
+const CHECKPOINT_VERSION: u32 = 2;
 
 /// A partition checkpoint file: where it belongs, the offset it reflects, the engine state
 /// (zstd-compressed [`cordon_detect::Engine::checkpoint`] bytes).
+/// The head of a partition's checkpoint: the offset the state reflects and the files of its
+/// chain, oldest first (the last holds the state; every one holds events the state refers
+/// to; see [`cordon_detect::checkpoint`]).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CheckpointFile {
     format: String,
@@ -437,14 +486,38 @@ struct CheckpointFile {
     topic: String,
     partition: i32,
     offset: i64,
-    engine: Vec<u8>,
+    parts: Vec<String>,
 }
 
-/// Where partition checkpoints live: `<store>/<group>/<topic>/<partition>.ckpt`.
+/// A partition's chain as this instance last wrote it.
+#[derive(Default)]
+struct Chain {
+    /// The chain's files, oldest first.
+    parts: Vec<String>,
+    /// Bytes of events the chain's files hold (live or not).
+    event_bytes: u64,
+    /// The events the last checkpoint refers to.
+    log: cordon_detect::checkpoint::EventLog,
+    /// Start a new chain at the next checkpoint (after a restore, or a failed write).
+    restart: bool,
+    /// Files written whose head was not: deleted when the chain restarts.
+    orphans: Vec<String>,
+}
+
+/// A new chain is started when the chain's files hold more than this many times the bytes
+/// of the events the state still refers to (plus [`CHAIN_SLACK`]), or have this many files.
+const CHAIN_GROWTH: u64 = 2;
+const CHAIN_SLACK: u64 = 8 << 20;
+const CHAIN_FILES: usize = 64;
+
+/// Where partition checkpoints live: the head at `<store>/<group>/<topic>/<partition>.ckpt`,
+/// the chain's files beside it in `<partition>/`.
 struct CheckpointStore {
     location: Location,
     group: String,
     rt: tokio::runtime::Handle,
+    /// By `topic/partition`: each partition's chain, as written by this instance.
+    chains: Mutex<HashMap<String, Chain>>,
 }
 
 fn path_part(s: &str) -> String {
@@ -459,6 +532,14 @@ fn path_part(s: &str) -> String {
         .collect()
 }
 
+/// What writing one partition checkpoint did.
+struct Saved {
+    bytes: usize,
+    events: usize,
+    restarted: bool,
+    largest: Vec<(String, usize)>,
+}
+
 impl CheckpointStore {
     fn name(&self, topic: &str, partition: i32) -> String {
         format!(
@@ -468,33 +549,131 @@ impl CheckpointStore {
         )
     }
 
-    /// Compresses and writes an engine checkpoint taken at `offset`.
-    fn save(&self, topic: &str, partition: i32, offset: i64, raw: &[u8]) -> Result<usize> {
-        let file = CheckpointFile {
+    fn part_name(&self, topic: &str, partition: i32) -> String {
+        format!(
+            "{}/{}/{partition}/{}.part",
+            path_part(&self.group),
+            path_part(topic),
+            ulid::Ulid::new()
+        )
+    }
+
+    fn chains(&self) -> MutexGuard<'_, HashMap<String, Chain>> {
+        self.chains.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the engine's state at `offset`: the events new since the chain's last file and
+    /// the state into a new file of the chain (or of a new chain, when the old one holds
+    /// mostly events no longer needed), then the head. A new chain's head replaces the old
+    /// one's, whose files are then deleted.
+    fn save(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        engine: &cordon_detect::Engine,
+        stats: &KafkaStats,
+    ) -> Result<Saved> {
+        let key = format!("{topic}/{partition}");
+        let mut chains = self.chains();
+        let chain = chains.entry(key.clone()).or_default();
+        let restart = chain.restart
+            || chain.parts.is_empty()
+            || chain.parts.len() >= CHAIN_FILES
+            || chain.event_bytes > CHAIN_GROWTH * chain.log.bytes() + CHAIN_SLACK;
+        let log = if restart {
+            Default::default()
+        } else {
+            std::mem::take(&mut chain.log)
+        };
+        // Until this checkpoint is stored, a failure leaves the chain's log unknown: the
+        // next checkpoint starts a new chain.
+        chain.restart = true;
+        let w = engine
+            .checkpoint_with(log)
+            .with_context(|| format!("checkpointing {key}"))?;
+        let part = zstd::encode_all(&w.bytes[..], 1)?;
+        let part_name = self.part_name(topic, partition);
+        let mut n = part.len();
+        self.rt
+            .block_on(self.location.put(&part_name, part))
+            .with_context(|| format!("writing the checkpoint of {key}"))?;
+        let mut parts = if restart {
+            Vec::new()
+        } else {
+            chain.parts.clone()
+        };
+        parts.push(part_name.clone());
+        let head = postcard::to_allocvec(&CheckpointFile {
             format: CHECKPOINT_FORMAT.into(),
             version: CHECKPOINT_VERSION,
             topic: topic.into(),
             partition,
             offset,
-            engine: zstd::encode_all(raw, 1)?,
+            parts: parts.clone(),
+        })?;
+        n += head.len();
+        if let Err(e) = self
+            .rt
+            .block_on(self.location.put(&self.name(topic, partition), head))
+        {
+            chain.orphans.push(part_name);
+            return Err(e).with_context(|| format!("writing the checkpoint of {key}"));
+        }
+        let retired = if restart {
+            let mut old = std::mem::take(&mut chain.parts);
+            old.append(&mut chain.orphans);
+            old.sort();
+            old.dedup();
+            old
+        } else {
+            Vec::new()
         };
-        let bytes = postcard::to_allocvec(&file)?;
-        let n = bytes.len();
-        let name = self.name(topic, partition);
-        self.rt
-            .block_on(self.location.put(&name, bytes))
-            .with_context(|| format!("writing the checkpoint of {topic}/{partition}"))?;
-        Ok(n)
+        chain.parts = parts;
+        chain.event_bytes = if restart {
+            w.new_event_bytes
+        } else {
+            chain.event_bytes + w.new_event_bytes
+        };
+        chain.log = w.log;
+        chain.restart = false;
+        drop(chains);
+        for f in &retired {
+            match self.rt.block_on(self.location.delete(f)) {
+                Ok(()) => stats
+                    .checkpoint_files_deleted
+                    .fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(file = %f, error = %e, "an old checkpoint file was not deleted");
+                    stats
+                        .checkpoint_delete_failures
+                        .fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
+        Ok(Saved {
+            bytes: n,
+            events: w.new_events,
+            restarted: restart,
+            largest: w.largest,
+        })
+    }
+
+    /// This instance no longer owns the partition: its chain is the next owner's.
+    fn forget(&self, key: &str) {
+        self.chains().remove(key);
     }
 
     /// `Ok(None)`: no checkpoint. `Err`: the store cannot be read (the caller must not go on
-    /// without the state). A checkpoint that cannot be decoded is `Ok(Some(Err(..)))`.
+    /// without the state). A checkpoint that cannot be decoded is `Ok(Some(Err(..)))`; else
+    /// the offset and the chain's files, oldest first, decompressed. The partition's next
+    /// checkpoint starts a new chain, which retires these files.
     #[allow(clippy::type_complexity)]
     fn load(
         &self,
         topic: &str,
         partition: i32,
-    ) -> Result<Option<std::result::Result<(i64, Vec<u8>), String>>> {
+    ) -> Result<Option<std::result::Result<(i64, Vec<Vec<u8>>), String>>> {
         let name = self.name(topic, partition);
         let Some(bytes) = self
             .rt
@@ -503,7 +682,7 @@ impl CheckpointStore {
         else {
             return Ok(None);
         };
-        let decoded = postcard::from_bytes::<CheckpointFile>(&bytes)
+        let head = match postcard::from_bytes::<CheckpointFile>(&bytes)
             .map_err(|e| format!("{name}: not a partition checkpoint ({e})"))
             .and_then(|f| {
                 if f.format != CHECKPOINT_FORMAT || f.version != CHECKPOINT_VERSION {
@@ -518,11 +697,32 @@ impl CheckpointStore {
                         f.topic, f.partition
                     ));
                 }
-                zstd::decode_all(&f.engine[..])
-                    .map(|e| (f.offset, e))
-                    .map_err(|e| format!("{name}: damaged ({e})"))
-            });
-        Ok(Some(decoded))
+                Ok(f)
+            }) {
+            Ok(h) => h,
+            Err(e) => return Ok(Some(Err(e))),
+        };
+        let mut parts = Vec::with_capacity(head.parts.len());
+        for p in &head.parts {
+            let Some(raw) = self
+                .rt
+                .block_on(self.location.get_opt(p))
+                .with_context(|| format!("reading the checkpoint of {topic}/{partition}"))?
+            else {
+                return Ok(Some(Err(format!("{name}: its file {p} is missing"))));
+            };
+            match zstd::decode_all(&raw[..]) {
+                Ok(b) => parts.push(b),
+                Err(e) => return Ok(Some(Err(format!("{p}: damaged ({e})")))),
+            }
+        }
+        let mut chains = self.chains();
+        let chain = chains.entry(format!("{topic}/{partition}")).or_default();
+        // The files are retired when this instance's first checkpoint of the partition
+        // (a new chain) is stored.
+        chain.orphans.extend(head.parts);
+        chain.restart = true;
+        Ok(Some(Ok((head.offset, parts))))
     }
 }
 
@@ -538,6 +738,8 @@ struct Part {
     held: VecDeque<(i64, i64)>,
     /// Read since the last checkpoint.
     dirty: bool,
+    /// A record the state already reflects came again (warned once).
+    repeats_seen: bool,
     /// The offset last committed.
     committed: Option<i64>,
 }
@@ -635,15 +837,18 @@ impl Committer {
         for p in &cut.parts {
             if let (Some(store), Some(engine)) = (&self.checkpoints, &p.engine) {
                 let t = Instant::now();
-                let raw = engine
-                    .checkpoint()
-                    .with_context(|| format!("checkpointing {}", p.key))?;
-                let n = store.save(&p.topic, p.partition, p.offset, &raw)?;
-                tracing::debug!(partition = %p.key, offset = p.offset, seq = cut.seq, "checkpoint written");
+                let saved = store.save(&p.topic, p.partition, p.offset, engine, stats)?;
+                tracing::debug!(partition = %p.key, offset = p.offset, seq = cut.seq, bytes = saved.bytes, events = saved.events, new_chain = saved.restarted, largest = ?saved.largest, "checkpoint written");
                 stats.checkpoints.fetch_add(1, Ordering::Relaxed);
                 stats
                     .checkpoint_bytes
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                    .fetch_add(saved.bytes as u64, Ordering::Relaxed);
+                stats
+                    .checkpoint_events
+                    .fetch_add(saved.events as u64, Ordering::Relaxed);
+                if saved.restarted {
+                    stats.checkpoint_chains.fetch_add(1, Ordering::Relaxed);
+                }
                 stats
                     .checkpoint_micros
                     .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -814,7 +1019,9 @@ impl RunState {
                     Ok(None) => {
                         tracing::info!(partition = %key, "no checkpoint: the partition starts with empty state")
                     }
-                    Ok(Some(Ok((offset, bytes)))) => match engine.restore(&bytes) {
+                    Ok(Some(Ok((offset, parts)))) => match engine
+                        .restore_chain(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>())
+                    {
                         Ok(r) => {
                             stats.restores.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(partition = %key, offset, rules = r.rules, dropped = ?r.dropped, buffered = r.buffered, "partition state restored");
@@ -852,6 +1059,7 @@ impl RunState {
                     first: None,
                     held: VecDeque::new(),
                     dirty: false,
+                    repeats_seen: false,
                     committed: start,
                 },
             );
@@ -897,6 +1105,9 @@ impl RunState {
             }
             self.parts.remove(k);
             self.engines.lock().remove(k);
+            if let Some(store) = &self.committer.checkpoints {
+                store.forget(k);
+            }
             lag.remove(k);
         }
         stats
@@ -1073,6 +1284,7 @@ impl KafkaInput {
                     location,
                     group: config.group_id.clone(),
                     rt: rt.clone(),
+                    chains: Mutex::default(),
                 })
             })
             .transpose()?;
@@ -1366,6 +1578,7 @@ impl KafkaInput {
                     }
                 };
                 n += 1;
+                let t_record = Instant::now();
                 stats.records += 1;
                 progress.records.fetch_add(1, Ordering::Relaxed);
                 key.clear();
@@ -1382,7 +1595,14 @@ impl KafkaInput {
                     // Earlier than the next expected: the state already holds it.
                     Some(n) if msg.offset() < n => {
                         self.stats.records_repeated.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(partition = %key, expected = n, offset = msg.offset(), "a record the partition's state already reflects, dropped");
+                        // Once per assignment at warn: some brokers return the whole batch
+                        // holding the offset asked for, and the client can pass its earlier
+                        // records on; logging each would flood the log and slow the loop.
+                        if std::mem::replace(&mut part.repeats_seen, true) {
+                            tracing::debug!(partition = %key, expected = n, offset = msg.offset(), "a record the partition's state already reflects, dropped");
+                        } else {
+                            tracing::warn!(partition = %key, expected = n, offset = msg.offset(), "a record the partition's state already reflects, dropped (further ones are counted in cordon_kafka_records_repeated_total and logged at debug)");
+                        }
                         continue;
                     }
                     // Later: offsets with no record (transaction markers, compaction), or
@@ -1438,7 +1658,12 @@ impl KafkaInput {
                     progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     self.dead_letter(&msg, &reason)?;
                 }
+                let took = t_record.elapsed();
+                if took > SLOW {
+                    tracing::debug!(partition = %key, offset = msg.offset(), ms = took.as_millis() as u64, "a record took long");
+                }
             }
+            let t_between = Instant::now();
             if let Some(fatal) = self.lock().fatal.take() {
                 anyhow::bail!(
                     "{fatal}; stopping rather than running without the partition's state"
@@ -1458,6 +1683,13 @@ impl KafkaInput {
                     in_flight = jobs.send(cut).is_ok();
                 }
                 last_commit = Instant::now();
+            }
+            let took = t_between.elapsed();
+            if took > SLOW {
+                tracing::debug!(
+                    ms = took.as_millis() as u64,
+                    "the loop's work between batches took long"
+                );
             }
         }
         // Stopping: nothing more is fetched. With a state store, everything read goes into

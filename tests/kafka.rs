@@ -665,6 +665,12 @@ fn partitions_and_their_state_move_between_instances() {
     // no compaction), so any would be records the broker did not return.
     let skipped = two.metric(&key, "cordon_kafka_offsets_skipped_total")
         + again.metric(&key, "cordon_kafka_offsets_skipped_total");
+    // Checkpoints are chains: the instances that restored a partition started chains of
+    // their own and deleted the old chains' files.
+    let deleted = two.metric(&key, "cordon_kafka_checkpoint_files_deleted_total")
+        + again.metric(&key, "cordon_kafka_checkpoint_files_deleted_total");
+    let undeleted = two.metric(&key, "cordon_kafka_checkpoint_delete_failures_total")
+        + again.metric(&key, "cordon_kafka_checkpoint_delete_failures_total");
     let logs = [
         one_log.lock().unwrap().clone(),
         two.terminate(),
@@ -703,6 +709,23 @@ fn partitions_and_their_state_move_between_instances() {
             .join("\n----\n")
     );
     assert_eq!(skipped, 0.0, "offsets skipped by the survivors");
+    assert!(deleted > 0.0, "no old checkpoint file was deleted");
+    assert_eq!(undeleted, 0.0, "old checkpoint files left behind");
+    // What is left of the chains: each partition's files (a chain is at most 64; a file
+    // written by the killed instance after its last head may be left over).
+    for p in 0..4 {
+        let dir = d
+            .join("state")
+            .join("cordon-pair")
+            .join("events")
+            .join(p.to_string());
+        let n = std::fs::read_dir(&dir).map_or(0, |r| r.count());
+        assert!(
+            (1..=65).contains(&n),
+            "{n} checkpoint files in {}",
+            dir.display()
+        );
+    }
     // The shared store: every alert, whichever instance raised it (and raised it again on
     // replay). The instances dedupe against each other's recent files, which leaves a rare
     // race (a replay racing the other's write: seen as 7 extra rows in 1 of 8 runs); copies

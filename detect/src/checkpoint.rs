@@ -9,22 +9,34 @@
 //! strict — an engine restored mid-stream gives exactly the alerts of one that never stopped
 //! (`tests/checkpoint.rs`).
 //!
-//! The form is postcard (compact, no schema to ship) with a format name and version up front.
-//! Events are kept as their native JSON line (content fingerprints apart, in binary) plus the
-//! baseline features the engine set on them, so a restored partial match carries the same
-//! evidence and figures. Detectors are saved
+//! The form is postcard (compact, no schema to ship) with a format name and version up front,
+//! then a table of events, then the state. Events are kept as their native JSON line (content
+//! fingerprints apart, in binary) plus the baseline features the engine set on them, so a
+//! restored partial match carries the same evidence and figures; the state refers to them by
+//! id, so an event held by several partial matches is written once.
+//!
+//! **Chains.** An open partial match holds its events until it completes or its span ends,
+//! often minutes, and the state is checkpointed every second or so: writing every held event
+//! at every checkpoint was nearly all of a checkpoint's cost. A checkpoint written against an
+//! [`EventLog`] (the events earlier checkpoints of its chain wrote) writes only the events new
+//! since, and refers to the rest; restoring reads the chain's checkpoints for their events and
+//! the last one for the state ([`crate::Engine::restore_chain`]). The writer decides when to
+//! start a new chain (an empty log), e.g. when the chain holds far more than the state needs.
+//! Detectors are saved
 //! by rule id, version and query: a restored engine running a changed rule starts that rule
 //! empty (as a hot reload does) and keeps every other rule's state.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use cordon_ingest::{BaselineFeatures, BaselineField, CoreField, Event};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The format name written first in every checkpoint.
 pub const FORMAT: &str = "cordon-engine-checkpoint";
 /// The version this build writes and reads.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Why a checkpoint could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -91,18 +103,248 @@ impl SavedEvent {
     }
 }
 
+/// The events a chain of checkpoints holds, by [`Event::instance_id`], with the size each
+/// was written at: a checkpoint written against it ([`crate::Engine::checkpoint_with`])
+/// refers to these events instead of writing them again, and writes only the others.
+#[derive(Clone, Debug, Default)]
+pub struct EventLog {
+    written: FxHashMap<u64, u32>,
+}
+
+impl EventLog {
+    /// Events in the log.
+    pub fn len(&self) -> usize {
+        self.written.len()
+    }
+
+    /// Whether the log is empty (the next checkpoint writes every event it holds).
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty()
+    }
+
+    /// Bytes of the events in the log, as written.
+    pub fn bytes(&self) -> u64 {
+        self.written.values().map(|&n| u64::from(n)).sum()
+    }
+}
+
+/// A checkpoint written against an [`EventLog`].
+#[derive(Debug)]
+pub struct Written {
+    /// The checkpoint: the engine's state, and the events it holds that the log did not.
+    pub bytes: Vec<u8>,
+    /// The events this checkpoint's state refers to: the log for the next checkpoint of the
+    /// chain, once this one is stored. Events of the old log that are no longer held are not
+    /// in it.
+    pub log: EventLog,
+    /// Events written into this checkpoint.
+    pub new_events: usize,
+    /// Their bytes.
+    pub new_event_bytes: u64,
+    /// The largest parts of the state (rule id, `profiles`, `reorder buffer`, …) and their
+    /// bytes before compression, largest first: what a checkpoint's size is made of.
+    pub largest: Vec<(String, usize)>,
+}
+
+/// While a checkpoint is being written on this thread: what earlier ones of its chain hold,
+/// what this one refers to, and the events it writes.
+struct Saving {
+    before: FxHashMap<u64, u32>,
+    referenced: FxHashMap<u64, u32>,
+    new: Vec<(u64, Vec<u8>)>,
+    new_bytes: u64,
+}
+
+/// While a checkpoint is being restored on this thread: the chain's events by id, as bytes
+/// until first referred to, then decoded (once: every partial holding an event shares it).
+struct Loading {
+    raw: FxHashMap<u64, Vec<u8>>,
+    decoded: FxHashMap<u64, Event>,
+    /// The first event that could not be resolved, and why (postcard keeps no message of
+    /// its own for a custom error).
+    error: Option<String>,
+}
+
+thread_local! {
+    static SAVING: RefCell<Option<Saving>> = const { RefCell::new(None) };
+    static LOADING: RefCell<Option<Loading>> = const { RefCell::new(None) };
+}
+
+/// Writes events against `log` on this thread until [`Saver::finish`] (or drop).
+pub(crate) struct Saver(());
+
+impl Saver {
+    pub(crate) fn start(log: EventLog) -> Saver {
+        SAVING.with(|c| {
+            *c.borrow_mut() = Some(Saving {
+                before: log.written,
+                referenced: FxHashMap::default(),
+                new: Vec::new(),
+                new_bytes: 0,
+            })
+        });
+        Saver(())
+    }
+
+    /// The events written (to store with the checkpoint) and the new log.
+    pub(crate) fn finish(self) -> (Vec<(u64, Vec<u8>)>, EventLog, u64) {
+        let s = SAVING.with(|c| c.borrow_mut().take());
+        match s {
+            Some(s) => (
+                s.new,
+                EventLog {
+                    written: s.referenced,
+                },
+                s.new_bytes,
+            ),
+            None => (Vec::new(), EventLog::default(), 0),
+        }
+    }
+}
+
+impl Drop for Saver {
+    fn drop(&mut self) {
+        SAVING.with(|c| c.borrow_mut().take());
+    }
+}
+
+/// Resolves events of a chain on this thread until dropped.
+pub(crate) struct Loader(());
+
+impl Loader {
+    pub(crate) fn start(events: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Loader {
+        LOADING.with(|c| {
+            *c.borrow_mut() = Some(Loading {
+                raw: events.into_iter().collect(),
+                decoded: FxHashMap::default(),
+                error: None,
+            })
+        });
+        Loader(())
+    }
+}
+
+impl Loader {
+    /// Why an event could not be resolved, if one could not: a better account of a decode
+    /// error than the decoder's own.
+    pub(crate) fn error(&self) -> Option<String> {
+        LOADING.with(|c| c.borrow_mut().as_mut().and_then(|l| l.error.take()))
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        LOADING.with(|c| c.borrow_mut().take());
+    }
+}
+
+/// An event in a checkpoint: its id. The event itself goes into the checkpoint's event table
+/// the first time the chain refers to it ([`EventLog`]).
+struct Encoded<'a>(&'a Event);
+
+impl Serialize for Encoded<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let id = self.0.instance_id();
+        SAVING.with(|c| {
+            let mut c = c.borrow_mut();
+            let Some(st) = c.as_mut() else {
+                return Err(serde::ser::Error::custom(
+                    "an event written outside a checkpoint",
+                ));
+            };
+            if !st.referenced.contains_key(&id) {
+                let size = match st.before.get(&id) {
+                    Some(&n) => n,
+                    None => {
+                        let b = postcard::to_allocvec(&SavedEvent::from_event(self.0))
+                            .map_err(serde::ser::Error::custom)?;
+                        let n = u32::try_from(b.len()).unwrap_or(u32::MAX);
+                        st.new_bytes += u64::from(n);
+                        st.new.push((id, b));
+                        n
+                    }
+                };
+                st.referenced.insert(id, size);
+            }
+            Ok(())
+        })?;
+        s.serialize_u64(id)
+    }
+}
+
+/// The other way: an id, resolved through the chain's events.
+struct Decoded(Event);
+
+impl<'de> Deserialize<'de> for Decoded {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Decoded, D::Error> {
+        use serde::de::Error as _;
+        let id = u64::deserialize(d)?;
+        LOADING.with(|c| {
+            let mut c = c.borrow_mut();
+            let Some(l) = c.as_mut() else {
+                return Err(D::Error::custom("an event read outside a checkpoint"));
+            };
+            if let Some(e) = l.decoded.get(&id) {
+                return Ok(Decoded(e.clone()));
+            }
+            let resolved = match l.raw.remove(&id) {
+                None => Err(format!("event {id} is in none of the checkpoint's files")),
+                Some(raw) => postcard::from_bytes::<SavedEvent>(&raw)
+                    .map_err(|e| format!("saved event {id}: {e}"))
+                    .and_then(SavedEvent::into_event),
+            };
+            match resolved {
+                Ok(e) => {
+                    l.decoded.insert(id, e.clone());
+                    Ok(Decoded(e))
+                }
+                Err(why) => {
+                    l.error.get_or_insert_with(|| why.clone());
+                    Err(D::Error::custom(why))
+                }
+            }
+        })
+    }
+}
+
+/// Bytes written as one byte string (postcard writes a `Vec<u8>` byte by byte).
+pub(crate) struct Bytes(pub Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(b.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, b: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(b)
+            }
+        }
+        d.deserialize_bytes(V).map(Bytes)
+    }
+}
+
 /// `#[serde(with = "…::event")]` for an [`Event`] field.
 pub(crate) mod event {
     use super::*;
 
     pub fn serialize<S: Serializer>(e: &Event, s: S) -> Result<S::Ok, S::Error> {
-        SavedEvent::from_event(e).serialize(s)
+        Encoded(e).serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Event, D::Error> {
-        SavedEvent::deserialize(d)?
-            .into_event()
-            .map_err(serde::de::Error::custom)
+        Ok(Decoded::deserialize(d)?.0)
     }
 }
 
@@ -111,14 +353,14 @@ pub(crate) mod events {
     use super::*;
 
     pub fn serialize<S: Serializer>(v: &[Event], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(SavedEvent::from_event))
+        s.collect_seq(v.iter().map(Encoded))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Event>, D::Error> {
-        Vec::<SavedEvent>::deserialize(d)?
+        Ok(Vec::<Decoded>::deserialize(d)?
             .into_iter()
-            .map(|e| e.into_event().map_err(serde::de::Error::custom))
-            .collect()
+            .map(|e| e.0)
+            .collect())
     }
 }
 
@@ -127,14 +369,14 @@ pub(crate) mod event_deque {
     use super::*;
 
     pub fn serialize<S: Serializer>(v: &VecDeque<Event>, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(SavedEvent::from_event))
+        s.collect_seq(v.iter().map(Encoded))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VecDeque<Event>, D::Error> {
-        Vec::<SavedEvent>::deserialize(d)?
+        Ok(Vec::<Decoded>::deserialize(d)?
             .into_iter()
-            .map(|e| e.into_event().map_err(serde::de::Error::custom))
-            .collect()
+            .map(|e| e.0)
+            .collect())
     }
 }
 
@@ -143,44 +385,32 @@ pub(crate) mod opt_events {
     use super::*;
 
     pub fn serialize<S: Serializer>(v: &[Option<Event>], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(|e| e.as_ref().map(SavedEvent::from_event)))
+        s.collect_seq(v.iter().map(|e| e.as_ref().map(Encoded)))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Option<Event>>, D::Error> {
-        Vec::<Option<SavedEvent>>::deserialize(d)?
+        Ok(Vec::<Option<Decoded>>::deserialize(d)?
             .into_iter()
-            .map(|e| {
-                e.map(|e| e.into_event().map_err(serde::de::Error::custom))
-                    .transpose()
-            })
-            .collect()
+            .map(|e| e.map(|e| e.0))
+            .collect())
     }
 }
 
 /// `#[serde(with = "…::distinct")]` for a threshold window's distinct values.
 pub(crate) mod distinct {
     use super::*;
-    use rustc_hash::FxHashMap;
 
     type Map = FxHashMap<String, (i64, Option<Event>)>;
 
     pub fn serialize<S: Serializer>(m: &Map, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(
-            m.iter()
-                .map(|(k, (t, e))| (k, t, e.as_ref().map(SavedEvent::from_event))),
-        )
+        s.collect_seq(m.iter().map(|(k, (t, e))| (k, t, e.as_ref().map(Encoded))))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
-        Vec::<(String, i64, Option<SavedEvent>)>::deserialize(d)?
+        Ok(Vec::<(String, i64, Option<Decoded>)>::deserialize(d)?
             .into_iter()
-            .map(|(k, t, e)| {
-                let e = e
-                    .map(|e| e.into_event().map_err(serde::de::Error::custom))
-                    .transpose()?;
-                Ok((k, (t, e)))
-            })
-            .collect()
+            .map(|(k, t, e)| (k, (t, e.map(|e| e.0))))
+            .collect())
     }
 }
 

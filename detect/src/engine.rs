@@ -206,11 +206,9 @@ struct SavedRule {
     detector: Option<Vec<u8>>,
 }
 
-/// An engine checkpoint ([`crate::checkpoint`]).
+/// An engine checkpoint ([`crate::checkpoint`]): `(format, version, events, Saved)`.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Saved {
-    format: String,
-    version: u32,
     rules: Vec<SavedRule>,
     /// (rule index in `rules`, key, last alert, window).
     suppress: Vec<(usize, String, i64, i64)>,
@@ -221,8 +219,9 @@ struct Saved {
     max_seen: i64,
     released: i64,
     seq: u64,
-    /// (time, arrival) and the event, of every event still in the reorder buffer.
-    buffer: Vec<(i64, u64, BufferedEvent)>,
+    /// (time, arrival) and the event, of every event still in the reorder buffer
+    /// (`Vec<(i64, u64, BufferedEvent)>`, written before the event table is complete).
+    buffer: crate::checkpoint::Bytes,
     profiles: Vec<u8>,
     enforced: crate::enforce::Enforced,
     recent: crate::dedupe::Recent,
@@ -437,7 +436,20 @@ impl Engine {
     /// Everything the engine holds, as bytes ([`crate::checkpoint`]): restoring them into an
     /// engine with the same rules gives an engine that behaves exactly as this one.
     pub fn checkpoint(&self) -> Result<Vec<u8>, crate::checkpoint::CheckpointError> {
+        Ok(self
+            .checkpoint_with(crate::checkpoint::EventLog::default())?
+            .bytes)
+    }
+
+    /// A checkpoint in a chain: the events in `log` (written by the chain's earlier
+    /// checkpoints) are referred to, not written again. Restore it with the chain's earlier
+    /// checkpoints ([`Engine::restore_chain`]).
+    pub fn checkpoint_with(
+        &self,
+        log: crate::checkpoint::EventLog,
+    ) -> Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError> {
         let damaged = crate::checkpoint::CheckpointError::Damaged;
+        let saver = crate::checkpoint::Saver::start(log);
         let mut detectors: HashMap<usize, Vec<u8>> = HashMap::new();
         for s in &self.stateful {
             detectors.insert(s.rule, s.detector.save().map_err(damaged)?);
@@ -460,9 +472,9 @@ impl Engine {
             .map(|Reverse(p)| (p.ts, p.seq, BufferedEvent(p.event.clone())))
             .collect();
         buffer.sort_by_key(|(ts, seq, _)| (*ts, *seq));
+        let buffer = crate::checkpoint::to_bytes(&buffer).map_err(damaged)?;
+        let (events, log, new_event_bytes) = saver.finish();
         let saved = Saved {
-            format: crate::checkpoint::FORMAT.to_owned(),
-            version: crate::checkpoint::VERSION,
             rules,
             suppress: self.suppressor.save(),
             suppress_evicted: self.suppressor.evicted(),
@@ -472,12 +484,44 @@ impl Engine {
             max_seen: self.max_seen,
             released: self.released,
             seq: self.seq,
-            buffer,
+            buffer: crate::checkpoint::Bytes(buffer),
             profiles: self.profiles.save_bytes().map_err(damaged)?,
             enforced: self.enforced.clone(),
             recent: self.recent.clone(),
         };
-        crate::checkpoint::to_bytes(&saved).map_err(damaged)
+        let new_events = events.len();
+        let mut largest: Vec<(String, usize)> = saved
+            .rules
+            .iter()
+            .filter_map(|r| Some((r.id.clone(), r.detector.as_ref()?.len())))
+            .collect();
+        largest.push(("reorder buffer".into(), saved.buffer.0.len()));
+        largest.push(("profiles".into(), saved.profiles.len()));
+        largest.push((
+            "suppression".into(),
+            saved.suppress.iter().map(|(_, k, _, _)| k.len() + 12).sum(),
+        ));
+        largest.push(("new events".into(), new_event_bytes as usize));
+        largest.sort_by_key(|l| std::cmp::Reverse(l.1));
+        largest.truncate(4);
+        let events: Vec<(u64, crate::checkpoint::Bytes)> = events
+            .into_iter()
+            .map(|(id, b)| (id, crate::checkpoint::Bytes(b)))
+            .collect();
+        let bytes = crate::checkpoint::to_bytes(&(
+            crate::checkpoint::FORMAT,
+            crate::checkpoint::VERSION,
+            events,
+            saved,
+        ))
+        .map_err(damaged)?;
+        Ok(crate::checkpoint::Written {
+            bytes,
+            log,
+            new_events,
+            new_event_bytes,
+            largest,
+        })
     }
 
     /// Replaces this engine's state with a checkpoint's. Rules are matched by id, version
@@ -487,15 +531,34 @@ impl Engine {
         &mut self,
         bytes: &[u8],
     ) -> Result<Restored, crate::checkpoint::CheckpointError> {
+        self.restore_chain(&[bytes])
+    }
+
+    /// [`Engine::restore`] for a chain of checkpoints ([`Engine::checkpoint_with`]), oldest
+    /// first: the state is the last one's, its events come from all of them.
+    pub fn restore_chain(
+        &mut self,
+        chain: &[&[u8]],
+    ) -> Result<Restored, crate::checkpoint::CheckpointError> {
         use crate::checkpoint::CheckpointError as E;
-        // The head first, so another file or version gets a clear error, not a decode one.
-        let (format, version): (String, u32) = postcard::take_from_bytes::<(String, u32)>(bytes)
-            .map(|(h, _)| h)
-            .map_err(|e| E::Format(e.to_string()))?;
-        if format != crate::checkpoint::FORMAT || version != crate::checkpoint::VERSION {
-            return Err(E::Format(format!("it says {format:?} version {version}")));
+        let Some((&last, earlier)) = chain.split_last() else {
+            return Err(E::Format("no checkpoint to restore".into()));
+        };
+        let mut events = Vec::new();
+        for part in earlier {
+            let rest = Self::checkpoint_head(part)?;
+            let (table, _) =
+                postcard::take_from_bytes::<Vec<(u64, crate::checkpoint::Bytes)>>(rest)
+                    .map_err(|e| E::Damaged(format!("event table: {e}")))?;
+            events.extend(table.into_iter().map(|(id, b)| (id, b.0)));
         }
-        let saved: Saved = crate::checkpoint::from_bytes(bytes).map_err(E::Damaged)?;
+        let rest = Self::checkpoint_head(last)?;
+        let (table, rest) = postcard::take_from_bytes::<Vec<(u64, crate::checkpoint::Bytes)>>(rest)
+            .map_err(|e| E::Damaged(format!("event table: {e}")))?;
+        events.extend(table.into_iter().map(|(id, b)| (id, b.0)));
+        let loader = crate::checkpoint::Loader::start(events);
+        let why = |e: String| loader.error().unwrap_or(e);
+        let saved: Saved = crate::checkpoint::from_bytes(rest).map_err(|e| E::Damaged(why(e)))?;
         let by_key: HashMap<(&str, u32, &str), usize> = self
             .rules
             .iter()
@@ -531,9 +594,9 @@ impl Engine {
             .collect();
         for s in &mut self.stateful {
             if let Some(bytes) = states.remove(&s.rule) {
-                s.detector
-                    .load(&bytes)
-                    .map_err(|e| E::Damaged(format!("rule {}: {e}", self.rules[s.rule].id)))?;
+                s.detector.load(&bytes).map_err(|e| {
+                    E::Damaged(format!("rule {}: {}", self.rules[s.rule].id, why(e)))
+                })?;
             }
         }
         self.rule_stats = stats;
@@ -551,9 +614,10 @@ impl Engine {
         self.max_seen = saved.max_seen;
         self.released = saved.released;
         self.seq = saved.seq;
-        report.buffered = saved.buffer.len();
-        self.buffer = saved
-            .buffer
+        let buffer: Vec<(i64, u64, BufferedEvent)> = crate::checkpoint::from_bytes(&saved.buffer.0)
+            .map_err(|e| E::Damaged(format!("reorder buffer: {}", why(e))))?;
+        report.buffered = buffer.len();
+        self.buffer = buffer
             .into_iter()
             .map(|(ts, seq, e)| {
                 Reverse(Pending {
@@ -569,6 +633,18 @@ impl Engine {
         self.enforced = saved.enforced;
         self.recent = saved.recent;
         Ok(report)
+    }
+
+    /// A checkpoint's format and version, checked first so that another file or version
+    /// gets a clear error, not a decode one; and the bytes after them.
+    fn checkpoint_head(bytes: &[u8]) -> Result<&[u8], crate::checkpoint::CheckpointError> {
+        use crate::checkpoint::CheckpointError as E;
+        let ((format, version), rest) = postcard::take_from_bytes::<(String, u32)>(bytes)
+            .map_err(|e| E::Format(e.to_string()))?;
+        if format != crate::checkpoint::FORMAT || version != crate::checkpoint::VERSION {
+            return Err(E::Format(format!("it says {format:?} version {version}")));
+        }
+        Ok(rest)
     }
 
     /// Sets how far behind the latest event time an event may arrive and still be put in

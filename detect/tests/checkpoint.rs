@@ -167,3 +167,69 @@ fn copies_of_events_change_nothing() {
     e.finish(&mut out);
     assert_eq!((e.stats().duplicates, e.stats().events), (0, 2));
 }
+
+/// Checkpoints in a chain write only the events that earlier ones of the chain did not, and
+/// restoring the chain gives exactly the alerts of an engine that never stopped.
+#[test]
+fn a_chain_of_checkpoints_restores_exactly_and_writes_each_event_once() {
+    use cordon_detect::checkpoint::EventLog;
+    let set = RuleSet::builtin().unwrap();
+    let events = stream();
+    let mut whole = engine(&set);
+    let mut reference = Vec::new();
+    run(&mut whole, &events, &mut reference);
+    whole.finish(&mut reference);
+    let reference = fingerprint(&reference);
+
+    let every = events.len() / 23;
+    let mut first = engine(&set);
+    let mut out = Vec::new();
+    let mut chain: Vec<Vec<u8>> = Vec::new();
+    let mut log = EventLog::default();
+    let mut restored_at = 0;
+    for (n, piece) in events.chunks(every).enumerate() {
+        run(&mut first, piece, &mut out);
+        // A new chain every 8 checkpoints, as a writer would when the chain outgrows the state.
+        if n % 8 == 0 {
+            chain.clear();
+            log = EventLog::default();
+        }
+        let held = first.clone_state();
+        let w = held.checkpoint_with(std::mem::take(&mut log)).unwrap();
+        if !chain.is_empty() {
+            assert!(
+                w.new_events <= 2 * piece.len(),
+                "checkpoint {n} wrote {} events after {} new ones",
+                w.new_events,
+                piece.len()
+            );
+        }
+        chain.push(w.bytes);
+        log = w.log;
+        // Restore from the chain at a few points, and carry on with the restored engine.
+        if n % 5 == 3 {
+            let mut second = engine(&set);
+            let parts: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+            second.restore_chain(&parts).unwrap();
+            // The last part alone lacks the chain's earlier events.
+            if chain.len() > 1 && !log.is_empty() {
+                let err = engine(&set)
+                    .restore_chain(&parts[parts.len() - 1..])
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains("none of the checkpoint's files"), "{err}");
+            }
+            first = second;
+            restored_at += 1;
+            // The restored engine's events are other values: its next checkpoint starts a
+            // chain of its own.
+            chain.clear();
+            log = EventLog::default();
+        }
+    }
+    assert!(restored_at >= 3);
+    first.finish(&mut out);
+    let got = fingerprint(&out);
+    assert_eq!(got.len(), reference.len());
+    assert!(got == reference, "alerts differ after chained checkpoints");
+}

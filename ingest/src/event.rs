@@ -12,6 +12,8 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value as Json;
@@ -494,8 +496,17 @@ impl Default for Slot {
 }
 
 /// One MCP call (or other method) as seen by an enforcement point.
+///
+/// Cheap to clone: the fields live behind a shared pointer and are copied only when a
+/// shared event is changed. Open partial matches, the reorder buffer and checkpoint copies
+/// hold the same event many times over; a copy of the engine's state then copies pointers,
+/// not events.
 #[derive(Clone, Debug, Default)]
-pub struct Event {
+pub struct Event(Arc<Fields>);
+
+/// An event's fields (see [`Event`]).
+#[derive(Clone, Debug, Default)]
+struct Fields {
     text: String,
     slots: [Slot; N_STR],
     ts_nanos: Option<i64>,
@@ -510,6 +521,9 @@ pub struct Event {
     extra: Vec<(Box<str>, Json)>,
     category: Category,
     baseline: Option<Box<BaselineFeatures>>,
+    /// This value's id ([`Event::instance_id`]), given when first asked for; reset by every
+    /// change.
+    instance: OnceLock<u64>,
 }
 
 impl Event {
@@ -518,15 +532,38 @@ impl Event {
         Event::default()
     }
 
+    /// The fields to change: copied first when the event is shared.
+    #[inline]
+    fn m(&mut self) -> &mut Fields {
+        let f = Arc::make_mut(&mut self.0);
+        if f.instance.get().is_some() {
+            f.instance = OnceLock::new();
+        }
+        f
+    }
+
+    /// An id of this event *value*, unique in the process: copies of the event share it, and
+    /// a change gives the changed event a new one. Checkpoints use it: an event held in an
+    /// open partial match is part of every checkpoint until the match closes, and with this
+    /// id a checkpoint can refer to the copy an earlier one wrote instead of writing the
+    /// event again.
+    pub fn instance_id(&self) -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        *self
+            .0
+            .instance
+            .get_or_init(|| NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
     /// A string-typed core field.
     #[inline]
     pub fn str(&self, f: CoreField) -> Option<&str> {
-        let slot = self.slots[f.str_slot()?];
+        let slot = self.0.slots[f.str_slot()?];
         if slot.len == u32::MAX {
             return None;
         }
         let start = slot.start as usize;
-        self.text.get(start..start + slot.len as usize)
+        self.0.text.get(start..start + slot.len as usize)
     }
 
     /// Sets a string-typed core field; setting the method also sets the category.
@@ -534,36 +571,37 @@ impl Event {
     pub fn set_str(&mut self, f: CoreField, v: impl AsRef<str>) {
         let v = v.as_ref();
         let Some(i) = f.str_slot() else { return };
-        let (Ok(start), Ok(len)) = (u32::try_from(self.text.len()), u32::try_from(v.len())) else {
+        let (Ok(start), Ok(len)) = (u32::try_from(self.m().text.len()), u32::try_from(v.len()))
+        else {
             return;
         };
         if len == u32::MAX {
             return;
         }
         if f == CoreField::Method {
-            self.category = Category::from_method(v);
+            self.m().category = Category::from_method(v);
         }
-        if self.text.capacity() == 0 {
-            self.text.reserve(256);
+        if self.m().text.capacity() == 0 {
+            self.m().text.reserve(256);
         }
-        self.text.push_str(v);
-        self.slots[i] = Slot { start, len };
+        self.m().text.push_str(v);
+        self.m().slots[i] = Slot { start, len };
     }
 
     /// Clears a core field.
     pub fn clear(&mut self, f: CoreField) {
         if let Some(i) = f.str_slot() {
-            self.slots[i] = Slot::NONE;
+            self.m().slots[i] = Slot::NONE;
         }
         match f {
-            CoreField::Timestamp => self.ts_nanos = None,
-            CoreField::ResultBytes => self.result_bytes = None,
-            CoreField::DurationMs => self.duration_ms = None,
-            CoreField::Arguments => self.arguments = None,
-            CoreField::ToolDescriptionSha256 => self.tool_description_sha256 = None,
-            CoreField::ResultFp => self.result_fp = None,
-            CoreField::ArgsFp => self.args_fp = None,
-            CoreField::Method => self.category = Category::Other,
+            CoreField::Timestamp => self.m().ts_nanos = None,
+            CoreField::ResultBytes => self.m().result_bytes = None,
+            CoreField::DurationMs => self.m().duration_ms = None,
+            CoreField::Arguments => self.m().arguments = None,
+            CoreField::ToolDescriptionSha256 => self.m().tool_description_sha256 = None,
+            CoreField::ResultFp => self.m().result_fp = None,
+            CoreField::ArgsFp => self.m().args_fp = None,
+            CoreField::Method => self.m().category = Category::Other,
             _ => {}
         }
     }
@@ -587,12 +625,12 @@ impl Event {
 
     /// Event time in nanoseconds since the Unix epoch.
     pub fn timestamp_nanos(&self) -> Option<i64> {
-        self.ts_nanos
+        self.0.ts_nanos
     }
 
     /// Sets the event time; the `@timestamp` text becomes its RFC 3339 form.
     pub fn set_timestamp_nanos(&mut self, nanos: i64) {
-        self.ts_nanos = Some(nanos);
+        self.m().ts_nanos = Some(nanos);
         if let Ok(ts) = jiff::Timestamp::from_nanosecond(nanos as i128) {
             self.set_str(CoreField::Timestamp, ts.to_string());
         }
@@ -601,56 +639,56 @@ impl Event {
     /// Sets `@timestamp` from RFC 3339 text, keeping the text as given.
     pub fn set_timestamp_text(&mut self, text: &str) -> Result<(), jiff::Error> {
         let ts: jiff::Timestamp = text.parse()?;
-        self.ts_nanos = Some(ts.as_nanosecond() as i64);
+        self.m().ts_nanos = Some(ts.as_nanosecond() as i64);
         self.set_str(CoreField::Timestamp, text);
         Ok(())
     }
 
     /// `audit.result_bytes`.
     pub fn result_bytes(&self) -> Option<i64> {
-        self.result_bytes
+        self.0.result_bytes
     }
     /// Sets `audit.result_bytes`.
     pub fn set_result_bytes(&mut self, v: i64) {
-        self.result_bytes = Some(v);
+        self.m().result_bytes = Some(v);
     }
     /// `audit.duration_ms`.
     pub fn duration_ms(&self) -> Option<f64> {
-        self.duration_ms
+        self.0.duration_ms
     }
     /// Sets `audit.duration_ms`.
     pub fn set_duration_ms(&mut self, v: f64) {
-        self.duration_ms = Some(v);
+        self.m().duration_ms = Some(v);
     }
     /// `gen_ai.tool.call.arguments`.
     pub fn arguments(&self) -> Option<&Json> {
-        self.arguments.as_ref()
+        self.0.arguments.as_ref()
     }
     /// Sets `gen_ai.tool.call.arguments`.
     pub fn set_arguments(&mut self, v: Json) {
-        self.arguments_bytes = u32::try_from(json_size(&v)).unwrap_or(u32::MAX);
-        self.arguments = Some(v);
+        self.m().arguments_bytes = u32::try_from(json_size(&v)).unwrap_or(u32::MAX);
+        self.m().arguments = Some(v);
     }
 
     /// The size of the arguments as compact JSON text (0 without arguments).
     pub fn arguments_bytes(&self) -> u32 {
-        self.arguments_bytes
+        self.0.arguments_bytes
     }
     /// `audit.tool.description_sha256`.
     pub fn tool_description_sha256(&self) -> Option<&Json> {
-        self.tool_description_sha256.as_ref()
+        self.0.tool_description_sha256.as_ref()
     }
     /// Sets `audit.tool.description_sha256`.
     pub fn set_tool_description_sha256(&mut self, v: Json) {
-        self.tool_description_sha256 = Some(v);
+        self.m().tool_description_sha256 = Some(v);
     }
     /// `audit.result_fp`.
     pub fn result_fp(&self) -> Option<&[u64]> {
-        self.result_fp.as_deref()
+        self.0.result_fp.as_deref()
     }
     /// `audit.args_fp`.
     pub fn args_fp(&self) -> Option<&[u64]> {
-        self.args_fp.as_deref()
+        self.0.args_fp.as_deref()
     }
     /// Sets a fingerprint list (`audit.result_fp` or `audit.args_fp`), kept sorted.
     pub fn set_fingerprints(&mut self, f: CoreField, mut fps: Vec<u64>) {
@@ -658,66 +696,68 @@ impl Event {
         fps.dedup();
         let v: Box<[u64]> = fps.into_boxed_slice();
         match f {
-            CoreField::ResultFp => self.result_fp = Some(v),
-            CoreField::ArgsFp => self.args_fp = Some(v),
+            CoreField::ResultFp => self.m().result_fp = Some(v),
+            CoreField::ArgsFp => self.m().args_fp = Some(v),
             _ => {}
         }
     }
 
     /// Sets one flag feature, creating the feature set if the event has none.
     pub fn set_flag(&mut self, f: BaselineField, on: bool) {
-        self.baseline
+        self.m()
+            .baseline
             .get_or_insert_with(|| Box::new(BaselineFeatures::default()))
             .flag(f, on);
     }
 
     /// The baseline features the engine set, if any.
     pub fn baseline(&self) -> Option<&BaselineFeatures> {
-        self.baseline.as_deref()
+        self.0.baseline.as_deref()
     }
 
     /// Sets the baseline features (the engine does, before rules see the event).
     pub fn set_baseline(&mut self, f: BaselineFeatures) {
-        match &mut self.baseline {
+        match &mut self.m().baseline {
             // Re-annotating (a replay) reuses the allocation.
             Some(b) => **b = f,
-            None => self.baseline = Some(Box::new(f)),
+            None => self.m().baseline = Some(Box::new(f)),
         }
     }
 
     /// The event's category.
     pub fn category(&self) -> &Category {
-        &self.category
+        &self.0.category
     }
     /// Overrides the category (hunts over arbitrary JSON).
     pub fn set_category(&mut self, c: Category) {
-        self.category = c;
+        self.m().category = c;
     }
 
     /// The fields that are not core fields, flattened to dotted names, in input order.
     pub fn extra(&self) -> &[(Box<str>, Json)] {
-        &self.extra
+        &self.0.extra
     }
 
     /// Sets a non-core field (replacing an earlier value of the same name).
     pub fn set_extra(&mut self, name: impl Into<Box<str>>, v: Json) {
         let name = name.into();
-        if let Some(slot) = self.extra.iter_mut().find(|(k, _)| *k == name) {
+        if let Some(slot) = self.m().extra.iter_mut().find(|(k, _)| *k == name) {
             slot.1 = v;
         } else {
-            self.extra.push((name, v));
+            self.m().extra.push((name, v));
         }
     }
 
     /// Removes a non-core field.
     pub fn remove_extra(&mut self, name: &str) {
-        self.extra.retain(|(k, _)| &**k != name);
+        self.m().extra.retain(|(k, _)| &**k != name);
     }
 
     /// A non-core field by dotted name.
     #[inline]
     pub fn get_extra(&self, name: &str) -> Option<&Json> {
-        self.extra
+        self.0
+            .extra
             .iter()
             .find(|(k, _)| &**k == name)
             .map(|(_, v)| v)
@@ -730,8 +770,8 @@ impl Event {
             FieldRef::Core(f) => self.core(*f),
             FieldRef::CorePath(f, path) => {
                 let root = match f {
-                    CoreField::Arguments => self.arguments.as_ref(),
-                    CoreField::ToolDescriptionSha256 => self.tool_description_sha256.as_ref(),
+                    CoreField::Arguments => self.0.arguments.as_ref(),
+                    CoreField::ToolDescriptionSha256 => self.0.tool_description_sha256.as_ref(),
                     _ => None,
                 };
                 match root.and_then(|v| json_path(v, path)) {
@@ -743,9 +783,9 @@ impl Event {
                 Some(v) => FieldValue::from_json(v),
                 None => FieldValue::Missing,
             },
-            FieldRef::Category => FieldValue::Str(self.category.as_str()),
+            FieldRef::Category => FieldValue::Str(self.0.category.as_str()),
             FieldRef::Baseline(b) => {
-                let Some(f) = self.baseline.as_ref() else {
+                let Some(f) = self.0.baseline.as_ref() else {
                     return FieldValue::Missing;
                 };
                 match f.get(*b) {
@@ -762,15 +802,16 @@ impl Event {
     pub fn core(&self, f: CoreField) -> FieldValue<'_> {
         let opt = match f.kind() {
             FieldKind::Str | FieldKind::Timestamp => self.str(f).map(FieldValue::Str),
-            FieldKind::Int => self.result_bytes.map(FieldValue::Int),
-            FieldKind::Float => self.duration_ms.map(FieldValue::Float),
+            FieldKind::Int => self.0.result_bytes.map(FieldValue::Int),
+            FieldKind::Float => self.0.duration_ms.map(FieldValue::Float),
             FieldKind::Fingerprints => match f {
-                CoreField::ResultFp => self.result_fp.as_deref().map(FieldValue::Fingerprints),
-                _ => self.args_fp.as_deref().map(FieldValue::Fingerprints),
+                CoreField::ResultFp => self.0.result_fp.as_deref().map(FieldValue::Fingerprints),
+                _ => self.0.args_fp.as_deref().map(FieldValue::Fingerprints),
             },
             FieldKind::Json => match f {
-                CoreField::Arguments => self.arguments.as_ref().map(FieldValue::from_json),
+                CoreField::Arguments => self.0.arguments.as_ref().map(FieldValue::from_json),
                 _ => self
+                    .0
                     .tool_description_sha256
                     .as_ref()
                     .map(FieldValue::from_json),
@@ -803,12 +844,19 @@ impl Event {
             }
         }
         std::mem::size_of::<Event>()
-            + self.text.capacity()
-            + self.arguments.as_ref().map(json).unwrap_or(0)
-            + self.tool_description_sha256.as_ref().map(json).unwrap_or(0)
-            + 8 * (self.result_fp.as_ref().map_or(0, |f| f.len())
-                + self.args_fp.as_ref().map_or(0, |f| f.len()))
+            + std::mem::size_of::<Fields>()
+            + self.0.text.capacity()
+            + self.0.arguments.as_ref().map(json).unwrap_or(0)
             + self
+                .0
+                .tool_description_sha256
+                .as_ref()
+                .map(json)
+                .unwrap_or(0)
+            + 8 * (self.0.result_fp.as_ref().map_or(0, |f| f.len())
+                + self.0.args_fp.as_ref().map_or(0, |f| f.len()))
+            + self
+                .0
                 .extra
                 .iter()
                 .map(|(k, v)| 16 + k.len() + json(v))
@@ -838,8 +886,8 @@ impl PartialEq for Event {
         CoreField::ALL
             .iter()
             .all(|&f| self.core(f) == other.core(f))
-            && self.extra == other.extra
-            && self.category == other.category
+            && self.0.extra == other.0.extra
+            && self.0.category == other.0.category
     }
 }
 
@@ -881,7 +929,7 @@ impl Event {
                 FieldValue::Json(v) => m.serialize_entry(f.name(), v)?,
             }
         }
-        for (k, v) in &self.extra {
+        for (k, v) in &self.0.extra {
             m.serialize_entry(&**k, v)?;
         }
         m.end()
@@ -919,6 +967,29 @@ pub fn json_size(v: &Json) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_share_their_fields_until_one_changes() {
+        let mut a = Event::new();
+        a.set_str(CoreField::ToolName, "read_file");
+        a.set_arguments(serde_json::json!({"path": "/etc/passwd"}));
+        let id = a.instance_id();
+        let mut b = a.clone();
+        assert!(Arc::ptr_eq(&a.0, &b.0), "a copy shares the fields");
+        assert_eq!(b.instance_id(), id, "and the id");
+        b.set_str(CoreField::ToolName, "send_email");
+        assert!(!Arc::ptr_eq(&a.0, &b.0), "a change copies first");
+        assert_eq!(a.tool_name(), Some("read_file"));
+        assert_eq!(b.tool_name(), Some("send_email"));
+        assert_eq!(a.arguments(), b.arguments());
+        assert_ne!(b.instance_id(), id, "the changed event is another value");
+        assert_eq!(a.instance_id(), id, "the original keeps its id");
+        // A change to an event nobody shares gives it a new id too.
+        let mut c = Event::new();
+        let before = c.instance_id();
+        c.set_result_bytes(12);
+        assert_ne!(c.instance_id(), before);
+    }
 
     #[test]
     fn json_size_is_the_compact_length() {
