@@ -892,6 +892,9 @@ struct RunState {
     closing: bool,
     /// Cuts taken so far.
     cuts: u64,
+    /// The periodic cut being taken ([`RunState::cut_step`]) and the partitions still to
+    /// take.
+    building: Option<(Cut, Vec<String>)>,
 }
 
 impl RunState {
@@ -899,56 +902,106 @@ impl RunState {
     /// to commit and, with a state store, its engine's state at exactly that offset (taken
     /// now, on the poll thread; compressed and written by [`Committer::complete`]).
     fn cut(&mut self, only: Option<&HashSet<String>>) -> Result<Cut> {
-        self.cuts += 1;
-        let mut cut = Cut {
-            seq: self.cuts,
-            parts: Vec::new(),
-        };
-        let stateful = self.committer.checkpoints.is_some();
-        for (key, part) in self.parts.iter_mut() {
-            if only.is_some_and(|o| !o.contains(key)) {
-                continue;
+        let keys: Vec<String> = self
+            .parts
+            .keys()
+            .filter(|k| only.is_none_or(|o| o.contains(*k)))
+            .cloned()
+            .collect();
+        let mut cut = Cut::default();
+        for key in keys {
+            if let Some(p) = self.cut_part(&key) {
+                cut.parts.push(p);
             }
-            let Some(next) = part.next else { continue };
-            let mut engine = None;
-            let offset = if stateful {
-                if part.dirty {
-                    let t = Instant::now();
-                    let engines = self.engines.lock();
-                    if let Some(e) = engines.get_ref(key) {
-                        engine = Some(Box::new(e.clone_state()));
-                    }
-                    drop(engines);
-                    self.committer
-                        .stats
-                        .snapshot_micros
-                        .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    part.dirty = false;
-                }
-                next
-            } else {
-                let wm = self
-                    .engines
-                    .lock()
-                    .get_existing(key)
-                    .map_or(i64::MAX, |e| e.watermark());
-                while part.held.front().is_some_and(|&(_, ts)| ts <= wm) {
-                    part.held.pop_front();
-                }
-                part.held.front().map_or(next, |&(o, _)| o)
-            };
-            if part.committed == Some(offset) && engine.is_none() {
-                continue;
-            }
-            cut.parts.push(CutPart {
-                key: key.clone(),
-                topic: part.topic.clone(),
-                partition: part.partition,
-                offset,
-                engine,
-            });
         }
+        self.number(&mut cut);
         Ok(cut)
+    }
+
+    /// Numbers a cut, when it is complete: cuts complete in the order they are numbered.
+    fn number(&mut self, cut: &mut Cut) {
+        self.cuts += 1;
+        cut.seq = self.cuts;
+    }
+
+    /// One partition's part of a cut: the offset to commit and, with a state store and
+    /// records read since the last checkpoint, a copy of its engine at that offset.
+    fn cut_part(&mut self, key: &str) -> Option<CutPart> {
+        let stateful = self.committer.checkpoints.is_some();
+        let part = self.parts.get_mut(key)?;
+        let next = part.next?;
+        let mut engine = None;
+        let offset = if stateful {
+            if part.dirty {
+                let t = Instant::now();
+                let engines = self.engines.lock();
+                if let Some(e) = engines.get_ref(key) {
+                    engine = Some(Box::new(e.clone_state()));
+                }
+                drop(engines);
+                self.committer
+                    .stats
+                    .snapshot_micros
+                    .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                part.dirty = false;
+            }
+            next
+        } else {
+            let wm = self
+                .engines
+                .lock()
+                .get_existing(key)
+                .map_or(i64::MAX, |e| e.watermark());
+            while part.held.front().is_some_and(|&(_, ts)| ts <= wm) {
+                part.held.pop_front();
+            }
+            part.held.front().map_or(next, |&(o, _)| o)
+        };
+        if part.committed == Some(offset) && engine.is_none() {
+            return None;
+        }
+        Some(CutPart {
+            key: key.to_owned(),
+            topic: part.topic.clone(),
+            partition: part.partition,
+            offset,
+            engine,
+        })
+    }
+
+    /// The periodic cut, taken one partition per turn of the poll loop so that the loop
+    /// pauses for one partition's copy at a time, not for all of them at once. `Some` when
+    /// every partition is in. Each partition's offset and state are taken together, so the
+    /// partitions need not be cut at the same instant; the sinks are made durable after the
+    /// last one, which covers every alert the cut's records caused.
+    fn cut_step(&mut self) -> Option<Cut> {
+        let (mut cut, mut todo) = self
+            .building
+            .take()
+            .unwrap_or_else(|| (Cut::default(), self.parts.keys().rev().cloned().collect()));
+        if let Some(key) = todo.pop() {
+            if let Some(p) = self.cut_part(&key) {
+                cut.parts.push(p);
+            }
+        }
+        if todo.is_empty() {
+            self.number(&mut cut);
+            Some(cut)
+        } else {
+            self.building = Some((cut, todo));
+            None
+        }
+    }
+
+    /// Drops a periodic cut being built (stopping): its partitions are checkpointed again.
+    fn drop_building(&mut self) {
+        if let Some((cut, _)) = self.building.take() {
+            for p in cut.parts {
+                if let Some(part) = self.parts.get_mut(&p.key) {
+                    part.dirty |= p.engine.is_some();
+                }
+            }
+        }
     }
 
     /// What a finished commit means for the partitions: committed offsets recorded; on
@@ -1093,6 +1146,12 @@ impl RunState {
             .iter()
             .map(|e| format!("{}/{}", e.topic(), e.partition()))
             .collect();
+        // A periodic cut being taken leaves them out: the revocation commits them now, and
+        // the periodic cut, completed later, must not take their state back.
+        if let Some((cut, todo)) = &mut self.building {
+            cut.parts.retain(|p| !keys.contains(&p.key));
+            todo.retain(|k| !keys.contains(k));
+        }
         if !self.closing {
             if let Err(e) = self.commit_now(consumer, Some(&keys)) {
                 tracing::warn!(error = %format!("{e:#}"), "revoked partitions not committed; their next owner replays from the last checkpoint");
@@ -1330,6 +1389,7 @@ impl KafkaInput {
             fatal: None,
             closing: false,
             cuts: 0,
+            building: None,
         }));
         let mut c = base;
         c.set("group.id", &config.group_id)
@@ -1678,11 +1738,12 @@ impl KafkaInput {
                 self.lock().settle(d);
             }
             if !in_flight && last_commit.elapsed() >= self.commit_every {
-                let cut = self.lock().cut(None)?;
-                if !cut.parts.is_empty() {
-                    in_flight = jobs.send(cut).is_ok();
+                if let Some(cut) = self.lock().cut_step() {
+                    if !cut.parts.is_empty() {
+                        in_flight = jobs.send(cut).is_ok();
+                    }
+                    last_commit = Instant::now();
                 }
-                last_commit = Instant::now();
             }
             let took = t_between.elapsed();
             if took > SLOW {
@@ -1712,6 +1773,7 @@ impl KafkaInput {
         }
         {
             let mut run = self.lock();
+            run.drop_building();
             if !stateful {
                 for p in run.parts.values_mut() {
                     p.held.clear();

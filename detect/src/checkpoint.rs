@@ -414,12 +414,26 @@ pub(crate) mod distinct {
     }
 }
 
-/// Serialises a detector's state with postcard.
+/// Serialises a detector's state with postcard. Inside an engine checkpoint, events go to
+/// the checkpoint's table; a detector saved on its own carries a table of its own.
 pub(crate) fn to_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
-    postcard::to_allocvec(v).map_err(|e| e.to_string())
+    if SAVING.with(|c| c.borrow().is_some()) {
+        return postcard::to_allocvec(v).map_err(|e| e.to_string());
+    }
+    let saver = Saver::start(EventLog::default());
+    let body = postcard::to_allocvec(v).map_err(|e| e.to_string())?;
+    let (events, _, _) = saver.finish();
+    let events: Vec<(u64, Bytes)> = events.into_iter().map(|(id, b)| (id, Bytes(b))).collect();
+    postcard::to_allocvec(&(events, Bytes(body))).map_err(|e| e.to_string())
 }
 
-/// Reads a detector's state.
-pub(crate) fn from_bytes<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, String> {
-    postcard::from_bytes(b).map_err(|e| e.to_string())
+/// Reads a detector's state (see [`to_bytes`]).
+pub(crate) fn from_bytes<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    if LOADING.with(|c| c.borrow().is_some()) {
+        return postcard::from_bytes(b).map_err(|e| e.to_string());
+    }
+    let (events, body): (Vec<(u64, Bytes)>, Bytes) =
+        postcard::from_bytes(b).map_err(|e| e.to_string())?;
+    let loader = Loader::start(events.into_iter().map(|(id, b)| (id, b.0)));
+    postcard::from_bytes(&body.0).map_err(|e| loader.error().unwrap_or_else(|| e.to_string()))
 }

@@ -473,6 +473,9 @@ impl Engine {
             .collect();
         buffer.sort_by_key(|(ts, seq, _)| (*ts, *seq));
         let buffer = crate::checkpoint::to_bytes(&buffer).map_err(damaged)?;
+        // Everything serialised with `to_bytes` before the saver finishes: the restore reads
+        // it all with the chain's events at hand.
+        let profiles = self.profiles.save_bytes().map_err(damaged)?;
         let (events, log, new_event_bytes) = saver.finish();
         let saved = Saved {
             rules,
@@ -485,7 +488,7 @@ impl Engine {
             released: self.released,
             seq: self.seq,
             buffer: crate::checkpoint::Bytes(buffer),
-            profiles: self.profiles.save_bytes().map_err(damaged)?,
+            profiles,
             enforced: self.enforced.clone(),
             recent: self.recent.clone(),
         };
@@ -508,13 +511,14 @@ impl Engine {
             .into_iter()
             .map(|(id, b)| (id, crate::checkpoint::Bytes(b)))
             .collect();
-        let bytes = crate::checkpoint::to_bytes(&(
+        // Plain postcard: the event table is already out of the saver.
+        let bytes = postcard::to_allocvec(&(
             crate::checkpoint::FORMAT,
             crate::checkpoint::VERSION,
             events,
             saved,
         ))
-        .map_err(damaged)?;
+        .map_err(|e| damaged(e.to_string()))?;
         Ok(crate::checkpoint::Written {
             bytes,
             log,
