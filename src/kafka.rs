@@ -1571,7 +1571,10 @@ impl KafkaInput {
             let worker = {
                 let committer = committer.clone();
                 let consumer = &self.consumer;
-                scope.spawn(move || {
+                // Named, so profiles and `top -H` tell its work from the loop's.
+                std::thread::Builder::new()
+                    .name("cordon-commit".into())
+                    .spawn_scoped(scope, move || {
                     for cut in job_rx {
                         let mut last = committer.lock.lock().unwrap_or_else(|p| p.into_inner());
                         let keys = cut.keys();
@@ -1586,6 +1589,7 @@ impl KafkaInput {
                         }
                     }
                 })
+                .context("starting the committer thread")?
             };
             let r = self.poll_loop(
                 progress,
@@ -1638,7 +1642,6 @@ impl KafkaInput {
                     }
                 };
                 n += 1;
-                let t_record = Instant::now();
                 stats.records += 1;
                 progress.records.fetch_add(1, Ordering::Relaxed);
                 key.clear();
@@ -1717,10 +1720,6 @@ impl KafkaInput {
                     stats.dead_lettered += 1;
                     progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     self.dead_letter(&msg, &reason)?;
-                }
-                let took = t_record.elapsed();
-                if took > SLOW {
-                    tracing::debug!(partition = %key, offset = msg.offset(), ms = took.as_millis() as u64, "a record took long");
                 }
             }
             let t_between = Instant::now();
