@@ -32,9 +32,11 @@
 //! then the head. When the chain's files hold more than twice the bytes of the events still
 //! referred to (plus 8 MiB), or 64 files, the next checkpoint starts a new chain with every
 //! held event, and once its head is written the old chain's files are deleted. A new owner
-//! restores from the whole chain and starts a chain of its own. Without `state_store`, state lives in memory: commits then cover,
-//! per partition, only the offsets before the first event still held in the reorder buffer,
-//! and a restart or hand-over starts that partition's state afresh.
+//! restores from the whole chain and starts a chain of its own.
+//!
+//! Without `state_store`, state lives in memory: commits then cover, per partition, only the
+//! offsets before the first event still held in the reorder buffer, and a restart or
+//! hand-over starts that partition's state afresh.
 //!
 //! **Backpressure.** Consumption is a pull loop on one thread: records are fetched only as fast
 //! as the engines and sinks take them, librdkafka's prefetch is capped (`prefetch_bytes`), and
@@ -467,15 +469,13 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// The first bytes of every partition checkpoint file.
 /// Work on the poll thread slower than this is logged (debug): it holds up every record.
 const SLOW: Duration = Duration::from_millis(20);
 
+/// The first bytes of every partition checkpoint head.
 const CHECKPOINT_FORMAT: &str = "cordon-partition-checkpoint";
 const CHECKPOINT_VERSION: u32 = 2;
 
-/// A partition checkpoint file: where it belongs, the offset it reflects, the engine state
-/// (zstd-compressed [`cordon_detect::Engine::checkpoint`] bytes).
 /// The head of a partition's checkpoint: the offset the state reflects and the files of its
 /// chain, oldest first (the last holds the state; every one holds events the state refers
 /// to; see [`cordon_detect::checkpoint`]).
@@ -901,7 +901,7 @@ impl RunState {
     /// A consistent cut of the partitions in `only` (all when `None`): for each, the offset
     /// to commit and, with a state store, its engine's state at exactly that offset (taken
     /// now, on the poll thread; compressed and written by [`Committer::complete`]).
-    fn cut(&mut self, only: Option<&HashSet<String>>) -> Result<Cut> {
+    fn cut(&mut self, only: Option<&HashSet<String>>) -> Cut {
         let keys: Vec<String> = self
             .parts
             .keys()
@@ -915,7 +915,7 @@ impl RunState {
             }
         }
         self.number(&mut cut);
-        Ok(cut)
+        cut
     }
 
     /// Numbers a cut, when it is complete: cuts complete in the order they are numbered.
@@ -1034,7 +1034,7 @@ impl RunState {
     ) -> Result<()> {
         let committer = self.committer.clone();
         let mut last = committer.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let cut = self.cut(only)?;
+        let cut = self.cut(only);
         let keys = cut.keys();
         match committer.complete(consumer, cut, CommitMode::Sync, &mut last) {
             Ok(done) => {

@@ -545,21 +545,20 @@ impl Engine {
         chain: &[&[u8]],
     ) -> Result<Restored, crate::checkpoint::CheckpointError> {
         use crate::checkpoint::CheckpointError as E;
-        let Some((&last, earlier)) = chain.split_last() else {
+        if chain.is_empty() {
             return Err(E::Format("no checkpoint to restore".into()));
-        };
-        let mut events = Vec::new();
-        for part in earlier {
-            let rest = Self::checkpoint_head(part)?;
-            let (table, _) =
-                postcard::take_from_bytes::<Vec<(u64, crate::checkpoint::Bytes)>>(rest)
-                    .map_err(|e| E::Damaged(format!("event table: {e}")))?;
-            events.extend(table.into_iter().map(|(id, b)| (id, b.0)));
         }
-        let rest = Self::checkpoint_head(last)?;
-        let (table, rest) = postcard::take_from_bytes::<Vec<(u64, crate::checkpoint::Bytes)>>(rest)
+        // Every file's event table; the state after the last one's.
+        let mut events = Vec::new();
+        let mut rest: &[u8] = &[];
+        for part in chain {
+            let (table, after) = postcard::take_from_bytes::<Vec<(u64, crate::checkpoint::Bytes)>>(
+                Self::checkpoint_head(part)?,
+            )
             .map_err(|e| E::Damaged(format!("event table: {e}")))?;
-        events.extend(table.into_iter().map(|(id, b)| (id, b.0)));
+            events.extend(table.into_iter().map(|(id, b)| (id, b.0)));
+            rest = after;
+        }
         let loader = crate::checkpoint::Loader::start(events);
         let why = |e: String| loader.error().unwrap_or(e);
         let saved: Saved = crate::checkpoint::from_bytes(rest).map_err(|e| E::Damaged(why(e)))?;
