@@ -377,7 +377,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         }
         response_stats = Some(responder.stats());
     }
-    let mut engines = engines.lock();
+    let engines = engines.lock();
     let rule_count = engines.rules().len();
     if let (Some(state), Some(engine)) = (&a.state, engines.get_existing("")) {
         engine.profiles().snapshot(state).map_err(Failure::input)?;

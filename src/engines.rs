@@ -9,7 +9,7 @@
 //! engines created later.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use cordon_detect::engine::{EngineStats, Reload, RuleStats};
@@ -43,7 +43,17 @@ impl Template {
     }
 }
 
-/// The engines, behind one lock (the pipeline takes it per record, the API briefly).
+/// One partition's engine, locked by the thread running its records and briefly by the API.
+/// Lock order: the engines' lock, then an engine's; a thread holding an engine's lock never
+/// takes the engines'.
+pub type SharedEngine = Arc<Mutex<Engine>>;
+
+fn lock(e: &SharedEngine) -> MutexGuard<'_, Engine> {
+    e.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The engines, behind one lock (taken by the pipeline to find an engine, and by the API),
+/// each behind its own (so that partitions run side by side).
 pub struct Engines {
     inner: Mutex<Inner>,
 }
@@ -52,7 +62,7 @@ pub struct Engines {
 pub struct Inner {
     set: RuleSet,
     template: Template,
-    parts: BTreeMap<String, Engine>,
+    parts: BTreeMap<String, SharedEngine>,
 }
 
 impl Engines {
@@ -82,39 +92,44 @@ impl Inner {
     }
 
     /// The engine of `part`, created empty if there is none.
-    pub fn get(&mut self, part: &str) -> &mut Engine {
+    pub fn get(&mut self, part: &str) -> MutexGuard<'_, Engine> {
+        lock(self.entry(part))
+    }
+
+    /// The engine of `part` to run records on from another thread, created empty if there
+    /// is none.
+    pub fn shared(&mut self, part: &str) -> SharedEngine {
+        self.entry(part).clone()
+    }
+
+    fn entry(&mut self, part: &str) -> &SharedEngine {
         if !self.parts.contains_key(part) {
             let e = self.fresh();
-            self.parts.insert(part.to_owned(), e);
+            self.parts.insert(part.to_owned(), Arc::new(Mutex::new(e)));
         }
         self.parts
-            .get_mut(part)
+            .get(part)
             .unwrap_or_else(|| unreachable!("inserted above"))
     }
 
     /// The engine of `part`, if it has one.
-    pub fn get_existing(&mut self, part: &str) -> Option<&mut Engine> {
-        self.parts.get_mut(part)
-    }
-
-    /// The engine of `part`, read-only.
-    pub fn get_ref(&self, part: &str) -> Option<&Engine> {
-        self.parts.get(part)
+    pub fn get_existing(&self, part: &str) -> Option<MutexGuard<'_, Engine>> {
+        self.parts.get(part).map(lock)
     }
 
     /// Installs an engine for `part`.
     pub fn insert(&mut self, part: &str, e: Engine) {
-        self.parts.insert(part.to_owned(), e);
+        self.parts.insert(part.to_owned(), Arc::new(Mutex::new(e)));
     }
 
     /// Removes the engine of `part` (its partition was revoked).
-    pub fn remove(&mut self, part: &str) -> Option<Engine> {
+    pub fn remove(&mut self, part: &str) -> Option<SharedEngine> {
         self.parts.remove(part)
     }
 
-    /// Every engine, by partition.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Engine)> {
-        self.parts.iter_mut()
+    /// Every engine, by partition, each locked in turn.
+    pub fn each(&self) -> impl Iterator<Item = (&String, MutexGuard<'_, Engine>)> {
+        self.parts.iter().map(|(k, e)| (k, lock(e)))
     }
 
     /// The rules in force.
@@ -125,7 +140,7 @@ impl Inner {
     /// Per-rule counters summed over the engines, in [`Inner::rules`] order.
     pub fn rule_stats(&self) -> Vec<RuleStats> {
         let mut sum = vec![RuleStats::default(); self.set.rules.len()];
-        for e in self.parts.values() {
+        for (_, e) in self.each() {
             for (s, r) in sum.iter_mut().zip(e.rule_stats()) {
                 s.matched += r.matched;
                 s.alerts += r.alerts;
@@ -139,7 +154,7 @@ impl Inner {
     /// Engine counters summed.
     pub fn stats(&self) -> EngineStats {
         let mut sum = EngineStats::default();
-        for e in self.parts.values() {
+        for (_, e) in self.each() {
             let s = e.stats();
             sum.events += s.events;
             sum.alerts += s.alerts;
@@ -153,14 +168,14 @@ impl Inner {
 
     /// Suppression keys evicted, summed.
     pub fn suppression_evictions(&self) -> u64 {
-        self.parts.values().map(Engine::suppression_evictions).sum()
+        self.each().map(|(_, e)| e.suppression_evictions()).sum()
     }
 
     /// State counters of each multi-event rule, summed over the engines; `bytes` walks
     /// every partial for its size (slow with much state: not for metrics scrapes).
     pub fn state_stats(&self, bytes: bool) -> Vec<(String, StateStats)> {
         let mut by_rule: BTreeMap<String, StateStats> = BTreeMap::new();
-        for e in self.parts.values() {
+        for (_, e) in self.each() {
             let each = if bytes {
                 e.state_stats()
             } else {
@@ -182,7 +197,7 @@ impl Inner {
     /// Profile counters summed.
     pub fn profile_stats(&self) -> ProfileStats {
         let mut sum = ProfileStats::default();
-        for e in self.parts.values() {
+        for (_, e) in self.each() {
             let s = e.profiles().stats();
             sum.hot += s.hot;
             sum.cold += s.cold;
@@ -199,15 +214,14 @@ impl Inner {
 
     /// An agent's profile, from whichever engine holds it.
     pub fn profile(&self, agent: &str) -> Option<Profile> {
-        self.parts
-            .values()
-            .find_map(|e| e.profiles().get(agent).map(|p| p.into_owned()))
+        self.each()
+            .find_map(|(_, e)| e.profiles().get(agent).map(|p| p.into_owned()))
     }
 
     /// Swaps the rules of every engine (and of engines created later).
     pub fn replace_rules(&mut self, set: &RuleSet) -> Reload {
         let mut report = None;
-        for e in self.parts.values_mut() {
+        for (_, mut e) in self.each() {
             let r = e.replace_rules(set);
             report.get_or_insert(r);
         }
@@ -219,7 +233,7 @@ impl Inner {
     /// Records an enforcement in every engine (a revoked token or an isolated server concerns
     /// every partition's agents).
     pub fn enforce(&mut self, e: cordon_detect::enforce::Enforcement) {
-        for engine in self.parts.values_mut() {
+        for (_, mut engine) in self.each() {
             engine.enforce(e.clone());
         }
     }

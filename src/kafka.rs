@@ -38,10 +38,22 @@
 //! offsets before the first event still held in the reorder buffer, and a restart or
 //! hand-over starts that partition's state afresh.
 //!
-//! **Backpressure.** Consumption is a pull loop on one thread: records are fetched only as fast
-//! as the engines and sinks take them, librdkafka's prefetch is capped (`prefetch_bytes`), and
-//! the producer waits when its queue is full. When anything downstream is slow, lag grows and
-//! memory does not.
+//! **Partitions run side by side.** The poll loop only fetches: it drains a batch, checks
+//! each record against its partition's offset, copies it into a job for the partition's lane
+//! and goes back to fetching. Engine threads (`workers`, default one per core) run the lanes:
+//! a lane runs on one thread at a time, its jobs in order, so a partition's records reach its
+//! engine in offset order; lanes with work take turns a job at a time. Each engine has its
+//! own lock, so partitions share nothing while they run. A job's thread writes its dead
+//! letters and alerts itself. Whenever a partition's state and offset must agree — a
+//! checkpoint, a revocation, the stop — the loop first waits for that partition's lane to
+//! run everything handed to it, so the state reflects exactly the records before the offset
+//! and their alerts are written. A librdkafka consumer queue gives a partition's records in
+//! runs of thousands, so the lanes hold several runs' worth for every thread to have work.
+//!
+//! **Backpressure.** Records are fetched only as fast as the engines and sinks take them:
+//! librdkafka's prefetch is capped (`prefetch_bytes`), the lanes hold at most as many bytes
+//! again before the loop stops fetching, and the producer waits when its queue is full. When
+//! anything downstream is slow, lag grows and memory does not.
 //!
 //! Records are drained in batches (one `poll` each, no await per message); undecodable ones go
 //! to the dead-letter topic with where they came from and why in headers. SIGTERM or SIGINT
@@ -49,6 +61,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -60,7 +73,7 @@ use cordon_query::metrics::Exposition;
 use cordon_query::store::Location;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -68,6 +81,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::engines::{Engines, Inner};
 use crate::pipeline::{PipelineStats, Progress};
+
+/// librdkafka's prefetch, and the records queued for the engine threads, by default.
+const PREFETCH: usize = 64 << 20;
 
 /// `[kafka]` of `cordon.toml`.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -99,13 +115,19 @@ pub struct KafkaConfig {
     /// Records per batch (default 10 000).
     #[serde(default)]
     pub batch: Option<usize>,
+    /// Threads that run the partitions' engines side by side (default: the machine's
+    /// cores). Each partition runs on one thread at a time, so more than the partitions
+    /// assigned gain nothing; `1` runs them all on the poll loop's thread.
+    #[serde(default)]
+    pub workers: Option<usize>,
     /// Longest between two commits (and checkpoints); default 1s.
     #[serde(default)]
     pub commit_interval: Option<String>,
     /// Longest to wait at shutdown for deliveries to the broker (default 30s).
     #[serde(default)]
     pub shutdown_timeout: Option<String>,
-    /// Bytes librdkafka may prefetch (default 64 MiB): the memory bound when Cordon falls
+    /// Bytes librdkafka may prefetch (default 64 MiB), and bytes of records handed to the
+    /// engine threads and not yet run (the same again): the memory bound when Cordon falls
     /// behind.
     #[serde(default)]
     pub prefetch_bytes: Option<usize>,
@@ -173,6 +195,8 @@ pub struct KafkaStats {
     pub rebalances: AtomicU64,
     /// Partitions assigned now.
     pub assigned: AtomicU64,
+    /// Bytes of records handed to the engine threads and not yet run.
+    pub queued_bytes: AtomicU64,
     /// Commits made.
     pub commits: AtomicU64,
     /// Commits that failed (retried at the next interval).
@@ -258,6 +282,12 @@ impl KafkaStats {
             "Partitions assigned to this instance",
             &[],
             self.assigned.load(Ordering::Relaxed) as f64,
+        );
+        out.gauge(
+            "cordon_kafka_queued_bytes",
+            "Bytes of records fetched and handed to the engine threads, not yet run (bounded by prefetch_bytes)",
+            &[],
+            self.queued_bytes.load(Ordering::Relaxed) as f64,
         );
         c(
             out,
@@ -744,6 +774,254 @@ struct Part {
     committed: Option<i64>,
 }
 
+impl Part {
+    /// Whether the record at `offset` is to be run: not when the state already reflects it
+    /// (a broker or client returning a record twice). Books it as read.
+    fn admit(&mut self, key: &str, offset: i64, stats: &KafkaStats) -> bool {
+        match self.next {
+            // Earlier than the next expected: the state already holds it.
+            Some(n) if offset < n => {
+                stats.records_repeated.fetch_add(1, Ordering::Relaxed);
+                // Once per assignment at warn: some brokers return the whole batch holding
+                // the offset asked for, and the client can pass its earlier records on;
+                // logging each would flood the log and slow the loop.
+                if std::mem::replace(&mut self.repeats_seen, true) {
+                    tracing::debug!(partition = %key, expected = n, offset, "a record the partition's state already reflects, dropped");
+                } else {
+                    tracing::warn!(partition = %key, expected = n, offset, "a record the partition's state already reflects, dropped (further ones are counted in cordon_kafka_records_repeated_total and logged at debug)");
+                }
+                return false;
+            }
+            // Later: offsets with no record (transaction markers, compaction), or records
+            // the broker did not return.
+            Some(n) if offset > n => {
+                stats
+                    .offsets_skipped
+                    .fetch_add((offset - n) as u64, Ordering::Relaxed);
+                if self.first.is_none() {
+                    tracing::warn!(partition = %key, expected = n, offset, "the first record read is later than the partition's checkpoint: offsets with no record (transaction markers, compaction) or records the broker did not return");
+                } else {
+                    tracing::debug!(partition = %key, expected = n, offset, "offsets skipped");
+                }
+            }
+            _ => {}
+        }
+        self.first.get_or_insert(offset);
+        self.next = Some(offset + 1);
+        self.dirty = true;
+        true
+    }
+}
+
+/// What became of one record on an engine thread.
+enum Outcome {
+    /// Decoded and pushed; `late` when the engine refused it as too late (dead-lettered).
+    Event {
+        /// Its event time.
+        ts: Option<i64>,
+        /// Why it was refused.
+        late: Option<String>,
+    },
+    /// Not an event (dead-lettered).
+    Undecodable(String),
+}
+
+/// One partition's records from one batch, copied out of the client's buffers for an
+/// engine thread.
+struct Job {
+    key: String,
+    topic: String,
+    partition: i32,
+    /// Each record's offset, and where its key and payload are in `bytes`.
+    records: Vec<(i64, Range<usize>, Range<usize>)>,
+    bytes: Vec<u8>,
+}
+
+impl Job {
+    fn new(key: &str, msg: &BorrowedMessage<'_>) -> Job {
+        Job {
+            key: key.to_owned(),
+            topic: msg.topic().to_owned(),
+            partition: msg.partition(),
+            records: Vec::new(),
+            bytes: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, msg: &BorrowedMessage<'_>) {
+        let k = self.bytes.len();
+        self.bytes.extend_from_slice(msg.key().unwrap_or_default());
+        let p = self.bytes.len();
+        self.bytes
+            .extend_from_slice(msg.payload().unwrap_or_default());
+        self.records.push((msg.offset(), k..p, p..self.bytes.len()));
+    }
+}
+
+/// Each partition's lane: the jobs handed to the engine threads and not yet run. A lane
+/// runs on one engine thread at a time, its jobs in order, so a partition's records reach
+/// its engine in offset order while the partitions run side by side. Lanes with work take
+/// turns, one job each, so a busy partition does not starve the others.
+struct Lanes {
+    state: Mutex<LanesState>,
+    stats: Arc<KafkaStats>,
+    /// Signalled when a job is queued or finishes, and at closing.
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct LanesState {
+    lanes: HashMap<String, Lane>,
+    /// Lanes with a job to run, in turn.
+    ready: VecDeque<String>,
+    /// Bytes of records queued or running, over all lanes (the poll loop stops fetching
+    /// above its limit).
+    in_flight: usize,
+    /// An alert or dead letter that could not be written: the run stops with it, and
+    /// nothing read after the last commit is committed.
+    fatal: Option<String>,
+    /// The run is over: engine threads return.
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Lane {
+    queue: VecDeque<Job>,
+    /// In `ready` or running.
+    scheduled: bool,
+    /// Without a state store: (offset, event time) of the events run since the last cut.
+    held: Vec<(i64, i64)>,
+}
+
+impl Lanes {
+    fn new(stats: Arc<KafkaStats>) -> Lanes {
+        Lanes {
+            state: Mutex::default(),
+            stats,
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LanesState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a job on its partition's lane.
+    fn push(&self, job: Job) {
+        let mut st = self.lock();
+        st.in_flight += job.bytes.len();
+        self.stats
+            .queued_bytes
+            .store(st.in_flight as u64, Ordering::Relaxed);
+        let key = job.key.clone();
+        let lane = st.lanes.entry(key.clone()).or_default();
+        lane.queue.push_back(job);
+        if !std::mem::replace(&mut lane.scheduled, true) {
+            st.ready.push_back(key);
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// The next lane's next job (waiting for one); `None` once closed.
+    fn next(&self) -> Option<Job> {
+        let mut st = self.lock();
+        loop {
+            while let Some(key) = st.ready.pop_front() {
+                if let Some(lane) = st.lanes.get_mut(&key) {
+                    match lane.queue.pop_front() {
+                        Some(job) => return Some(job),
+                        None => lane.scheduled = false,
+                    }
+                }
+            }
+            if st.closed {
+                return None;
+            }
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// A job has run: its lane takes its turn again if it has more.
+    fn finished(&self, job: &Job, r: Result<Vec<(i64, i64)>, String>) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        st.in_flight -= job.bytes.len();
+        let mut dropped = 0;
+        let mut again = false;
+        if let Some(lane) = st.lanes.get_mut(&job.key) {
+            match r {
+                Ok(held) => lane.held.extend(held),
+                // The run stops; what is queued is not run, and nothing read since the
+                // last commit is committed, so it is read again next time.
+                Err(e) => {
+                    dropped = lane.queue.drain(..).map(|j| j.bytes.len()).sum();
+                    st.fatal.get_or_insert(e);
+                }
+            }
+            again = !lane.queue.is_empty();
+            lane.scheduled = again;
+        }
+        st.in_flight -= dropped;
+        self.stats
+            .queued_bytes
+            .store(st.in_flight as u64, Ordering::Relaxed);
+        if again {
+            st.ready.push_back(job.key.clone());
+        }
+        drop(guard);
+        self.changed.notify_all();
+    }
+
+    /// Ends the engine threads (once every lane is settled).
+    fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until `key`'s lane (every lane, with `None`) has run every job handed to it
+    /// and written their effects: its engine then reflects exactly the records handed out.
+    fn settle(&self, key: Option<&str>) {
+        let mut st = self.lock();
+        while match key {
+            Some(k) => st.lanes.get(k).is_some_and(|l| l.scheduled),
+            None => st.lanes.values().any(|l| l.scheduled),
+        } {
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Waits, at most `timeout`, until fewer than `limit` bytes are in flight.
+    fn wait_below(&self, limit: usize, timeout: Duration) {
+        let st = self.lock();
+        let _ = self
+            .changed
+            .wait_timeout_while(st, timeout, |s| s.in_flight >= limit && s.fatal.is_none());
+    }
+
+    fn in_flight(&self) -> usize {
+        self.lock().in_flight
+    }
+
+    fn fatal(&self) -> Option<String> {
+        self.lock().fatal.clone()
+    }
+
+    /// The (offset, event time) of events run on `key` since the last call.
+    fn take_held(&self, key: &str) -> Vec<(i64, i64)> {
+        self.lock()
+            .lanes
+            .get_mut(key)
+            .map(|l| std::mem::take(&mut l.held))
+            .unwrap_or_default()
+    }
+
+    /// Forgets a revoked partition's lane (settled first).
+    fn remove(&self, key: &str) {
+        self.lock().lanes.remove(key);
+    }
+}
+
 /// How a cut ended: the offsets committed by partition, or the partitions whose state must
 /// be checkpointed again.
 type Settled = Result<Vec<(String, i64)>, Vec<String>>;
@@ -883,6 +1161,7 @@ pub struct Hooks {
 /// `poll`, on the loop's thread, when the loop holds no lock).
 struct RunState {
     engines: Arc<Engines>,
+    lanes: Arc<Lanes>,
     committer: Arc<Committer>,
     parts: BTreeMap<String, Part>,
     /// Set when the state of an assigned partition cannot be read: the run stops rather than
@@ -930,12 +1209,15 @@ impl RunState {
         let stateful = self.committer.checkpoints.is_some();
         let part = self.parts.get_mut(key)?;
         let next = part.next?;
+        // The engine must reflect exactly the records before `next`, and their alerts be
+        // written, before its state and offset are taken.
+        self.lanes.settle(Some(key));
         let mut engine = None;
         let offset = if stateful {
             if part.dirty {
                 let t = Instant::now();
                 let engines = self.engines.lock();
-                if let Some(e) = engines.get_ref(key) {
+                if let Some(e) = engines.get_existing(key) {
                     engine = Some(Box::new(e.clone_state()));
                 }
                 drop(engines);
@@ -947,6 +1229,7 @@ impl RunState {
             }
             next
         } else {
+            part.held.extend(self.lanes.take_held(key));
             let wm = self
                 .engines
                 .lock()
@@ -1146,6 +1429,9 @@ impl RunState {
             .iter()
             .map(|e| format!("{}/{}", e.topic(), e.partition()))
             .collect();
+        for k in &keys {
+            self.lanes.settle(Some(k));
+        }
         // A periodic cut being taken leaves them out: the revocation commits them now, and
         // the periodic cut, completed later, must not take their state back.
         if let Some((cut, todo)) = &mut self.building {
@@ -1164,6 +1450,7 @@ impl RunState {
             }
             self.parts.remove(k);
             self.engines.lock().remove(k);
+            self.lanes.remove(k);
             if let Some(store) = &self.committer.checkpoints {
                 store.forget(k);
             }
@@ -1295,6 +1582,10 @@ pub struct KafkaInput {
     config: KafkaConfig,
     format: Format,
     commit_every: Duration,
+    /// Engine threads: each partition's lane runs on one of them at a time.
+    workers: usize,
+    lanes: Arc<Lanes>,
+    stateful: bool,
 }
 
 impl KafkaInput {
@@ -1374,6 +1665,7 @@ impl KafkaInput {
         } else {
             None
         };
+        let stateful = checkpoints.is_some();
         let committer = Arc::new(Committer {
             hooks: Mutex::new(None),
             producer: producer.clone(),
@@ -1382,8 +1674,10 @@ impl KafkaInput {
             stats: stats.clone(),
             lock: Mutex::new(0),
         });
+        let lanes = Arc::new(Lanes::new(stats.clone()));
         let run = Arc::new(Mutex::new(RunState {
             engines: engines.clone(),
+            lanes: lanes.clone(),
             committer: committer.clone(),
             parts: BTreeMap::new(),
             fatal: None,
@@ -1401,7 +1695,7 @@ impl KafkaInput {
             )
             .set(
                 "queued.max.messages.kbytes",
-                (config.prefetch_bytes.unwrap_or(64 << 20) / 1024)
+                (config.prefetch_bytes.unwrap_or(PREFETCH) / 1024)
                     .max(1)
                     .to_string(),
             );
@@ -1425,6 +1719,11 @@ impl KafkaInput {
                 tokens,
             })
             .context("[kafka]: consumer")?;
+        let workers = match config.workers {
+            Some(0) => anyhow::bail!("[kafka]: workers: 0 (expected at least 1)"),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).context("[kafka]: subscribe")?;
         Ok(KafkaInput {
@@ -1437,6 +1736,9 @@ impl KafkaInput {
             config: config.clone(),
             format,
             commit_every,
+            workers,
+            lanes,
+            stateful,
         })
     }
 
@@ -1515,17 +1817,25 @@ impl KafkaInput {
         Ok(())
     }
 
-    fn dead_letter(&self, msg: &rdkafka::message::BorrowedMessage<'_>, reason: &str) -> Result<()> {
+    /// Sends a record to the dead-letter topic, with where it came from and why.
+    fn dead_letter(
+        &self,
+        job: &Job,
+        offset: i64,
+        key: &[u8],
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<()> {
         let Some(t) = &self.config.dead_letter_topic else {
-            tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), %reason, "record dropped (no dead_letter_topic)");
+            tracing::warn!(topic = %job.topic, partition = job.partition, offset, %reason, "record dropped (no dead_letter_topic)");
             return Ok(());
         };
-        let partition = msg.partition().to_string();
-        let offset = msg.offset().to_string();
+        let partition = job.partition.to_string();
+        let offset = offset.to_string();
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "cordon.source.topic",
-                value: Some(msg.topic()),
+                value: Some(&job.topic),
             })
             .insert(Header {
                 key: "cordon.source.partition",
@@ -1539,11 +1849,8 @@ impl KafkaInput {
                 key: "cordon.reason",
                 value: Some(reason),
             });
-        let key = msg
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default();
-        self.send(t, &key, msg.payload().unwrap_or_default(), headers)?;
+        let key = String::from_utf8_lossy(key);
+        self.send(t, &key, payload, headers)?;
         self.stats
             .dead_letter_records
             .fetch_add(1, Ordering::Relaxed);
@@ -1558,7 +1865,7 @@ impl KafkaInput {
         progress: &Progress,
         stop: &AtomicBool,
         mut before_event: impl FnMut(&mut Inner),
-        mut on_alert: impl FnMut(Alert) -> Result<()>,
+        on_alert: impl Fn(Alert) -> Result<()> + Sync,
         hooks: Hooks,
     ) -> Result<PipelineStats> {
         let committer = self.lock().committer.clone();
@@ -1591,15 +1898,38 @@ impl KafkaInput {
                 })
                 .context("starting the committer thread")?
             };
+            // The engine threads: each runs one lane's job at a time, lanes taking turns.
+            let engines: Vec<_> = (0..self.workers)
+                .map(|i| {
+                    let on_alert = &on_alert;
+                    std::thread::Builder::new()
+                        .name(format!("cordon-engine-{i}"))
+                        .spawn_scoped(scope, move || {
+                            while let Some(job) = self.lanes.next() {
+                                let r = self
+                                    .run_job(&job, on_alert, progress)
+                                    .map_err(|e| format!("{e:#}"));
+                                self.lanes.finished(&job, r);
+                            }
+                        })
+                        .context("starting the engine threads")
+                })
+                .collect::<Result<_>>()?;
             let r = self.poll_loop(
                 progress,
                 stop,
                 stateful,
                 &mut before_event,
-                &mut on_alert,
+                &on_alert,
                 &jobs,
                 &done,
             );
+            // On an error too, what was handed out finishes before the threads end.
+            self.lanes.settle(None);
+            self.lanes.close();
+            for e in engines {
+                let _ = e.join();
+            }
             drop(jobs);
             let _ = worker.join();
             while let Ok(d) = done.try_recv() {
@@ -1609,6 +1939,70 @@ impl KafkaInput {
         })
     }
 
+    /// Runs one job on its partition's engine: decodes each record, pushes it, then writes
+    /// the dead letters and alerts. Returns, without a state store, the (offset, event time)
+    /// of the events pushed.
+    fn run_job(
+        &self,
+        job: &Job,
+        on_alert: &(impl Fn(Alert) -> Result<()> + Sync),
+        progress: &Progress,
+    ) -> Result<Vec<(i64, i64)>> {
+        let engine = self.engines.lock().shared(&job.key);
+        let mut alerts = Vec::new();
+        let mut outcomes = Vec::with_capacity(job.records.len());
+        {
+            let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+            for (_, _, payload) in &job.records {
+                outcomes.push(match self.format.decode(&job.bytes[payload.clone()]) {
+                    Ok(ev) => {
+                        let ts = ev.timestamp_nanos();
+                        let late = engine
+                            .push(ev, &mut alerts)
+                            .err()
+                            .map(|l| l.reason(Duration::ZERO));
+                        Outcome::Event { ts, late }
+                    }
+                    Err(e) => Outcome::Undecodable(e.to_string()),
+                });
+            }
+        }
+        let mut held = Vec::new();
+        let mut events = 0;
+        for ((offset, key, payload), o) in job.records.iter().zip(outcomes) {
+            let reason = match o {
+                Outcome::Event { ts, late } => {
+                    events += 1;
+                    if let (false, Some(ts)) = (self.stateful, ts) {
+                        held.push((*offset, ts));
+                    }
+                    if late.is_some() {
+                        progress.late.fetch_add(1, Ordering::Relaxed);
+                    }
+                    late
+                }
+                Outcome::Undecodable(reason) => Some(reason),
+            };
+            if let Some(reason) = reason {
+                progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.dead_letter(
+                    job,
+                    *offset,
+                    &job.bytes[key.clone()],
+                    &job.bytes[payload.clone()],
+                    &reason,
+                )?;
+            }
+        }
+        progress.events.fetch_add(events, Ordering::Relaxed);
+        for a in alerts {
+            progress.alerts.fetch_add(1, Ordering::Relaxed);
+            self.publish(&a)?;
+            on_alert(a)?;
+        }
+        Ok(held)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn poll_loop(
         &self,
@@ -1616,110 +2010,92 @@ impl KafkaInput {
         stop: &AtomicBool,
         stateful: bool,
         before_event: &mut impl FnMut(&mut Inner),
-        on_alert: &mut impl FnMut(Alert) -> Result<()>,
+        on_alert: &(impl Fn(Alert) -> Result<()> + Sync),
         jobs: &std::sync::mpsc::SyncSender<Cut>,
         done: &std::sync::mpsc::Receiver<Settled>,
     ) -> Result<PipelineStats> {
         let mut in_flight = false;
-        let mut stats = PipelineStats::default();
+        let counted = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let base = [
+            counted(&progress.records),
+            counted(&progress.events),
+            counted(&progress.dead_lettered),
+            counted(&progress.alerts),
+            counted(&progress.late),
+        ];
         let mut alerts = Vec::new();
         let batch = self.config.batch.unwrap_or(10_000).max(1);
+        // Records handed to the engine threads and not yet run are held to the same bound as
+        // librdkafka's prefetch: a partition's records come in long runs, so the lanes need
+        // room for several for every engine thread to have work.
+        let limit = self.config.prefetch_bytes.unwrap_or(PREFETCH).max(1);
         let mut last_commit = Instant::now();
         let mut key = String::new();
+        let mut msgs = Vec::with_capacity(batch);
         while !stop.load(Ordering::Acquire) {
-            let mut n = 0;
-            let mut wait = Duration::from_millis(100);
-            while n < batch {
-                let Some(msg) = self.consumer.poll(wait) else {
-                    break;
-                };
-                wait = Duration::ZERO;
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "consumer");
+            if let Some(fatal) = self.lanes.fatal() {
+                anyhow::bail!("{fatal}");
+            }
+            if self.lanes.in_flight() >= limit {
+                // The engine threads are behind: fetch nothing more until they catch up
+                // (librdkafka's prefetch stops at its cap; lag grows, memory does not).
+                self.lanes.wait_below(limit, Duration::from_millis(20));
+            } else {
+                // Drain a batch. A rebalance (run inside `poll`) ends it: records fetched
+                // before it are then checked against the new assignment below.
+                msgs.clear();
+                let rebalances = self.stats.rebalances.load(Ordering::Relaxed);
+                let mut wait = Duration::from_millis(100);
+                while msgs.len() < batch {
+                    let Some(msg) = self.consumer.poll(wait) else {
+                        break;
+                    };
+                    wait = Duration::ZERO;
+                    match msg {
+                        Ok(m) => msgs.push(m),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "consumer");
+                            break;
+                        }
+                    }
+                    if self.stats.rebalances.load(Ordering::Relaxed) != rebalances {
                         break;
                     }
-                };
-                n += 1;
-                stats.records += 1;
-                progress.records.fetch_add(1, Ordering::Relaxed);
-                key.clear();
-                let _ = write!(key, "{}/{}", msg.topic(), msg.partition());
-                let decoded = self.format.decode(msg.payload().unwrap_or_default());
-                let mut run = self.lock();
-                let Some(part) = run.parts.get_mut(&key) else {
-                    // A record of a partition revoked in this very poll: not ours to
-                    // process or commit; its next owner reads it.
-                    tracing::debug!(partition = %key, offset = msg.offset(), "record of a revoked partition left to its next owner");
-                    continue;
-                };
-                match part.next {
-                    // Earlier than the next expected: the state already holds it.
-                    Some(n) if msg.offset() < n => {
-                        self.stats.records_repeated.fetch_add(1, Ordering::Relaxed);
-                        // Once per assignment at warn: some brokers return the whole batch
-                        // holding the offset asked for, and the client can pass its earlier
-                        // records on; logging each would flood the log and slow the loop.
-                        if std::mem::replace(&mut part.repeats_seen, true) {
-                            tracing::debug!(partition = %key, expected = n, offset = msg.offset(), "a record the partition's state already reflects, dropped");
-                        } else {
-                            tracing::warn!(partition = %key, expected = n, offset = msg.offset(), "a record the partition's state already reflects, dropped (further ones are counted in cordon_kafka_records_repeated_total and logged at debug)");
-                        }
-                        continue;
-                    }
-                    // Later: offsets with no record (transaction markers, compaction), or
-                    // records the broker did not return.
-                    Some(n) if msg.offset() > n => {
-                        self.stats
-                            .offsets_skipped
-                            .fetch_add((msg.offset() - n) as u64, Ordering::Relaxed);
-                        if part.first.is_none() {
-                            tracing::warn!(partition = %key, expected = n, offset = msg.offset(), "the first record read is later than the partition's checkpoint: offsets with no record (transaction markers, compaction) or records the broker did not return");
-                        } else {
-                            tracing::debug!(partition = %key, expected = n, offset = msg.offset(), "offsets skipped");
-                        }
-                    }
-                    _ => {}
                 }
-                part.first.get_or_insert(msg.offset());
-                part.next = Some(msg.offset() + 1);
-                part.dirty = true;
-                let mut engines = self.engines.lock();
-                before_event(&mut engines);
-                let reason = match decoded {
-                    Ok(ev) => {
-                        stats.events += 1;
-                        progress.events.fetch_add(1, Ordering::Relaxed);
-                        if let (false, Some(ts)) = (stateful, ev.timestamp_nanos()) {
-                            part.held.push_back((msg.offset(), ts));
+                progress
+                    .records
+                    .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                // Each partition's records past what its state reflects go to its lane.
+                let mut work: BTreeMap<String, Job> = BTreeMap::new();
+                {
+                    let mut run = self.lock();
+                    for msg in &msgs {
+                        key.clear();
+                        let _ = write!(key, "{}/{}", msg.topic(), msg.partition());
+                        let Some(part) = run.parts.get_mut(&key) else {
+                            // A record of a partition revoked in this very batch: not ours
+                            // to process or commit; its next owner reads it.
+                            tracing::debug!(partition = %key, offset = msg.offset(), "record of a revoked partition left to its next owner");
+                            continue;
+                        };
+                        if part.admit(&key, msg.offset(), &self.stats) {
+                            match work.get_mut(&key) {
+                                Some(job) => job.push(msg),
+                                None => {
+                                    let mut job = Job::new(&key, msg);
+                                    job.push(msg);
+                                    work.insert(key.clone(), job);
+                                }
+                            }
                         }
-                        let pushed = engines.get(&key).push(ev, &mut alerts);
-                        drop(engines);
-                        drop(run);
-                        let late = pushed.err().map(|l| {
-                            stats.late += 1;
-                            progress.late.fetch_add(1, Ordering::Relaxed);
-                            l.reason(Duration::ZERO)
-                        });
-                        for a in alerts.drain(..) {
-                            stats.alerts += 1;
-                            progress.alerts.fetch_add(1, Ordering::Relaxed);
-                            self.publish(&a)?;
-                            on_alert(a)?;
-                        }
-                        late
                     }
-                    Err(err) => {
-                        drop(engines);
-                        drop(run);
-                        Some(err.to_string())
-                    }
-                };
-                if let Some(reason) = reason {
-                    stats.dead_lettered += 1;
-                    progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    self.dead_letter(&msg, &reason)?;
+                }
+                msgs.clear();
+                if !work.is_empty() {
+                    before_event(&mut self.engines.lock());
+                }
+                for (_, job) in work {
+                    self.lanes.push(job);
                 }
             }
             let t_between = Instant::now();
@@ -1757,14 +2133,17 @@ impl KafkaInput {
         // on; without one, the reorder buffers are released and windows closed, since the
         // state would otherwise be lost.
         self.stats.ready.store(false, Ordering::Release);
+        self.lanes.settle(None);
+        if let Some(fatal) = self.lanes.fatal() {
+            anyhow::bail!("{fatal}");
+        }
         if !stateful {
-            let mut engines = self.engines.lock();
-            for (_, e) in engines.iter_mut() {
+            let engines = self.engines.lock();
+            for (_, mut e) in engines.each() {
                 e.finish(&mut alerts);
             }
             drop(engines);
             for a in alerts.drain(..) {
-                stats.alerts += 1;
                 progress.alerts.fetch_add(1, Ordering::Relaxed);
                 self.publish(&a)?;
                 on_alert(a)?;
@@ -1774,8 +2153,9 @@ impl KafkaInput {
             let mut run = self.lock();
             run.drop_building();
             if !stateful {
-                for p in run.parts.values_mut() {
+                for (k, p) in run.parts.iter_mut() {
                     p.held.clear();
+                    self.lanes.take_held(k);
                 }
             }
             // After the committer's last cut: one at a time, in order.
@@ -1793,6 +2173,13 @@ impl KafkaInput {
         }
         let commits = self.stats.commits.load(Ordering::Relaxed);
         tracing::info!(commits, "kafka input stopped");
-        Ok(stats)
+        Ok(PipelineStats {
+            records: counted(&progress.records) - base[0],
+            events: counted(&progress.events) - base[1],
+            dead_lettered: counted(&progress.dead_lettered) - base[2],
+            alerts: counted(&progress.alerts) - base[3],
+            late: counted(&progress.late) - base[4],
+            ..PipelineStats::default()
+        })
     }
 }

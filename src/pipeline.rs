@@ -128,7 +128,7 @@ pub fn run_files(
         }
     }
     let mut inner = engines.lock();
-    let engine = inner.get("");
+    let mut engine = inner.get("");
     engine.finish(&mut alerts);
     for a in alerts.drain(..) {
         stats.alerts += 1;

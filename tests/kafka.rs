@@ -320,14 +320,15 @@ fn kafka_input_gives_the_file_runs_alerts() {
     let keys = d.join("keys.json");
     let key = api_key(&keys, "viewer");
     // A short session timeout: the killed consumer's partitions go to the next run in seconds
-    // instead of librdkafka's default 45 s.
+    // instead of librdkafka's default 45 s. Three engine threads for four partitions: lanes
+    // move between threads as they take turns.
     let config = d.join("cordon.toml");
     std::fs::write(
         &config,
         format!(
             "[kafka]\nbrokers = \"{}\"\ngroup_id = \"cordon-test\"\ntopics = [\"events\"]\n\
              alerts_topic = \"alerts\"\ndead_letter_topic = \"dead\"\ncommit_interval = \"200ms\"\n\
-             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n",
+             workers = 3\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n",
             b.addr
         ),
     )
