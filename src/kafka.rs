@@ -222,7 +222,7 @@ pub struct KafkaStats {
     pub checkpoint_delete_failures: AtomicU64,
     /// Time spent compressing and writing checkpoints (committer thread), µs.
     pub checkpoint_micros: AtomicU64,
-    /// Time the poll loop spent taking engine snapshots for checkpoints, µs.
+    /// Time spent copying engines for checkpoints, µs.
     pub snapshot_micros: AtomicU64,
     /// Time spent making sinks durable before commits, µs.
     pub durable_micros: AtomicU64,
@@ -363,7 +363,7 @@ impl KafkaStats {
         );
         out.counter(
             "cordon_kafka_snapshot_seconds_total",
-            "Time the poll loop spent taking engine snapshots for checkpoints",
+            "Time spent copying engines for checkpoints (by the engine threads for periodic commits, by the poll loop for revocations and the stop)",
             &[],
             self.snapshot_micros.load(Ordering::Relaxed) as f64 / 1e6,
         );
@@ -826,8 +826,12 @@ enum Outcome {
     Undecodable(String),
 }
 
+/// Where an engine thread leaves a copy of a partition's engine for a periodic cut.
+type Slot = Arc<Mutex<Option<Box<cordon_detect::Engine>>>>;
+
 /// One partition's records from one batch, copied out of the client's buffers for an
-/// engine thread.
+/// engine thread; or a marker asking for a copy of the engine as it is after the jobs before
+/// it.
 struct Job {
     key: String,
     topic: String,
@@ -835,6 +839,8 @@ struct Job {
     /// Each record's offset, and where its key and payload are in `bytes`.
     records: Vec<(i64, Range<usize>, Range<usize>)>,
     bytes: Vec<u8>,
+    /// A marker: the engine's copy goes here.
+    snapshot: Option<Slot>,
 }
 
 impl Job {
@@ -845,6 +851,18 @@ impl Job {
             partition: msg.partition(),
             records: Vec::new(),
             bytes: Vec::new(),
+            snapshot: None,
+        }
+    }
+
+    fn marker(key: &str, part: &Part, slot: Slot) -> Job {
+        Job {
+            key: key.to_owned(),
+            topic: part.topic.clone(),
+            partition: part.partition,
+            records: Vec::new(),
+            bytes: Vec::new(),
+            snapshot: Some(slot),
         }
     }
 
@@ -983,10 +1001,12 @@ impl Lanes {
     /// and written their effects: its engine then reflects exactly the records handed out.
     fn settle(&self, key: Option<&str>) {
         let mut st = self.lock();
-        while match key {
-            Some(k) => st.lanes.get(k).is_some_and(|l| l.scheduled),
-            None => st.lanes.values().any(|l| l.scheduled),
-        } {
+        while !st.closed
+            && match key {
+                Some(k) => st.lanes.get(k).is_some_and(|l| l.scheduled),
+                None => st.lanes.values().any(|l| l.scheduled),
+            }
+        {
             st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }
@@ -1171,9 +1191,15 @@ struct RunState {
     closing: bool,
     /// Cuts taken so far.
     cuts: u64,
-    /// The periodic cut being taken ([`RunState::cut_step`]) and the partitions still to
-    /// take.
-    building: Option<(Cut, Vec<String>)>,
+    /// The periodic cut being taken ([`RunState::cut_step`]).
+    building: Option<Building>,
+}
+
+/// A periodic cut whose engine copies are being taken by the engine threads.
+struct Building {
+    cut: Cut,
+    /// The partitions whose copy is awaited, and where it will be.
+    pending: Vec<(String, Slot)>,
 }
 
 impl RunState {
@@ -1252,36 +1278,65 @@ impl RunState {
         })
     }
 
-    /// The periodic cut, taken one partition per turn of the poll loop so that the loop
-    /// pauses for one partition's copy at a time, not for all of them at once. `Some` when
-    /// every partition is in. Each partition's offset and state are taken together, so the
-    /// partitions need not be cut at the same instant; the sinks are made durable after the
-    /// last one, which covers every alert the cut's records caused.
+    /// The periodic cut. Without a state store it is taken at once. With one, each changed
+    /// partition's lane gets a marker after the records handed out so far, and the engine
+    /// thread that reaches it copies the engine — the state after exactly those records,
+    /// whose alerts are written by then — while the loop goes on fetching. `Some` on the turn
+    /// every copy is in. Partitions need not be cut at the same instant: each one's offset
+    /// and state are taken together, and the sinks are made durable after the last copy.
     fn cut_step(&mut self) -> Option<Cut> {
-        let (mut cut, mut todo) = self
-            .building
-            .take()
-            .unwrap_or_else(|| (Cut::default(), self.parts.keys().rev().cloned().collect()));
-        if let Some(key) = todo.pop() {
-            if let Some(p) = self.cut_part(&key) {
-                cut.parts.push(p);
+        if self.committer.checkpoints.is_none() {
+            return Some(self.cut(None));
+        }
+        let Some(mut b) = self.building.take() else {
+            let mut b = Building {
+                cut: Cut::default(),
+                pending: Vec::new(),
+            };
+            for (key, part) in self.parts.iter_mut() {
+                let Some(next) = part.next else {
+                    continue;
+                };
+                if part.dirty {
+                    part.dirty = false;
+                    let slot = Slot::default();
+                    self.lanes.push(Job::marker(key, part, slot.clone()));
+                    b.pending.push((key.clone(), slot));
+                } else if part.committed == Some(next) {
+                    continue;
+                }
+                b.cut.parts.push(CutPart {
+                    key: key.clone(),
+                    topic: part.topic.clone(),
+                    partition: part.partition,
+                    offset: next,
+                    engine: None,
+                });
+            }
+            self.building = Some(b);
+            return None;
+        };
+        let lock = |s: &Slot| s.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        if !b.pending.iter().all(|(_, s)| lock(s)) {
+            self.building = Some(b);
+            return None;
+        }
+        for (key, slot) in b.pending {
+            let engine = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(p) = b.cut.parts.iter_mut().find(|p| p.key == key) {
+                p.engine = engine;
             }
         }
-        if todo.is_empty() {
-            self.number(&mut cut);
-            Some(cut)
-        } else {
-            self.building = Some((cut, todo));
-            None
-        }
+        self.number(&mut b.cut);
+        Some(b.cut)
     }
 
     /// Drops a periodic cut being built (stopping): its partitions are checkpointed again.
     fn drop_building(&mut self) {
-        if let Some((cut, _)) = self.building.take() {
-            for p in cut.parts {
-                if let Some(part) = self.parts.get_mut(&p.key) {
-                    part.dirty |= p.engine.is_some();
+        if let Some(b) = self.building.take() {
+            for (key, _) in b.pending {
+                if let Some(part) = self.parts.get_mut(&key) {
+                    part.dirty = true;
                 }
             }
         }
@@ -1434,9 +1489,9 @@ impl RunState {
         }
         // A periodic cut being taken leaves them out: the revocation commits them now, and
         // the periodic cut, completed later, must not take their state back.
-        if let Some((cut, todo)) = &mut self.building {
-            cut.parts.retain(|p| !keys.contains(&p.key));
-            todo.retain(|k| !keys.contains(k));
+        if let Some(b) = &mut self.building {
+            b.cut.parts.retain(|p| !keys.contains(&p.key));
+            b.pending.retain(|(k, _)| !keys.contains(k));
         }
         if !self.closing {
             if let Err(e) = self.commit_now(consumer, Some(&keys)) {
@@ -1915,6 +1970,15 @@ impl KafkaInput {
                         .context("starting the engine threads")
                 })
                 .collect::<Result<_>>()?;
+            // However the loop ends (a panic too), the engine threads end, so that the scope
+            // can join them and the process exits rather than hangs.
+            struct Closing<'a>(&'a Lanes);
+            impl Drop for Closing<'_> {
+                fn drop(&mut self) {
+                    self.0.close();
+                }
+            }
+            let closing = Closing(&self.lanes);
             let r = self.poll_loop(
                 progress,
                 stop,
@@ -1926,7 +1990,7 @@ impl KafkaInput {
             );
             // On an error too, what was handed out finishes before the threads end.
             self.lanes.settle(None);
-            self.lanes.close();
+            drop(closing);
             for e in engines {
                 let _ = e.join();
             }
@@ -1949,6 +2013,20 @@ impl KafkaInput {
         progress: &Progress,
     ) -> Result<Vec<(i64, i64)>> {
         let engine = self.engines.lock().shared(&job.key);
+        if let Some(slot) = &job.snapshot {
+            let t = Instant::now();
+            let copy = Box::new(
+                engine
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone_state(),
+            );
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(copy);
+            self.stats
+                .snapshot_micros
+                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            return Ok(Vec::new());
+        }
         let mut alerts = Vec::new();
         let mut outcomes = Vec::with_capacity(job.records.len());
         {
