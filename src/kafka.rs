@@ -2261,3 +2261,112 @@ impl KafkaInput {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(key: &str, offset: i64) -> Job {
+        Job {
+            key: key.to_owned(),
+            topic: "t".into(),
+            partition: 0,
+            records: vec![(offset, 0..0, 0..1)],
+            bytes: vec![b'x'],
+            snapshot: None,
+        }
+    }
+
+    /// Runs `jobs` through `threads` engine threads; returns the (lane, offset) each ran,
+    /// in the order they started.
+    fn run(jobs: Vec<Job>, threads: usize) -> (Vec<(String, i64)>, usize) {
+        let lanes = Lanes::new(Arc::default());
+        for j in jobs {
+            lanes.push(j);
+        }
+        let ran = Mutex::new(Vec::new());
+        let busy = Mutex::new(HashSet::new());
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    while let Some(j) = lanes.next() {
+                        assert!(
+                            busy.lock().unwrap().insert(j.key.clone()),
+                            "lane {} on two threads at once",
+                            j.key
+                        );
+                        ran.lock().unwrap().push((j.key.clone(), j.records[0].0));
+                        std::thread::sleep(Duration::from_millis(2));
+                        busy.lock().unwrap().remove(&j.key);
+                        lanes.finished(&j, Ok(vec![(j.records[0].0, 0)]));
+                    }
+                });
+            }
+            lanes.settle(None);
+            lanes.close();
+        });
+        let left = lanes.in_flight();
+        (ran.into_inner().unwrap(), left)
+    }
+
+    #[test]
+    fn lanes_keep_each_partitions_order_and_take_turns() {
+        // Lane a has ten jobs queued before b's two: b must not wait for all of a's.
+        let mut jobs: Vec<Job> = (0..10).map(|o| job("a", o)).collect();
+        jobs.extend((0..2).map(|o| job("b", o)));
+        let (ran, left) = run(jobs, 1);
+        assert_eq!(ran.len(), 12);
+        assert_eq!(left, 0, "every byte handed out is accounted for");
+        for lane in ["a", "b"] {
+            let offsets: Vec<i64> = ran.iter().filter(|r| r.0 == lane).map(|r| r.1).collect();
+            assert!(
+                offsets.windows(2).all(|w| w[0] < w[1]),
+                "{lane}: {offsets:?}"
+            );
+        }
+        let b_done = ran.iter().rposition(|r| r.0 == "b").unwrap();
+        assert!(b_done < 5, "lanes take turns: {ran:?}");
+    }
+
+    #[test]
+    fn a_lane_runs_on_one_thread_at_a_time_and_settles() {
+        let jobs: Vec<Job> = (0..40)
+            .map(|o| job(["a", "b", "c"][o as usize % 3], o))
+            .collect();
+        let (ran, left) = run(jobs, 3);
+        assert_eq!(ran.len(), 40);
+        assert_eq!(left, 0);
+        for lane in ["a", "b", "c"] {
+            let offsets: Vec<i64> = ran.iter().filter(|r| r.0 == lane).map(|r| r.1).collect();
+            assert!(
+                offsets.windows(2).all(|w| w[0] < w[1]),
+                "{lane}: {offsets:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_job_drops_its_lane_and_stops_the_run() {
+        let lanes = Lanes::new(Arc::default());
+        for o in 0..3 {
+            lanes.push(job("a", o));
+        }
+        let first = lanes.next().unwrap();
+        lanes.finished(&first, Err("the alerts file is full".into()));
+        assert_eq!(lanes.fatal().as_deref(), Some("the alerts file is full"));
+        assert_eq!(lanes.in_flight(), 0, "queued jobs are dropped, not run");
+        lanes.settle(Some("a"));
+        lanes.close();
+        assert!(lanes.next().is_none());
+    }
+
+    #[test]
+    fn settling_a_closed_run_does_not_wait() {
+        let lanes = Lanes::new(Arc::default());
+        lanes.push(job("a", 0));
+        lanes.close();
+        // No engine thread will run the job: a closed run must not wait for it.
+        lanes.settle(None);
+        assert_eq!(lanes.take_held("a"), Vec::<(i64, i64)>::new());
+    }
+}
