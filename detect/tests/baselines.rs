@@ -100,6 +100,44 @@ fn call(
     ev
 }
 
+/// The baseline rules that fire for an agent that does the same thing at the same pace:
+/// sessions of `session_len` calls `gap_s` apart, `pause_min` minutes between sessions.
+fn constant_agent(
+    gap_s: i64,
+    session_len: usize,
+    pause_min: i64,
+    bytes: u64,
+    deny_every: Option<usize>,
+) -> Vec<String> {
+    let mut engine = Engine::new(&baseline_rules());
+    let mut out = Vec::new();
+    let mut t = 1_800_000_000_000_000_000i64;
+    let mut i = 0;
+    for s in 0..(2_000 / session_len).max(30) {
+        for _ in 0..session_len {
+            let deny = deny_every.is_some_and(|k| i % k == k - 1);
+            let decision = if deny { "deny" } else { "allow" };
+            let ev = call(i, t, s, "send_email", bytes, "team@corp.example", decision);
+            engine.push(ev, &mut out).unwrap();
+            i += 1;
+            t += gap_s * 1_000_000_000;
+        }
+        t += pause_min * 60_000_000_000;
+    }
+    engine.finish(&mut out);
+    out.into_iter().map(|a| a.rule_id).collect()
+}
+
+/// A case the property below found (one CI run in many draws it): four calls 14 s apart every
+/// 2 h 49 min. The call-rate model flags 32 of the 500 sessions. Ignored until the rate model
+/// learns bursts that come rarer than its hour-of-day slots: run with `--ignored` to see it.
+#[test]
+#[ignore = "known false positive of the call-rate baseline; see the comment"]
+fn rare_short_bursts_do_not_fire() {
+    let fired = constant_agent(14, 4, 169, 10, None);
+    assert!(fired.is_empty(), "{} alerts: {fired:?}", fired.len());
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
 
@@ -114,23 +152,8 @@ proptest::proptest! {
         bytes in 10u64..5_000_000,
         deny_every in proptest::option::of(5usize..50),
     ) {
-        let mut engine = Engine::new(&baseline_rules());
-        let mut out = Vec::new();
-        let mut t = 1_800_000_000_000_000_000i64;
-        let mut i = 0;
-        for s in 0..(2_000 / session_len).max(30) {
-            for _ in 0..session_len {
-                let deny = deny_every.is_some_and(|k| i % k == k - 1);
-                let ev = call(i, t, s, "send_email", bytes, "team@corp.example", if deny { "deny" } else { "allow" });
-                engine.push(ev, &mut out).unwrap();
-                i += 1;
-                t += gap_s * 1_000_000_000;
-            }
-            t += pause_min * 60_000_000_000;
-        }
-        engine.finish(&mut out);
-        let fired: Vec<&str> = out.iter().map(|a| a.rule_id.as_str()).collect();
-        proptest::prop_assert!(out.is_empty(), "{fired:?}");
+        let fired = constant_agent(gap_s, session_len, pause_min, bytes, deny_every);
+        proptest::prop_assert!(fired.is_empty(), "{fired:?}");
     }
 
     /// Shifting every timestamp by any amount, whole minutes or not, changes no feature of
