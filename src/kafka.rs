@@ -2028,11 +2028,17 @@ impl KafkaInput {
             return Ok(Vec::new());
         }
         let mut alerts = Vec::new();
+        // Decoded before the engine is locked: the API's reads wait only for the pushes.
+        let decoded: Vec<_> = job
+            .records
+            .iter()
+            .map(|(_, _, payload)| self.format.decode(&job.bytes[payload.clone()]))
+            .collect();
         let mut outcomes = Vec::with_capacity(job.records.len());
         {
             let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
-            for (_, _, payload) in &job.records {
-                outcomes.push(match self.format.decode(&job.bytes[payload.clone()]) {
+            for d in decoded {
+                outcomes.push(match d {
                     Ok(ev) => {
                         let ts = ev.timestamp_nanos();
                         let late = engine
