@@ -42,6 +42,16 @@ fn run(e: &mut Engine, events: &[Event], out: &mut Vec<Alert>) -> usize {
     late
 }
 
+/// An engine that never stops, over every event: the engine, its alerts (windows closed at
+/// the end) and the events it refused as late.
+fn uninterrupted(set: &RuleSet, events: &[Event]) -> (Engine, Vec<Alert>, usize) {
+    let mut whole = engine(set);
+    let mut alerts = Vec::new();
+    let late = run(&mut whole, events, &mut alerts);
+    whole.finish(&mut alerts);
+    (whole, alerts, late)
+}
+
 fn fingerprint(alerts: &[Alert]) -> Vec<String> {
     alerts
         .iter()
@@ -53,10 +63,7 @@ fn fingerprint(alerts: &[Alert]) -> Vec<String> {
 fn restored_engine_gives_the_same_alerts() {
     let set = RuleSet::builtin().unwrap();
     let events = stream();
-    let mut whole = engine(&set);
-    let mut reference = Vec::new();
-    let late = run(&mut whole, &events, &mut reference);
-    whole.finish(&mut reference);
+    let (whole, reference, late) = uninterrupted(&set, &events);
     assert!(reference.len() > 20, "{} alerts", reference.len());
     let rules: std::collections::BTreeSet<&str> =
         reference.iter().map(|a| a.rule_id.as_str()).collect();
@@ -124,10 +131,7 @@ fn changed_rules_drop_only_their_state_and_bad_bytes_are_refused() {
 fn copies_of_events_change_nothing() {
     let set = RuleSet::builtin().unwrap();
     let events = stream();
-    let mut whole = engine(&set);
-    let mut reference = Vec::new();
-    let late = run(&mut whole, &events, &mut reference);
-    whole.finish(&mut reference);
+    let (whole, reference, late) = uninterrupted(&set, &events);
     let reference = fingerprint(&reference);
 
     // Every 40th event again right after itself, every 97th again three events later.
@@ -175,11 +179,7 @@ fn a_chain_of_checkpoints_restores_exactly_and_writes_each_event_once() {
     use cordon_detect::checkpoint::EventLog;
     let set = RuleSet::builtin().unwrap();
     let events = stream();
-    let mut whole = engine(&set);
-    let mut reference = Vec::new();
-    run(&mut whole, &events, &mut reference);
-    whole.finish(&mut reference);
-    let reference = fingerprint(&reference);
+    let reference = fingerprint(&uninterrupted(&set, &events).1);
 
     let every = events.len() / 23;
     let mut first = engine(&set);
