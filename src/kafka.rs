@@ -1709,6 +1709,15 @@ impl KafkaInput {
         {
             let mut p = base.clone();
             p.set("enable.idempotence", "true").set("acks", "all");
+            // Alerts are few and every millisecond before an analyst or a SIEM sees one
+            // counts: librdkafka's default wait of 5 ms to fill a batch is for bulk traffic.
+            // Records queued while a request is in flight are still sent together.
+            if !["linger.ms", "queue.buffering.max.ms"]
+                .iter()
+                .any(|k| config.properties.contains_key(*k))
+            {
+                p.set("linger.ms", "0");
+            }
             Some(Arc::new(
                 p.create_with_context(Deliveries {
                     stats: stats.clone(),

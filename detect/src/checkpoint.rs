@@ -414,6 +414,28 @@ pub(crate) mod distinct {
     }
 }
 
+/// A map whose keys and values are shared with the copies a checkpoint takes
+/// (`Arc<str>` → `Arc<V>`), written exactly as the plain `String` → `V` map it stands for: the
+/// checkpoint's form does not depend on how the state is held in memory.
+pub(crate) type Shared<V> = FxHashMap<std::sync::Arc<str>, std::sync::Arc<V>>;
+
+/// Serialises a [`Shared`] map as its plain form.
+pub(crate) struct SharedMap<'a, V>(pub &'a Shared<V>);
+
+impl<V: Serialize> Serialize for SharedMap<'_, V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (&**k, &**v)))
+    }
+}
+
+/// A [`Shared`] map from its plain form.
+pub(crate) fn shared<V>(plain: FxHashMap<String, V>) -> Shared<V> {
+    plain
+        .into_iter()
+        .map(|(k, v)| (std::sync::Arc::from(k), std::sync::Arc::new(v)))
+        .collect()
+}
+
 /// Serialises a detector's state with postcard. Inside an engine checkpoint, events go to
 /// the checkpoint's table; a detector saved on its own carries a table of its own.
 pub(crate) fn to_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {

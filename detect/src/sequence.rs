@@ -27,6 +27,8 @@ use rustc_hash::FxHashMap as HashMap;
 use cordon_ingest::Event;
 use cordon_rules::stateful::SequenceSpec;
 
+use std::sync::Arc;
+
 use crate::keys::{join_keys, join_keys_into};
 use crate::stateful::{Finding, StateStats, Stateful};
 
@@ -65,7 +67,8 @@ pub struct SequenceDetector {
     guards: Vec<Vec<usize>>,
     leading: Vec<usize>,
     trailing: Vec<usize>,
-    keys: HashMap<String, KeyState>,
+    /// Shared with a checkpoint's copy until either changes ([`crate::checkpoint::Shared`]).
+    keys: crate::checkpoint::Shared<KeyState>,
     /// Keys in the order their partials started (event order, so starts never decrease): the
     /// watermark expires partials from the front without visiting every key.
     expiry: VecDeque<(i64, String)>,
@@ -139,14 +142,14 @@ impl SequenceDetector {
             out.push(self.finding(p));
         } else {
             self.open += 1;
-            self.keys.entry(key.to_owned()).or_default().pending.push(p);
+            self.key_state(key).pending.push(p);
         }
     }
 
     /// Stores a partial at stage `s`, unless the key's stage is full.
     fn store(&mut self, key: &str, s: usize, p: Partial) {
         let n = self.positive.len();
-        let ks = self.keys.entry(key.to_owned()).or_default();
+        let ks = self.key_state(key);
         if ks.stages.len() < n {
             ks.stages.resize_with(n, Vec::new);
         }
@@ -158,6 +161,17 @@ impl SequenceDetector {
         self.open += 1;
         if self.open > self.global_cap {
             self.shed();
+        }
+    }
+
+    /// The key's state, created empty if absent, copied first if a checkpoint shares it.
+    fn key_state(&mut self, key: &str) -> &mut KeyState {
+        if !self.keys.contains_key(key) {
+            self.keys.insert(Arc::from(key), Arc::default());
+        }
+        match self.keys.get_mut(key) {
+            Some(ks) => Arc::make_mut(ks),
+            None => unreachable!("inserted above"),
         }
     }
 
@@ -179,12 +193,13 @@ impl SequenceDetector {
         // Partials starting at the cutoff are evicted in key order, not in the map's
         // iteration order, which depends on the map's history: an engine restored from a
         // checkpoint must evict the same partials as the one that wrote it.
-        let mut names: Vec<String> = self.keys.keys().cloned().collect();
+        let mut names: Vec<Arc<str>> = self.keys.keys().cloned().collect();
         names.sort_unstable();
         for name in &names {
             let Some(ks) = self.keys.get_mut(name) else {
                 continue;
             };
+            let ks = Arc::make_mut(ks);
             for list in ks.stages.iter_mut().chain(std::iter::once(&mut ks.pending)) {
                 list.retain(|p| {
                     let keep = removed >= cut || p.start > cutoff;
@@ -229,7 +244,7 @@ impl SequenceDetector {
                 let full = self.positive.len() > 1
                     && self
                         .keys
-                        .get(&key)
+                        .get(key.as_str())
                         .and_then(|ks| ks.stages.get(1))
                         .is_some_and(|l| l.len() >= PER_KEY_STAGE_CAP);
                 if full {
@@ -257,7 +272,7 @@ impl SequenceDetector {
         let n = join_keys_into(ev, &step.keys, &mut keys);
         let mut best: Option<(i64, usize, usize)> = None;
         for (k, key) in keys.iter().take(n).enumerate() {
-            let Some(list) = self.keys.get(key).and_then(|ks| ks.stages.get(s)) else {
+            let Some(list) = self.keys.get(key.as_str()).and_then(|ks| ks.stages.get(s)) else {
                 continue;
             };
             if let Some((i, start)) = self.earliest(list, ev, t, pos) {
@@ -272,8 +287,8 @@ impl SequenceDetector {
         };
         let key = keys[k].clone();
         self.pool = keys;
-        let mut p = match self.keys.get_mut(&key) {
-            Some(ks) => ks.stages[s].swap_remove(i),
+        let mut p = match self.keys.get_mut(key.as_str()) {
+            Some(ks) => Arc::make_mut(ks).stages[s].swap_remove(i),
             None => return,
         };
         self.open -= 1;
@@ -347,14 +362,18 @@ impl Stateful for SequenceDetector {
                     }
                     self.last_leading.insert((p, key), t);
                 } else if self.trailing.contains(&p) {
-                    if let Some(ks) = self.keys.get_mut(&key) {
+                    if let Some(ks) = self.keys.get_mut(key.as_str()) {
+                        let ks = Arc::make_mut(ks);
                         let n = ks.pending.len();
                         ks.pending.clear();
                         self.open -= n;
                         self.stats.closed += n as u64;
                     }
                 } else if let Some(s) = self.guards.iter().position(|g| g.contains(&p)) {
-                    if let Some(list) = self.keys.get_mut(&key).and_then(|ks| ks.stages.get_mut(s))
+                    if let Some(list) = self
+                        .keys
+                        .get_mut(key.as_str())
+                        .and_then(|ks| Arc::make_mut(ks).stages.get_mut(s))
                     {
                         let n = list.len();
                         list.clear();
@@ -387,9 +406,10 @@ impl Stateful for SequenceDetector {
             let Some((_, key)) = self.expiry.pop_front() else {
                 break;
             };
-            let Some(ks) = self.keys.get_mut(&key) else {
+            let Some(ks) = self.keys.get_mut(key.as_str()) else {
                 continue;
             };
+            let ks = Arc::make_mut(ks);
             for list in ks.stages.iter_mut() {
                 let before = list.len();
                 list.retain(|p| wm.saturating_sub(p.start) <= maxspan);
@@ -407,7 +427,7 @@ impl Stateful for SequenceDetector {
                 ready.extend(done);
             }
             if ks.open() == 0 {
-                self.keys.remove(&key);
+                self.keys.remove(key.as_str());
             }
         }
         self.open -= expired + ready.len();
@@ -428,7 +448,7 @@ impl Stateful for SequenceDetector {
         let mut ready: Vec<Partial> = self
             .keys
             .values_mut()
-            .flat_map(|k| std::mem::take(&mut k.pending))
+            .flat_map(|k| std::mem::take(&mut Arc::make_mut(k).pending))
             .collect();
         // Keys are hashed: order by time, then event id, so runs are reproducible.
         ready.sort_by(|a, b| (a.start, a.events[0].id()).cmp(&(b.start, b.events[0].id())));
@@ -442,7 +462,7 @@ impl Stateful for SequenceDetector {
 
     fn save(&self) -> Result<Vec<u8>, String> {
         crate::checkpoint::to_bytes(&(
-            &self.keys,
+            crate::checkpoint::SharedMap(&self.keys),
             &self.expiry,
             &self.last_leading,
             self.leading_sweep,
@@ -462,7 +482,7 @@ impl Stateful for SequenceDetector {
         );
         let (keys, expiry, last_leading, leading_sweep, open, stats): Saved =
             crate::checkpoint::from_bytes(bytes)?;
-        self.keys = keys;
+        self.keys = crate::checkpoint::shared(keys);
         self.expiry = expiry;
         self.last_leading = last_leading;
         self.leading_sweep = leading_sweep;

@@ -6,8 +6,14 @@
 //! Evidence is what makes a window expensive, so it is kept sparingly: for a count, the last
 //! events only once the count is within [`EVIDENCE`] of the bound; for a distinct count, the
 //! latest event of each distinct value. Timestamps and values cost a few bytes each.
+//!
+//! Keys and windows are reference-counted: a checkpoint copies the detector on the thread
+//! that runs it (every second, under the partition's lock), and a rule keyed by session holds
+//! hundreds of thousands of windows at a high rate. The copy then shares them, and a window is
+//! copied only when its key sees an event while the checkpoint is still being written.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -39,7 +45,7 @@ struct Window {
 #[derive(Clone)]
 pub struct ThresholdDetector {
     spec: ThresholdSpec,
-    keys: HashMap<String, Window>,
+    keys: crate::checkpoint::Shared<Window>,
     key_cap: usize,
     stats: StateStats,
     last_sweep: i64,
@@ -96,13 +102,15 @@ impl Stateful for ThresholdDetector {
             if self.keys.len() >= self.key_cap {
                 self.shed(t);
             }
-            self.keys.insert(key.clone(), Window::default());
+            self.keys.insert(Arc::from(key.as_str()), Arc::default());
         }
         let horizon = t.saturating_sub(self.spec.window);
         let Some(win) = self.keys.get_mut(key.as_str()) else {
             self.key_buf = key;
             return;
         };
+        // Copied here only if a checkpoint being written still shares it.
+        let win = Arc::make_mut(win);
         win.last = t;
         while win.times.front().is_some_and(|&x| x < horizon) {
             win.times.pop_front();
@@ -151,7 +159,11 @@ impl Stateful for ThresholdDetector {
             win.recent.push_back(ev.clone());
         }
         if self.spec.reached(n as u64) {
-            let win = self.keys.remove(key.as_str()).unwrap_or_default();
+            let win = self
+                .keys
+                .remove(key.as_str())
+                .map(Arc::unwrap_or_clone)
+                .unwrap_or_default();
             let events = match self.spec.measure {
                 MeasureSpec::Count => win.recent.into_iter().collect(),
                 MeasureSpec::Distinct(_) => {
@@ -189,13 +201,17 @@ impl Stateful for ThresholdDetector {
     }
 
     fn save(&self) -> Result<Vec<u8>, String> {
-        crate::checkpoint::to_bytes(&(&self.keys, &self.stats, self.last_sweep))
+        crate::checkpoint::to_bytes(&(
+            crate::checkpoint::SharedMap(&self.keys),
+            &self.stats,
+            self.last_sweep,
+        ))
     }
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), String> {
         let (keys, stats, last_sweep): (HashMap<String, Window>, StateStats, i64) =
             crate::checkpoint::from_bytes(bytes)?;
-        self.keys = keys;
+        self.keys = crate::checkpoint::shared(keys);
         self.stats = stats;
         self.last_sweep = last_sweep;
         Ok(())

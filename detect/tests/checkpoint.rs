@@ -97,6 +97,30 @@ fn restored_engine_gives_the_same_alerts() {
     }
 }
 
+/// The pipeline copies an engine at a checkpoint and writes the copy while the engine runs
+/// on: the copy shares the rules' windows and partial matches until either side changes one.
+/// Whatever the engine runs after the copy must not reach the copy's checkpoint.
+#[test]
+fn a_copy_is_not_changed_by_what_the_engine_runs_after_it() {
+    let set = RuleSet::builtin().unwrap();
+    let events = stream();
+    for cut in [events.len() / 5, events.len() / 2] {
+        let mut e = engine(&set);
+        let mut out = Vec::new();
+        run(&mut e, &events[..cut], &mut out);
+        let at_cut = e.checkpoint().unwrap();
+        let copy = e.clone_state();
+        // Enough to extend, complete, expire and evict what the copy holds.
+        run(&mut e, &events[cut..], &mut out);
+        e.finish(&mut out);
+        assert!(e.checkpoint().unwrap() != at_cut);
+        assert!(
+            copy.checkpoint().unwrap() == at_cut,
+            "the copy taken at event {cut} changed after it"
+        );
+    }
+}
+
 #[test]
 fn changed_rules_drop_only_their_state_and_bad_bytes_are_refused() {
     let set = RuleSet::builtin().unwrap();
