@@ -29,10 +29,16 @@
 //! checkpoint writes the events new since the last one and refers to the rest
 //! ([`cordon_detect::checkpoint`]). A partition's head file (`<partition>.ckpt`) names the
 //! offset and the chain's files (`<partition>/<ulid>.part`); each checkpoint writes one file,
-//! then the head. When the chain's files hold more than twice the bytes of the events still
-//! referred to (plus 8 MiB), or 64 files, the next checkpoint starts a new chain with every
-//! held event, and once its head is written the old chain's files are deleted. A new owner
-//! restores from the whole chain and starts a chain of its own.
+//! then the head. After a chain's first checkpoint, each one is a *delta*: the rules' windows
+//! and partial matches that changed since the previous one, found by comparing the engine's
+//! copy with the copy the previous checkpoint was written from (the two share every window
+//! and partial match neither changed). A checkpoint then costs what changed, not how much the
+//! rules hold: a session-keyed rule at tens of thousands of events per second holds a window
+//! for every session of the last 15 minutes. When the chain's files hold more than twice the
+//! bytes of the events its first checkpoint referred to (plus 8 MiB), or 64 files, the next
+//! checkpoint starts a new chain with all of the state and every held event, and once its
+//! head is written the old chain's files are deleted. A new owner restores the chain's last
+//! full checkpoint, applies the deltas after it in order, and starts a chain of its own.
 //!
 //! Without `state_store`, state lives in memory: commits then cover, per partition, only the
 //! offsets before the first event still held in the reorder buffer, and a restart or
@@ -216,6 +222,9 @@ pub struct KafkaStats {
     /// Checkpoint chains started (the first checkpoint of a partition, and each time a
     /// chain's files came to hold mostly events no longer needed).
     pub checkpoint_chains: AtomicU64,
+    /// Checkpoints written as deltas: the rules' windows and partial matches that changed
+    /// since the chain's previous checkpoint.
+    pub checkpoint_deltas: AtomicU64,
     /// Files of finished checkpoint chains deleted.
     pub checkpoint_files_deleted: AtomicU64,
     /// Files of finished checkpoint chains that could not be deleted (left behind).
@@ -342,6 +351,12 @@ impl KafkaStats {
             "cordon_kafka_checkpoint_chains_total",
             "Checkpoint chains started (a partition's first checkpoint, and when a chain outgrew its state)",
             &self.checkpoint_chains,
+        );
+        c(
+            out,
+            "cordon_kafka_checkpoint_deltas_total",
+            "Partition checkpoints written as deltas (rule state changed since the chain's previous checkpoint)",
+            &self.checkpoint_deltas,
         );
         c(
             out,
@@ -507,8 +522,8 @@ const CHECKPOINT_FORMAT: &str = "cordon-partition-checkpoint";
 const CHECKPOINT_VERSION: u32 = 2;
 
 /// The head of a partition's checkpoint: the offset the state reflects and the files of its
-/// chain, oldest first (the last holds the state; every one holds events the state refers
-/// to; see [`cordon_detect::checkpoint`]).
+/// chain, oldest first (the state is the last full one's with the deltas after it applied;
+/// every one holds events the state refers to; see [`cordon_detect::checkpoint`]).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CheckpointFile {
     format: String,
@@ -526,8 +541,16 @@ struct Chain {
     parts: Vec<String>,
     /// Bytes of events the chain's files hold (live or not).
     event_bytes: u64,
-    /// The events the last checkpoint refers to.
+    /// The events the chain's checkpoints refer to.
     log: cordon_detect::checkpoint::EventLog,
+    /// Bytes of the events the chain's first (full) checkpoint referred to: what the state
+    /// holds, roughly. Deltas refer to the events their unchanged state held, so the log
+    /// grows with the chain and cannot tell.
+    live_bytes: u64,
+    /// The copy of the engine the chain's last checkpoint was written from: the next one is
+    /// a delta against it. It shares the rules' windows and partial matches with the engine
+    /// until either changes one (a change copies that one).
+    prev: Option<Box<cordon_detect::Engine>>,
     /// Start a new chain at the next checkpoint (after a restore, or a failed write).
     restart: bool,
     /// Files written whose head was not: deleted when the chain restarts.
@@ -535,7 +558,8 @@ struct Chain {
 }
 
 /// A new chain is started when the chain's files hold more than this many times the bytes
-/// of the events the state still refers to (plus [`CHAIN_SLACK`]), or have this many files.
+/// of the events the state referred to at the chain's start (plus [`CHAIN_SLACK`]), or have
+/// this many files: a restore reads every file of the chain and applies its deltas in turn.
 const CHAIN_GROWTH: u64 = 2;
 const CHAIN_SLACK: u64 = 8 << 20;
 const CHAIN_FILES: usize = 64;
@@ -601,7 +625,7 @@ impl CheckpointStore {
         topic: &str,
         partition: i32,
         offset: i64,
-        engine: &cordon_detect::Engine,
+        engine: Box<cordon_detect::Engine>,
         stats: &KafkaStats,
     ) -> Result<Saved> {
         let key = format!("{topic}/{partition}");
@@ -610,7 +634,8 @@ impl CheckpointStore {
         let restart = chain.restart
             || chain.parts.is_empty()
             || chain.parts.len() >= CHAIN_FILES
-            || chain.event_bytes > CHAIN_GROWTH * chain.log.bytes() + CHAIN_SLACK;
+            || chain.prev.is_none()
+            || chain.event_bytes > CHAIN_GROWTH * chain.live_bytes + CHAIN_SLACK;
         let log = if restart {
             Default::default()
         } else {
@@ -619,9 +644,13 @@ impl CheckpointStore {
         // Until this checkpoint is stored, a failure leaves the chain's log unknown: the
         // next checkpoint starts a new chain.
         chain.restart = true;
-        let w = engine
-            .checkpoint_with(log)
-            .with_context(|| format!("checkpointing {key}"))?;
+        let prev = chain.prev.take();
+        let w = match prev.as_deref().filter(|_| !restart) {
+            Some(prev) => engine.checkpoint_delta(prev, log),
+            None => engine.checkpoint_with(log),
+        }
+        .with_context(|| format!("checkpointing {key}"))?;
+        drop(prev);
         let part = zstd::encode_all(&w.bytes[..], 1)?;
         let part_name = self.part_name(topic, partition);
         let mut n = part.len();
@@ -661,11 +690,14 @@ impl CheckpointStore {
         };
         chain.parts = parts;
         chain.event_bytes = if restart {
+            chain.live_bytes = w.log.bytes();
             w.new_event_bytes
         } else {
+            stats.checkpoint_deltas.fetch_add(1, Ordering::Relaxed);
             chain.event_bytes + w.new_event_bytes
         };
         chain.log = w.log;
+        chain.prev = Some(engine);
         chain.restart = false;
         drop(chains);
         for f in &retired {
@@ -752,6 +784,7 @@ impl CheckpointStore {
         // (a new chain) is stored.
         chain.orphans.extend(head.parts);
         chain.restart = true;
+        chain.prev = None;
         Ok(Some(Ok((head.offset, parts))))
     }
 }
@@ -1095,7 +1128,7 @@ impl Committer {
     fn complete(
         &self,
         consumer: &BaseConsumer<Ctx>,
-        cut: Cut,
+        mut cut: Cut,
         mode: CommitMode,
         last: &mut u64,
     ) -> Result<Vec<(String, i64)>> {
@@ -1132,8 +1165,8 @@ impl Committer {
         );
         let mut tpl = TopicPartitionList::new();
         let mut committed = Vec::new();
-        for p in &cut.parts {
-            if let (Some(store), Some(engine)) = (&self.checkpoints, &p.engine) {
+        for p in &mut cut.parts {
+            if let (Some(store), Some(engine)) = (&self.checkpoints, p.engine.take()) {
                 let t = Instant::now();
                 let saved = store.save(&p.topic, p.partition, p.offset, engine, stats)?;
                 tracing::debug!(partition = %p.key, offset = p.offset, seq = cut.seq, bytes = saved.bytes, events = saved.events, new_chain = saved.restarted, largest = ?saved.largest, "checkpoint written");

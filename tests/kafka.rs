@@ -672,6 +672,10 @@ fn partitions_and_their_state_move_between_instances() {
         + again.metric(&key, "cordon_kafka_checkpoint_files_deleted_total");
     let undeleted = two.metric(&key, "cordon_kafka_checkpoint_delete_failures_total")
         + again.metric(&key, "cordon_kafka_checkpoint_delete_failures_total");
+    // After a chain's first checkpoint, the rules' state is written as deltas: the restores
+    // above read full checkpoints and the deltas after them.
+    let deltas = two.metric(&key, "cordon_kafka_checkpoint_deltas_total")
+        + again.metric(&key, "cordon_kafka_checkpoint_deltas_total");
     let logs = [
         one_log.lock().unwrap().clone(),
         two.terminate(),
@@ -711,6 +715,7 @@ fn partitions_and_their_state_move_between_instances() {
     );
     assert_eq!(skipped, 0.0, "offsets skipped by the survivors");
     assert!(deleted > 0.0, "no old checkpoint file was deleted");
+    assert!(deltas > 0.0, "no checkpoint was written as a delta");
     assert_eq!(undeleted, 0.0, "old checkpoint files left behind");
     // What is left of the chains: each partition's files (a chain is at most 64; a file
     // written by the killed instance after its last head may be left over).

@@ -20,8 +20,18 @@
 //! at every checkpoint was nearly all of a checkpoint's cost. A checkpoint written against an
 //! [`EventLog`] (the events earlier checkpoints of its chain wrote) writes only the events new
 //! since, and refers to the rest; restoring reads the chain's checkpoints for their events and
-//! the last one for the state ([`crate::Engine::restore_chain`]). The writer decides when to
+//! the last full one and the deltas after it for the state ([`crate::Engine::restore_chain`]). The writer decides when to
 //! start a new chain (an empty log), e.g. when the chain holds far more than the state needs.
+//!
+//! **Deltas.** At a high event rate the rules' own state outgrows the events: a rule keyed by
+//! session holds a window for every session of its span. A delta
+//! ([`crate::Engine::checkpoint_delta`]) writes, for each rule, only the keys whose window or
+//! partial matches changed since a copy of the engine taken at the previous checkpoint, and
+//! the keys that went. Threshold windows and sequence keys are held in maps whose entries an
+//! engine and its copies share until one side changes an entry (which then gets a new
+//! allocation), so finding what changed compares pointers key by key instead of serialising
+//! every window. A restore applies the deltas after the chain's last full checkpoint in
+//! order.
 //! Detectors are saved
 //! by rule id, version and query: a restored engine running a changed rule starts that rule
 //! empty (as a hot reload does) and keeps every other rule's state.
@@ -35,6 +45,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The format name written first in every checkpoint.
 pub const FORMAT: &str = "cordon-engine-checkpoint";
+/// The format name of a delta: a checkpoint whose rules' state is what changed since the
+/// previous checkpoint of its chain ([`crate::Engine::checkpoint_delta`]).
+pub const DELTA_FORMAT: &str = "cordon-engine-checkpoint-delta";
 /// The version this build writes and reads.
 pub const VERSION: u32 = 3;
 
@@ -149,6 +162,9 @@ pub struct Written {
 /// While a checkpoint is being written on this thread: what earlier ones of its chain hold,
 /// what this one refers to, and the events it writes.
 struct Saving {
+    /// A delta: the state it leaves out still refers to the events of `before`, so the next
+    /// log keeps them.
+    cumulative: bool,
     before: FxHashMap<u64, u32>,
     referenced: FxHashMap<u64, u32>,
     new: Vec<(u64, Vec<u8>)>,
@@ -175,8 +191,18 @@ pub(crate) struct Saver(());
 
 impl Saver {
     pub(crate) fn start(log: EventLog) -> Saver {
+        Saver::begin(log, false)
+    }
+
+    /// For a delta: the next log is this one's with the events the delta adds.
+    pub(crate) fn start_delta(log: EventLog) -> Saver {
+        Saver::begin(log, true)
+    }
+
+    fn begin(log: EventLog, cumulative: bool) -> Saver {
         SAVING.with(|c| {
             *c.borrow_mut() = Some(Saving {
+                cumulative,
                 before: log.written,
                 referenced: FxHashMap::default(),
                 new: Vec::new(),
@@ -190,13 +216,13 @@ impl Saver {
     pub(crate) fn finish(self) -> (Vec<(u64, Vec<u8>)>, EventLog, u64) {
         let s = SAVING.with(|c| c.borrow_mut().take());
         match s {
-            Some(s) => (
-                s.new,
-                EventLog {
-                    written: s.referenced,
-                },
-                s.new_bytes,
-            ),
+            Some(s) => {
+                let mut written = s.referenced;
+                if s.cumulative {
+                    written.extend(s.before);
+                }
+                (s.new, EventLog { written }, s.new_bytes)
+            }
             None => (Vec::new(), EventLog::default(), 0),
         }
     }
@@ -434,6 +460,64 @@ pub(crate) fn shared<V>(plain: FxHashMap<String, V>) -> Shared<V> {
         .into_iter()
         .map(|(k, v)| (std::sync::Arc::from(k), std::sync::Arc::new(v)))
         .collect()
+}
+
+/// What changed in a [`Shared`] map since a copy of it: the entries whose value is not the
+/// copy's (every change goes through `Arc::make_mut`, which gives a value shared with a copy
+/// a new allocation) and the keys the copy has and the map has not. Written as
+/// `(Vec<(key, value)>, Vec<key>)`; read back with [`MapDelta::apply`].
+pub(crate) struct SharedDiff<'a, V> {
+    changed: Vec<(&'a str, &'a V)>,
+    removed: Vec<&'a str>,
+}
+
+impl<'a, V> SharedDiff<'a, V> {
+    /// `now` against the copy `prev`.
+    pub(crate) fn new(now: &'a Shared<V>, prev: &'a Shared<V>) -> SharedDiff<'a, V> {
+        let mut changed: Vec<(&str, &V)> = now
+            .iter()
+            .filter(|(k, v)| {
+                prev.get(&***k)
+                    .is_none_or(|p| !std::sync::Arc::ptr_eq(p, v))
+            })
+            .map(|(k, v)| (&**k, &**v))
+            .collect();
+        let mut removed: Vec<&str> = prev
+            .keys()
+            .filter(|k| !now.contains_key(&***k))
+            .map(|k| &**k)
+            .collect();
+        // In key order: the same state gives the same bytes.
+        changed.sort_unstable_by_key(|(k, _)| *k);
+        removed.sort_unstable();
+        SharedDiff { changed, removed }
+    }
+}
+
+impl<V: Serialize> Serialize for SharedDiff<'_, V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.changed, &self.removed).serialize(s)
+    }
+}
+
+/// A [`SharedDiff`] read back.
+#[derive(Deserialize)]
+pub(crate) struct MapDelta<V> {
+    changed: Vec<(String, V)>,
+    removed: Vec<String>,
+}
+
+impl<V> MapDelta<V> {
+    /// Brings `map` (the state as of the copy the diff was taken against) to the state the
+    /// diff was taken from.
+    pub(crate) fn apply(self, map: &mut Shared<V>) {
+        for k in &self.removed {
+            map.remove(k.as_str());
+        }
+        for (k, v) in self.changed {
+            map.insert(std::sync::Arc::from(k), std::sync::Arc::new(v));
+        }
+    }
 }
 
 /// Serialises a detector's state with postcard. Inside an engine checkpoint, events go to

@@ -227,6 +227,14 @@ struct Saved {
     recent: crate::dedupe::Recent,
 }
 
+/// A rule's state in a delta checkpoint: what changed, or all of it (a rule new or changed
+/// since the previous checkpoint, or one that keeps no deltas).
+#[derive(serde::Serialize, serde::Deserialize)]
+enum DetectorState {
+    Full(Vec<u8>),
+    Delta(Vec<u8>),
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct BufferedEvent(#[serde(with = "crate::checkpoint::event")] Event);
 
@@ -448,11 +456,65 @@ impl Engine {
         &self,
         log: crate::checkpoint::EventLog,
     ) -> Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError> {
+        self.write_checkpoint(None, log)
+    }
+
+    /// A delta in a chain: like [`Engine::checkpoint_with`], except that a rule's windows and
+    /// partial matches are written only where they changed since `prev`, a copy of this
+    /// engine ([`Engine::clone_state`]) that the chain's previous checkpoint was written from.
+    /// Unchanged keys cost nothing, so a checkpoint follows what the events since changed,
+    /// not how much state the rules hold. Restore it with the chain up to it
+    /// ([`Engine::restore_chain`]); the returned log keeps the events of `log`, which the state
+    /// left out still refers to.
+    pub fn checkpoint_delta(
+        &self,
+        prev: &Engine,
+        log: crate::checkpoint::EventLog,
+    ) -> Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError> {
+        self.write_checkpoint(Some(prev), log)
+    }
+
+    fn write_checkpoint(
+        &self,
+        prev: Option<&Engine>,
+        log: crate::checkpoint::EventLog,
+    ) -> Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError> {
         let damaged = crate::checkpoint::CheckpointError::Damaged;
-        let saver = crate::checkpoint::Saver::start(log);
+        let saver = match prev {
+            None => crate::checkpoint::Saver::start(log),
+            Some(_) => crate::checkpoint::Saver::start_delta(log),
+        };
+        // The copy's detectors, by rule: a rule changed since the copy has none to diff with.
+        let before: HashMap<(&str, u32, &str), &dyn crate::stateful::Stateful> = prev
+            .map(|p| {
+                p.stateful
+                    .iter()
+                    .map(|s| {
+                        let r = &p.rules[s.rule];
+                        (
+                            (r.id.as_str(), r.version, r.query_text.as_str()),
+                            &*s.detector,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut detectors: HashMap<usize, Vec<u8>> = HashMap::new();
         for s in &self.stateful {
-            detectors.insert(s.rule, s.detector.save().map_err(damaged)?);
+            let bytes = if prev.is_none() {
+                s.detector.save().map_err(damaged)?
+            } else {
+                let r = &self.rules[s.rule];
+                let delta = before
+                    .get(&(r.id.as_str(), r.version, r.query_text.as_str()))
+                    .and_then(|p| s.detector.save_delta(*p));
+                let state = match delta {
+                    Some(d) => DetectorState::Delta(d.map_err(damaged)?),
+                    None => DetectorState::Full(s.detector.save().map_err(damaged)?),
+                };
+                postcard::to_allocvec(&state).map_err(|e| damaged(e.to_string()))?
+            };
+            detectors.insert(s.rule, bytes);
         }
         let rules = self
             .rules
@@ -512,13 +574,12 @@ impl Engine {
             .map(|(id, b)| (id, crate::checkpoint::Bytes(b)))
             .collect();
         // Plain postcard: the event table is already out of the saver.
-        let bytes = postcard::to_allocvec(&(
-            crate::checkpoint::FORMAT,
-            crate::checkpoint::VERSION,
-            events,
-            saved,
-        ))
-        .map_err(|e| damaged(e.to_string()))?;
+        let format = match prev {
+            None => crate::checkpoint::FORMAT,
+            Some(_) => crate::checkpoint::DELTA_FORMAT,
+        };
+        let bytes = postcard::to_allocvec(&(format, crate::checkpoint::VERSION, events, saved))
+            .map_err(|e| damaged(e.to_string()))?;
         Ok(crate::checkpoint::Written {
             bytes,
             log,
@@ -538,8 +599,10 @@ impl Engine {
         self.restore_chain(&[bytes])
     }
 
-    /// [`Engine::restore`] for a chain of checkpoints ([`Engine::checkpoint_with`]), oldest
-    /// first: the state is the last one's, its events come from all of them.
+    /// [`Engine::restore`] for a chain of checkpoints ([`Engine::checkpoint_with`],
+    /// [`Engine::checkpoint_delta`]), oldest first: the rules' state is the last full
+    /// checkpoint's with every later delta applied in order, the rest of the state is the last
+    /// checkpoint's, and the events come from all of them.
     pub fn restore_chain(
         &mut self,
         chain: &[&[u8]],
@@ -548,38 +611,64 @@ impl Engine {
         if chain.is_empty() {
             return Err(E::Format("no checkpoint to restore".into()));
         }
-        // Every file's event table; the state after the last one's.
+        // Every file's event table; each file's state, and whether it is a delta.
         let mut events = Vec::new();
-        let mut rest: &[u8] = &[];
+        let mut files: Vec<(bool, &[u8])> = Vec::with_capacity(chain.len());
         for part in chain {
-            let (table, after) = postcard::take_from_bytes::<Vec<(u64, crate::checkpoint::Bytes)>>(
-                Self::checkpoint_head(part)?,
-            )
-            .map_err(|e| E::Damaged(format!("event table: {e}")))?;
+            let (delta, head) = Self::checkpoint_head(part)?;
+            let (table, after) =
+                postcard::take_from_bytes::<Vec<(u64, crate::checkpoint::Bytes)>>(head)
+                    .map_err(|e| E::Damaged(format!("event table: {e}")))?;
             events.extend(table.into_iter().map(|(id, b)| (id, b.0)));
-            rest = after;
+            files.push((delta, after));
         }
+        let Some(first) = files.iter().rposition(|(delta, _)| !delta) else {
+            return Err(E::Damaged(
+                "the chain holds deltas but not the full checkpoint they follow".into(),
+            ));
+        };
         let loader = crate::checkpoint::Loader::start(events);
         let why = |e: String| loader.error().unwrap_or(e);
-        let saved: Saved = crate::checkpoint::from_bytes(rest).map_err(|e| E::Damaged(why(e)))?;
+        let last_delta = files.last().is_some_and(|(delta, _)| *delta);
+        let mut saveds = Vec::with_capacity(files.len() - first);
+        for (delta, bytes) in &files[first..] {
+            let saved: Saved =
+                crate::checkpoint::from_bytes(bytes).map_err(|e| E::Damaged(why(e)))?;
+            saveds.push((*delta, saved));
+        }
+        let Some((_, saved)) = saveds.pop() else {
+            return Err(E::Format("no checkpoint to restore".into()));
+        };
         let by_key: HashMap<(&str, u32, &str), usize> = self
             .rules
             .iter()
             .enumerate()
             .map(|(i, r)| ((r.id.as_str(), r.version, r.query_text.as_str()), i))
             .collect();
+        // Per running rule, its detector's states in chain order: (from a delta file, bytes).
+        let mut states: HashMap<usize, Vec<(bool, Vec<u8>)>> = HashMap::new();
+        let earlier = saveds.into_iter().map(|(d, s)| (d, s.rules));
+        for (delta, rules) in earlier {
+            for r in rules {
+                if let (Some(&i), Some(d)) = (
+                    by_key.get(&(r.id.as_str(), r.version, r.query.as_str())),
+                    r.detector,
+                ) {
+                    states.entry(i).or_default().push((delta, d));
+                }
+            }
+        }
         let mut report = Restored::default();
         // saved rule index → running rule index
         let mut map: Vec<Option<usize>> = Vec::with_capacity(saved.rules.len());
         let mut stats = vec![RuleStats::default(); self.rules.len()];
-        let mut states: HashMap<usize, Vec<u8>> = HashMap::new();
         for r in saved.rules {
             match by_key.get(&(r.id.as_str(), r.version, r.query.as_str())) {
                 Some(&i) => {
                     map.push(Some(i));
                     stats[i] = r.stats;
                     if let Some(d) = r.detector {
-                        states.insert(i, d);
+                        states.entry(i).or_default().push((last_delta, d));
                     }
                     report.rules += 1;
                 }
@@ -596,10 +685,18 @@ impl Engine {
             .filter_map(|(i, r)| detector(r).map(|detector| StatefulRule { rule: i, detector }))
             .collect();
         for s in &mut self.stateful {
-            if let Some(bytes) = states.remove(&s.rule) {
-                s.detector.load(&bytes).map_err(|e| {
-                    E::Damaged(format!("rule {}: {}", self.rules[s.rule].id, why(e)))
-                })?;
+            let id = &self.rules[s.rule].id;
+            for (delta, bytes) in states.remove(&s.rule).unwrap_or_default() {
+                let applied = if delta {
+                    match postcard::from_bytes::<DetectorState>(&bytes) {
+                        Ok(DetectorState::Full(b)) => s.detector.load(&b),
+                        Ok(DetectorState::Delta(b)) => s.detector.apply_delta(&b),
+                        Err(e) => Err(e.to_string()),
+                    }
+                } else {
+                    s.detector.load(&bytes)
+                };
+                applied.map_err(|e| E::Damaged(format!("rule {id}: {}", why(e))))?;
             }
         }
         self.rule_stats = stats;
@@ -640,14 +737,17 @@ impl Engine {
 
     /// A checkpoint's format and version, checked first so that another file or version
     /// gets a clear error, not a decode one; and the bytes after them.
-    fn checkpoint_head(bytes: &[u8]) -> Result<&[u8], crate::checkpoint::CheckpointError> {
+    /// Whether it is a delta.
+    fn checkpoint_head(bytes: &[u8]) -> Result<(bool, &[u8]), crate::checkpoint::CheckpointError> {
         use crate::checkpoint::CheckpointError as E;
         let ((format, version), rest) = postcard::take_from_bytes::<(String, u32)>(bytes)
             .map_err(|e| E::Format(e.to_string()))?;
-        if format != crate::checkpoint::FORMAT || version != crate::checkpoint::VERSION {
+        let delta = format == crate::checkpoint::DELTA_FORMAT;
+        if !(delta || format == crate::checkpoint::FORMAT) || version != crate::checkpoint::VERSION
+        {
             return Err(E::Format(format!("it says {format:?} version {version}")));
         }
-        Ok(rest)
+        Ok((delta, rest))
     }
 
     /// Sets how far behind the latest event time an event may arrive and still be put in

@@ -491,6 +491,42 @@ impl Stateful for SequenceDetector {
         Ok(())
     }
 
+    fn save_delta(&self, prev: &dyn Stateful) -> Option<Result<Vec<u8>, String>> {
+        let prev = prev.as_any()?.downcast_ref::<SequenceDetector>()?;
+        Some(crate::checkpoint::to_bytes(&(
+            crate::checkpoint::SharedDiff::new(&self.keys, &prev.keys),
+            &self.expiry,
+            &self.last_leading,
+            self.leading_sweep,
+            self.open,
+            &self.stats,
+        )))
+    }
+
+    fn apply_delta(&mut self, bytes: &[u8]) -> Result<(), String> {
+        type Delta = (
+            crate::checkpoint::MapDelta<KeyState>,
+            VecDeque<(i64, String)>,
+            HashMap<(usize, String), i64>,
+            i64,
+            usize,
+            StateStats,
+        );
+        let (keys, expiry, last_leading, leading_sweep, open, stats): Delta =
+            crate::checkpoint::from_bytes(bytes)?;
+        keys.apply(&mut self.keys);
+        self.expiry = expiry;
+        self.last_leading = last_leading;
+        self.leading_sweep = leading_sweep;
+        self.open = open;
+        self.stats = stats;
+        Ok(())
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn boxed_clone(&self) -> Box<dyn Stateful> {
         Box::new(self.clone())
     }

@@ -51,4 +51,18 @@ pub trait Stateful: Send {
     fn boxed_clone(&self) -> Box<dyn Stateful>;
     /// Replaces the detector's state with a saved one (of the same rule).
     fn load(&mut self, bytes: &[u8]) -> Result<(), String>;
+    /// What changed since `prev`, a copy of this detector taken at the previous checkpoint
+    /// of the chain: read back by [`Stateful::apply_delta`] onto the state as of `prev`.
+    /// `None` when the detector keeps no deltas (its checkpoints then hold its whole state).
+    fn save_delta(&self, _prev: &dyn Stateful) -> Option<Result<Vec<u8>, String>> {
+        None
+    }
+    /// Brings the state loaded from the chain's earlier checkpoints up to a delta.
+    fn apply_delta(&mut self, _bytes: &[u8]) -> Result<(), String> {
+        Err("this rule's state has no deltas".into())
+    }
+    /// The detector as `Any`, for [`Stateful::save_delta`] to reach the copy's state.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }

@@ -217,6 +217,28 @@ impl Stateful for ThresholdDetector {
         Ok(())
     }
 
+    fn save_delta(&self, prev: &dyn Stateful) -> Option<Result<Vec<u8>, String>> {
+        let prev = prev.as_any()?.downcast_ref::<ThresholdDetector>()?;
+        Some(crate::checkpoint::to_bytes(&(
+            crate::checkpoint::SharedDiff::new(&self.keys, &prev.keys),
+            &self.stats,
+            self.last_sweep,
+        )))
+    }
+
+    fn apply_delta(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let (keys, stats, last_sweep): (crate::checkpoint::MapDelta<Window>, StateStats, i64) =
+            crate::checkpoint::from_bytes(bytes)?;
+        keys.apply(&mut self.keys);
+        self.stats = stats;
+        self.last_sweep = last_sweep;
+        Ok(())
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn boxed_clone(&self) -> Box<dyn Stateful> {
         Box::new(self.clone())
     }
