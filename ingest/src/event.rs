@@ -571,21 +571,23 @@ impl Event {
     pub fn set_str(&mut self, f: CoreField, v: impl AsRef<str>) {
         let v = v.as_ref();
         let Some(i) = f.str_slot() else { return };
-        let (Ok(start), Ok(len)) = (u32::try_from(self.m().text.len()), u32::try_from(v.len()))
-        else {
+        // Once: each `m` checks whether the fields are shared (a decoder sets a dozen fields
+        // per event).
+        let m = self.m();
+        let (Ok(start), Ok(len)) = (u32::try_from(m.text.len()), u32::try_from(v.len())) else {
             return;
         };
         if len == u32::MAX {
             return;
         }
         if f == CoreField::Method {
-            self.m().category = Category::from_method(v);
+            m.category = Category::from_method(v);
         }
-        if self.m().text.capacity() == 0 {
-            self.m().text.reserve(256);
+        if m.text.capacity() == 0 {
+            m.text.reserve(256);
         }
-        self.m().text.push_str(v);
-        self.m().slots[i] = Slot { start, len };
+        m.text.push_str(v);
+        m.slots[i] = Slot { start, len };
     }
 
     /// Clears a core field.
@@ -666,8 +668,9 @@ impl Event {
     }
     /// Sets `gen_ai.tool.call.arguments`.
     pub fn set_arguments(&mut self, v: Json) {
-        self.m().arguments_bytes = u32::try_from(json_size(&v)).unwrap_or(u32::MAX);
-        self.m().arguments = Some(v);
+        let m = self.m();
+        m.arguments_bytes = u32::try_from(json_size(&v)).unwrap_or(u32::MAX);
+        m.arguments = Some(v);
     }
 
     /// The size of the arguments as compact JSON text (0 without arguments).
