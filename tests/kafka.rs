@@ -397,6 +397,31 @@ fn kafka_input_gives_the_file_runs_alerts() {
     // 2. The next run reads it all again; SIGTERM releases, makes durable, commits.
     let (mut child, metrics, _err) = run(&d.join("kafka.jsonl"));
     consume_all(&metrics);
+    // Every record's delay from its Kafka timestamp is in the histogram once it has run.
+    let url = format!("{metrics}/metrics");
+    let value = |name: &str| -> f64 {
+        http::get(&url, &key)
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    for _ in 0..100 {
+        if value("cordon_kafka_record_delay_seconds_count") >= sent as f64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        value("cordon_kafka_record_delay_seconds_count"),
+        sent as f64
+    );
+    assert_eq!(
+        value("cordon_kafka_record_delay_seconds_bucket{le=\"+Inf\"}"),
+        sent as f64
+    );
+    // Produced before this run started: each waited at least a little.
+    assert!(value("cordon_kafka_record_delay_seconds_sum") > 0.0);
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])

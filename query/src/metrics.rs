@@ -51,6 +51,31 @@ impl Exposition {
         self.sample("gauge", name, help, labels, v);
     }
 
+    /// A histogram: `counts[i]` observations at most `bounds[i]`, each bucket counted on
+    /// its own (not cumulated), and `counts[bounds.len()]` the ones above the last bound;
+    /// `sum` of all observations. Written cumulatively with `le` labels, then `_sum` and
+    /// `_count`, as the format wants.
+    pub fn histogram(&mut self, name: &str, help: &str, bounds: &[f64], counts: &[u64], sum: f64) {
+        if self.families.insert(name.to_owned()) {
+            let _ = writeln!(self.out, "# HELP {name} {}", help.replace('\n', " "));
+            let _ = writeln!(self.out, "# TYPE {name} histogram");
+        }
+        let mut total = 0u64;
+        for (i, n) in counts.iter().enumerate() {
+            total += n;
+            match bounds.get(i) {
+                Some(le) => {
+                    let _ = writeln!(self.out, "{name}_bucket{{le=\"{le}\"}} {total}");
+                }
+                None => {
+                    let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+                }
+            }
+        }
+        let _ = writeln!(self.out, "{name}_sum {sum}");
+        let _ = writeln!(self.out, "{name}_count {total}");
+    }
+
     /// The page.
     pub fn finish(self) -> String {
         self.out
@@ -60,6 +85,18 @@ impl Exposition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histograms_are_cumulative() {
+        let mut e = Exposition::default();
+        e.histogram("d_seconds", "D", &[0.1, 1.0], &[2, 0, 1], 3.5);
+        assert_eq!(
+            e.finish(),
+            "# HELP d_seconds D\n# TYPE d_seconds histogram\n\
+             d_seconds_bucket{le=\"0.1\"} 2\nd_seconds_bucket{le=\"1\"} 2\n\
+             d_seconds_bucket{le=\"+Inf\"} 3\nd_seconds_sum 3.5\nd_seconds_count 3\n"
+        );
+    }
 
     #[test]
     fn families_once_and_labels_escaped() {
