@@ -196,14 +196,15 @@ impl KafkaConfig {
 }
 
 /// Upper bounds (seconds) of [`Delays`]' buckets.
-const DELAY_BOUNDS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+const DELAY_BOUNDS: [f64; 17] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0,
 ];
 
-/// How far behind its record's Kafka timestamp (the producer's create time, or the broker's
-/// append time) each record was run, as a histogram: detection's delay as SOC dashboards
-/// see it, and the part of an alert's latency that is Cordon's own (fetch, queues, decode,
-/// rules) rather than the producer's or the broker's.
+/// Delays of records as a histogram: from a record's Kafka timestamp (the producer's create
+/// time, or the broker's append time) to its engine having run it — detection's delay as a
+/// SOC dashboard sees it; and from the poll loop receiving it to the same moment — Cordon's
+/// own part (lanes, decode, rules), apart from the producer's and the broker's.
 #[derive(Default)]
 pub struct Delays {
     counts: [AtomicU64; DELAY_BOUNDS.len() + 1],
@@ -227,6 +228,8 @@ impl Delays {
 pub struct KafkaStats {
     /// Records' delay from their Kafka timestamp to being run.
     pub delays: Delays,
+    /// Records' delay from being fetched to being run.
+    pub run_delays: Delays,
     /// Rebalances (assignments and revocations) seen.
     pub rebalances: AtomicU64,
     /// Partitions assigned now.
@@ -334,6 +337,19 @@ impl KafkaStats {
             &DELAY_BOUNDS,
             &counts,
             self.delays.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        );
+        let counts: Vec<u64> = self
+            .run_delays
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        out.histogram(
+            "cordon_kafka_run_delay_seconds",
+            "From the poll loop receiving a record to its engine having run it (lanes, decode, rules)",
+            &DELAY_BOUNDS,
+            &counts,
+            self.run_delays.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
         );
         out.gauge(
             "cordon_kafka_queued_bytes",
@@ -921,6 +937,8 @@ struct Job {
     records: Vec<(i64, Range<usize>, Range<usize>)>,
     /// Each record's Kafka timestamp (ms since the epoch), when it has one.
     times: Vec<Option<i64>>,
+    /// When the poll loop received the job's first record.
+    fetched: Instant,
     bytes: Vec<u8>,
     /// A marker: the engine's copy goes here.
     snapshot: Option<Slot>,
@@ -934,6 +952,7 @@ impl Job {
             partition: msg.partition(),
             records: Vec::new(),
             times: Vec::new(),
+            fetched: Instant::now(),
             bytes: Vec::new(),
             snapshot: None,
         }
@@ -946,6 +965,7 @@ impl Job {
             partition: part.partition,
             records: Vec::new(),
             times: Vec::new(),
+            fetched: Instant::now(),
             bytes: Vec::new(),
             snapshot: Some(slot),
         }
@@ -2149,6 +2169,10 @@ impl KafkaInput {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
+        let ran = job.fetched.elapsed().as_micros() as u64;
+        for _ in &job.records {
+            self.stats.run_delays.observe(ran);
+        }
         for t in job.times.iter().flatten() {
             // A producer's clock ahead of ours counts as no delay.
             self.stats
@@ -2383,6 +2407,7 @@ mod tests {
             partition: 0,
             records: vec![(offset, 0..0, 0..1)],
             times: vec![None],
+            fetched: Instant::now(),
             bytes: vec![b'x'],
             snapshot: None,
         }

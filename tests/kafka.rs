@@ -422,6 +422,7 @@ fn kafka_input_gives_the_file_runs_alerts() {
     );
     // Produced before this run started: each waited at least a little.
     assert!(value("cordon_kafka_record_delay_seconds_sum") > 0.0);
+    assert_eq!(value("cordon_kafka_run_delay_seconds_count"), sent as f64);
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
