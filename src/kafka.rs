@@ -221,6 +221,16 @@ impl Delays {
         self.counts[i].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
+
+    fn render(&self, out: &mut Exposition, name: &str, help: &str) {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        out.histogram(name, help, &DELAY_BOUNDS, &counts, sum);
+    }
 }
 
 /// Counters and gauges of the Kafka input, for `/metrics` and readiness.
@@ -325,31 +335,15 @@ impl KafkaStats {
             &[],
             self.assigned.load(Ordering::Relaxed) as f64,
         );
-        let counts: Vec<u64> = self
-            .delays
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        out.histogram(
+        self.delays.render(
+            out,
             "cordon_kafka_record_delay_seconds",
             "From a record's Kafka timestamp to its engine having run it (fetch, queues, decode, rules)",
-            &DELAY_BOUNDS,
-            &counts,
-            self.delays.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
         );
-        let counts: Vec<u64> = self
-            .run_delays
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        out.histogram(
+        self.run_delays.render(
+            out,
             "cordon_kafka_run_delay_seconds",
             "From the poll loop receiving a record to its engine having run it (lanes, decode, rules)",
-            &DELAY_BOUNDS,
-            &counts,
-            self.run_delays.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
         );
         out.gauge(
             "cordon_kafka_queued_bytes",

@@ -328,6 +328,40 @@ impl SequenceDetector {
     }
 }
 
+impl SequenceDetector {
+    /// The state with `keys` (all of them, or a delta) standing for the partial matches.
+    fn write(&self, keys: impl serde::Serialize) -> Result<Vec<u8>, String> {
+        crate::checkpoint::to_bytes(&(
+            keys,
+            &self.expiry,
+            &self.last_leading,
+            self.leading_sweep,
+            self.open,
+            &self.stats,
+        ))
+    }
+
+    /// Reads [`SequenceDetector::write`]'s form: sets everything but the keys, returns them.
+    fn read<K: serde::de::DeserializeOwned>(&mut self, bytes: &[u8]) -> Result<K, String> {
+        type Saved<K> = (
+            K,
+            VecDeque<(i64, String)>,
+            HashMap<(usize, String), i64>,
+            i64,
+            usize,
+            StateStats,
+        );
+        let (keys, expiry, last_leading, leading_sweep, open, stats): Saved<K> =
+            crate::checkpoint::from_bytes(bytes)?;
+        self.expiry = expiry;
+        self.last_leading = last_leading;
+        self.leading_sweep = leading_sweep;
+        self.open = open;
+        self.stats = stats;
+        Ok(keys)
+    }
+}
+
 impl Stateful for SequenceDetector {
     fn observe(&mut self, ev: &Event, out: &mut Vec<Finding>) {
         let Some(t) = ev.timestamp_nanos() else {
@@ -461,65 +495,23 @@ impl Stateful for SequenceDetector {
     }
 
     fn save(&self) -> Result<Vec<u8>, String> {
-        crate::checkpoint::to_bytes(&(
-            crate::checkpoint::SharedMap(&self.keys),
-            &self.expiry,
-            &self.last_leading,
-            self.leading_sweep,
-            self.open,
-            &self.stats,
-        ))
+        self.write(crate::checkpoint::SharedMap(&self.keys))
     }
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), String> {
-        type Saved = (
-            HashMap<String, KeyState>,
-            VecDeque<(i64, String)>,
-            HashMap<(usize, String), i64>,
-            i64,
-            usize,
-            StateStats,
-        );
-        let (keys, expiry, last_leading, leading_sweep, open, stats): Saved =
-            crate::checkpoint::from_bytes(bytes)?;
+        let keys: HashMap<String, KeyState> = self.read(bytes)?;
         self.keys = crate::checkpoint::shared(keys);
-        self.expiry = expiry;
-        self.last_leading = last_leading;
-        self.leading_sweep = leading_sweep;
-        self.open = open;
-        self.stats = stats;
         Ok(())
     }
 
     fn save_delta(&self, prev: &dyn Stateful) -> Option<Result<Vec<u8>, String>> {
         let prev = prev.as_any()?.downcast_ref::<SequenceDetector>()?;
-        Some(crate::checkpoint::to_bytes(&(
-            crate::checkpoint::SharedDiff::new(&self.keys, &prev.keys),
-            &self.expiry,
-            &self.last_leading,
-            self.leading_sweep,
-            self.open,
-            &self.stats,
-        )))
+        Some(self.write(crate::checkpoint::SharedDiff::new(&self.keys, &prev.keys)))
     }
 
     fn apply_delta(&mut self, bytes: &[u8]) -> Result<(), String> {
-        type Delta = (
-            crate::checkpoint::MapDelta<KeyState>,
-            VecDeque<(i64, String)>,
-            HashMap<(usize, String), i64>,
-            i64,
-            usize,
-            StateStats,
-        );
-        let (keys, expiry, last_leading, leading_sweep, open, stats): Delta =
-            crate::checkpoint::from_bytes(bytes)?;
+        let keys: crate::checkpoint::MapDelta<KeyState> = self.read(bytes)?;
         keys.apply(&mut self.keys);
-        self.expiry = expiry;
-        self.last_leading = last_leading;
-        self.leading_sweep = leading_sweep;
-        self.open = open;
-        self.stats = stats;
         Ok(())
     }
 

@@ -85,6 +85,21 @@ impl ThresholdDetector {
     }
 }
 
+impl ThresholdDetector {
+    /// The state with `keys` (all of the windows, or a delta).
+    fn write(&self, keys: impl serde::Serialize) -> Result<Vec<u8>, String> {
+        crate::checkpoint::to_bytes(&(keys, &self.stats, self.last_sweep))
+    }
+
+    /// Reads [`ThresholdDetector::write`]'s form: sets the rest, returns the keys.
+    fn read<K: serde::de::DeserializeOwned>(&mut self, bytes: &[u8]) -> Result<K, String> {
+        let (keys, stats, last_sweep): (K, StateStats, i64) = crate::checkpoint::from_bytes(bytes)?;
+        self.stats = stats;
+        self.last_sweep = last_sweep;
+        Ok(keys)
+    }
+}
+
 impl Stateful for ThresholdDetector {
     fn observe(&mut self, ev: &Event, out: &mut Vec<Finding>) {
         if !self.spec.step.matches(ev) {
@@ -201,37 +216,23 @@ impl Stateful for ThresholdDetector {
     }
 
     fn save(&self) -> Result<Vec<u8>, String> {
-        crate::checkpoint::to_bytes(&(
-            crate::checkpoint::SharedMap(&self.keys),
-            &self.stats,
-            self.last_sweep,
-        ))
+        self.write(crate::checkpoint::SharedMap(&self.keys))
     }
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let (keys, stats, last_sweep): (HashMap<String, Window>, StateStats, i64) =
-            crate::checkpoint::from_bytes(bytes)?;
+        let keys: HashMap<String, Window> = self.read(bytes)?;
         self.keys = crate::checkpoint::shared(keys);
-        self.stats = stats;
-        self.last_sweep = last_sweep;
         Ok(())
     }
 
     fn save_delta(&self, prev: &dyn Stateful) -> Option<Result<Vec<u8>, String>> {
         let prev = prev.as_any()?.downcast_ref::<ThresholdDetector>()?;
-        Some(crate::checkpoint::to_bytes(&(
-            crate::checkpoint::SharedDiff::new(&self.keys, &prev.keys),
-            &self.stats,
-            self.last_sweep,
-        )))
+        Some(self.write(crate::checkpoint::SharedDiff::new(&self.keys, &prev.keys)))
     }
 
     fn apply_delta(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let (keys, stats, last_sweep): (crate::checkpoint::MapDelta<Window>, StateStats, i64) =
-            crate::checkpoint::from_bytes(bytes)?;
+        let keys: crate::checkpoint::MapDelta<Window> = self.read(bytes)?;
         keys.apply(&mut self.keys);
-        self.stats = stats;
-        self.last_sweep = last_sweep;
         Ok(())
     }
 
