@@ -213,13 +213,19 @@ pub struct Delays {
 
 impl Delays {
     fn observe(&self, micros: u64) {
+        self.observe_n(micros, 1);
+    }
+
+    /// `n` records with the same delay (a job's records all ran when the job did).
+    fn observe_n(&self, micros: u64, n: u64) {
         let secs = micros as f64 / 1e6;
         let i = DELAY_BOUNDS
             .iter()
             .position(|&b| secs <= b)
             .unwrap_or(DELAY_BOUNDS.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.counts[i].fetch_add(n, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(micros.saturating_mul(n), Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut Exposition, name: &str, help: &str) {
@@ -2163,10 +2169,10 @@ impl KafkaInput {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
-        let ran = job.fetched.elapsed().as_micros() as u64;
-        for _ in &job.records {
-            self.stats.run_delays.observe(ran);
-        }
+        self.stats.run_delays.observe_n(
+            job.fetched.elapsed().as_micros() as u64,
+            job.records.len() as u64,
+        );
         for t in job.times.iter().flatten() {
             // A producer's clock ahead of ours counts as no delay.
             self.stats

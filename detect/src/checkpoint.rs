@@ -19,9 +19,10 @@
 //! often minutes, and the state is checkpointed every second or so: writing every held event
 //! at every checkpoint was nearly all of a checkpoint's cost. A checkpoint written against an
 //! [`EventLog`] (the events earlier checkpoints of its chain wrote) writes only the events new
-//! since, and refers to the rest; restoring reads the chain's checkpoints for their events and
-//! the last full one and the deltas after it for the state ([`crate::Engine::restore_chain`]). The writer decides when to
-//! start a new chain (an empty log), e.g. when the chain holds far more than the state needs.
+//! since, and refers to the rest; restoring reads the chain's checkpoints for their events,
+//! and the last full one and the deltas after it for the state
+//! ([`crate::Engine::restore_chain`]). The writer decides when to start a new chain (an empty
+//! log), e.g. when the chain holds far more than the state needs.
 //!
 //! **Deltas.** At a high event rate the rules' own state outgrows the events: a rule keyed by
 //! session holds a window for every session of its span. A delta

@@ -736,8 +736,8 @@ impl Engine {
     }
 
     /// A checkpoint's format and version, checked first so that another file or version
-    /// gets a clear error, not a decode one; and the bytes after them.
-    /// Whether it is a delta.
+    /// gets a clear error, not a decode one; returns whether it is a delta, and the bytes
+    /// after them.
     fn checkpoint_head(bytes: &[u8]) -> Result<(bool, &[u8]), crate::checkpoint::CheckpointError> {
         use crate::checkpoint::CheckpointError as E;
         let ((format, version), rest) = postcard::take_from_bytes::<(String, u32)>(bytes)
