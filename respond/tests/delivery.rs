@@ -319,7 +319,10 @@ async fn permanent_errors_fail_and_the_breaker_opens() {
     for t in cfg.targets.values_mut() {
         t.max_attempts = Some(3);
         t.breaker_failures = Some(2);
-        t.breaker_cooldown = Some("100ms".into());
+        // The third attempt comes 50–100 ms (the backoff) after the second failure opened
+        // the breaker; a cooldown far longer than that makes sure it finds the breaker open
+        // however the scheduler runs (100 ms raced the backoff's jitter and failed in CI).
+        t.breaker_cooldown = Some("2s".into());
     }
     let r = responder(&cfg, "id: p\non: {rules: ['*']}\nsteps:\n  - action: notify\n    target: chat\n  - action: isolate_server\n    target: gateway\n", false);
     r.submit(&alert("down")).unwrap();
