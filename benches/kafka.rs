@@ -11,6 +11,10 @@
 //!   alert's last evidence event to receiving the alert. p50 and p99. Goal: p99 ≤ 50 ms. Then
 //!   again at a quarter of the rate, to tell the pipeline's own latency from the queueing of a
 //!   machine whose cores are saturated (`KAFKA_BENCH_RATE` sets the first rate). The
+//!   baseline, measured just before each latency phase at the same rate: the broker alone,
+//!   with a raw consumer (own group, Cordon's consumer properties) timing each record's one
+//!   hop from send to poll. An alert needs two such hops (events in, alert out), so its
+//!   latency is also printed as a ratio to twice the hop's. The
 //!   engine runs with `--allowed-lateness 0s` here: with lateness L, an event waits in the
 //!   reorder buffer until the stream is L past it, which adds L to every alert by design.
 //!
@@ -281,6 +285,8 @@ fn main() {
         ("live-alerts", 1),
         ("live2", 4),
         ("live2-alerts", 1),
+        ("live-hop", 4),
+        ("live2-hop", 4),
     ]);
     let tmp = tempfile::tempdir().unwrap();
     let keys = tmp.path().join("keys.json");
@@ -383,6 +389,7 @@ fn main() {
         ],
     };
     for (rate, topic, label) in [(rate, "live", labels[0]), (rate / 2.0, "live2", labels[1])] {
+        let hops = hop_baseline(&b.addr, &events, rate, &format!("{topic}-hop"));
         latency(
             &b.addr,
             tmp.path(),
@@ -392,8 +399,109 @@ fn main() {
             rate,
             topic,
             label,
+            &hops,
         );
     }
+}
+
+/// Sends the first `secs × rate` events to `topic` at `rate`, each with its `@timestamp` set
+/// to the moment it is sent and that moment recorded in `sent` by event id; returns when
+/// sending began, how many were sent and the rate achieved.
+fn send_paced(
+    addr: &str,
+    topic: &str,
+    events: &[cordon_ingest::Event],
+    rate: f64,
+    secs: f64,
+    sent: &Mutex<HashMap<String, Instant>>,
+) -> (Instant, usize, f64) {
+    let p = producer(addr);
+    let total = ((rate * secs) as usize).min(events.len());
+    // Each line is rendered beforehand with a placeholder time, replaced by the send time as
+    // it goes: rendering JSON while sending took most of a core here, which the broker and
+    // Cordon share.
+    const PLACEHOLDER: &str = "1970-01-01T00:00:00Z";
+    let rendered: Vec<(String, String, String)> = events
+        .iter()
+        .take(total)
+        .map(|ev| {
+            let mut ev = ev.clone();
+            ev.set_timestamp_nanos(0);
+            (
+                ev.to_string(),
+                ev.id().unwrap_or_default().to_owned(),
+                ev.agent_id().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert!(rendered
+        .iter()
+        .all(|(l, _, _)| l.matches(PLACEHOLDER).count() == 1));
+    let start = Instant::now();
+    for (i, (line, id, agent)) in rendered.iter().enumerate() {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let line = line.replacen(PLACEHOLDER, &jiff::Timestamp::now().to_string(), 1);
+        sent.lock().unwrap().insert(id.clone(), Instant::now());
+        send(&p, topic, agent, &line);
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    (start, total, total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The baseline of the latency phase, measured just before it at the same rate: the same
+/// traffic through the broker to a raw consumer (a group of its own, Cordon's consumer
+/// properties), with nothing else consuming. Returns each record's one hop, from its send to
+/// its poll, in ms, sorted. An alert takes two such hops (events in, alert out) plus
+/// Cordon's own time.
+fn hop_baseline(addr: &str, events: &[cordon_ingest::Event], rate: f64, topic: &str) -> Vec<f64> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", addr)
+        .set("group.id", format!("hop-{}", ulid::Ulid::new()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        // Cordon's own defaults (src/kafka.rs).
+        .set("fetch.queue.backoff.ms", "10")
+        .set("queued.min.messages", "10000");
+    for (k, v) in props().into_iter().chain(latency_props()) {
+        cfg.set(k, v);
+    }
+    let c: BaseConsumer = cfg.create().unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (sent, stop) = (sent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut hops = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(20)) {
+                    let at = Instant::now();
+                    let id = m.payload().and_then(|p| {
+                        let p = std::str::from_utf8(p).ok()?;
+                        let from = p.find("\"event.id\":\"")? + 12;
+                        Some(p[from..].split('"').next()?.to_owned())
+                    });
+                    if let Some(t) = id.and_then(|id| sent.lock().unwrap().get(&id).copied()) {
+                        hops.push(at.duration_since(t).as_secs_f64() * 1000.0);
+                    }
+                }
+            }
+            hops
+        })
+    };
+    // Let the reader join its group before anything is sent.
+    std::thread::sleep(Duration::from_secs(3));
+    send_paced(addr, topic, events, rate, 10.0, &sent);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let mut hops = reader.join().unwrap();
+    hops.sort_by(f64::total_cmp);
+    hops
 }
 
 /// Sends events at `rate` to `topic` with their time set to the send time and measures, for
@@ -409,6 +517,7 @@ fn latency(
     rate: f64,
     topic: &str,
     label: &str,
+    hops: &[f64],
 ) {
     let dir = tmp.join(topic);
     std::fs::create_dir_all(&dir).unwrap();
@@ -465,43 +574,7 @@ fn latency(
     };
     // Let the reader join its group before anything is sent.
     std::thread::sleep(Duration::from_secs(3));
-    let p = producer(addr);
-    let secs = 20.0;
-    let total = ((rate * secs) as usize).min(events.len());
-    // Each line is rendered beforehand with a placeholder time, replaced by the send time as
-    // it goes: rendering JSON while sending took most of a core here, which the broker and
-    // Cordon share.
-    const PLACEHOLDER: &str = "1970-01-01T00:00:00Z";
-    let rendered: Vec<(String, String, String)> = events
-        .iter()
-        .take(total)
-        .map(|ev| {
-            let mut ev = ev.clone();
-            ev.set_timestamp_nanos(0);
-            (
-                ev.to_string(),
-                ev.id().unwrap_or_default().to_owned(),
-                ev.agent_id().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    assert!(rendered
-        .iter()
-        .all(|(l, _, _)| l.matches(PLACEHOLDER).count() == 1));
-    let start = Instant::now();
-    for (i, (line, id, agent)) in rendered.iter().enumerate() {
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        }
-        let line = line.replacen(PLACEHOLDER, &jiff::Timestamp::now().to_string(), 1);
-        sent.lock().unwrap().insert(id.clone(), Instant::now());
-        send(&p, topic, agent, &line);
-        p.poll(Duration::ZERO);
-    }
-    p.flush(Duration::from_secs(30)).unwrap();
-    let achieved = total as f64 / start.elapsed().as_secs_f64();
+    let (start, total, achieved) = send_paced(addr, topic, events, rate, 20.0, &sent);
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, std::sync::atomic::Ordering::Release);
     reader.join().unwrap();
@@ -521,6 +594,14 @@ fn latency(
     c.stop();
     println!("  while live: records run within {delay50} ms of their Kafka timestamp (half of them) and {delay99} ms (99 %), and within {run50} / {run99} ms of being fetched (histogram bounds)");
     println!("  while live: {commits} commits averaging {commit_ms:.1} ms beside the poll loop ({sinks_ms:.1} ms sinks, {wait_ms:.1} ms deliveries, {ckpt_ms:.1} ms writing checkpoints of {ckpt_kb:.0} KB per partition); {snap_ms:.1} ms per commit copying engines");
+    if !hops.is_empty() {
+        println!(
+            "  baseline (the broker alone, just before, same rate): a raw consumer got each record in one hop of p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            percentile(hops, 0.50),
+            percentile(hops, 0.99),
+            hops[hops.len() - 1]
+        );
+    }
     let sent = sent.lock().unwrap();
     // (latency ms, sent at s since the start, rule)
     let mut each: Vec<(f64, f64, String)> = received
@@ -542,13 +623,22 @@ fn latency(
         println!("latency: no alerts came back");
         return;
     }
+    let (p50, p99) = (percentile(&ms, 0.50), percentile(&ms, 0.99));
     println!(
-        "event-to-alert latency at {achieved:.0} events/s ({label}), {} alerts: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "event-to-alert latency at {achieved:.0} events/s ({label}), {total} events, {} alerts: p50 {p50:.1} ms, p99 {p99:.1} ms, max {:.1} ms",
         ms.len(),
-        percentile(&ms, 0.50),
-        percentile(&ms, 0.99),
         ms[ms.len() - 1]
     );
+    if !hops.is_empty() {
+        let (h50, h99) = (percentile(hops, 0.50), percentile(hops, 0.99));
+        println!(
+            "  against twice a raw hop (events in, alert out): p50 {:.2}, p99 {:.2} of {:.0} / {:.0} ms",
+            p50 / (2.0 * h50).max(1.0),
+            p99 / (2.0 * h99).max(1.0),
+            2.0 * h50,
+            2.0 * h99
+        );
+    }
     // The slowest, with when their last event was sent: several at one moment is a pause,
     // one rule again and again is the rule's semantics.
     for (ms, at, rule) in each.iter().rev().take(8) {
