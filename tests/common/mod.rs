@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod http;
 pub mod oauth;
+pub mod sasl;
 
 use std::path::Path;
 use std::process::{Command, Output};
