@@ -358,10 +358,13 @@ impl RateModel {
         if u64::from(self.buckets) < RATE_WARMUP {
             return None;
         }
-        let m = self.rate().max(0.05);
         let mu = self.expected();
         // Over-dispersion of the counts (variance over mean), carried to this slot's mean.
-        let dispersion = f64::from(self.var) / m;
+        // Measured against the learnt mean itself, not the floored `m`: an agent that calls
+        // in rare bursts has a mean far below the floor, and dividing by the floor made its
+        // counts look barely over-dispersed, so a burst like every other one scored as
+        // a one-in-a-million count.
+        let dispersion = f64::from(self.var) / self.rate().max(1e-9);
         if dispersion <= 1.05 {
             return Some(CountLaw::Poisson(mu));
         }
