@@ -1005,7 +1005,8 @@ fn kafka_over_tls() {
 /// PLAIN with the password from the environment, SCRAM-SHA-256 with it from a file, and
 /// OAUTHBEARER with tokens from the real OAuth server, which the front introspects: each run
 /// reads every record and gives the file run's alerts. A wrong password is refused, nothing
-/// is read, and the log never shows the password.
+/// is read, and the log never shows the password. Last, OAUTHBEARER over SASL_SSL (its
+/// default) through a front that does TLS too.
 #[test]
 fn kafka_over_sasl() {
     let idp = common::oauth::oauth();
@@ -1030,7 +1031,7 @@ fn kafka_over_sasl() {
         scram: [("cordon-scram".to_owned(), "scram-password-4567".to_owned())].into(),
         introspect_port: Some(idp.port),
     };
-    let counts = common::sasl::start(&rt, listener, b.addr.clone(), accounts);
+    let counts = common::sasl::start(&rt, listener, b.addr.clone(), accounts.clone());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let o = cordon(&[
@@ -1073,9 +1074,9 @@ fn kafka_over_sasl() {
     let api = api_key(&keys, "viewer");
     std::fs::write(d.join("scram.secret"), "scram-password-4567\n").unwrap();
     std::fs::write(d.join("oauth.secret"), "cordon-secret-0123456789\n").unwrap();
-    let head = |name: &str| {
+    let head = |name: &str, port: u16| {
         format!(
-            "[kafka]\nbrokers = \"127.0.0.1:{front}\"\ngroup_id = \"cordon-{name}\"\n\
+            "[kafka]\nbrokers = \"127.0.0.1:{port}\"\ngroup_id = \"cordon-{name}\"\n\
              topics = [\"events\"]\nalerts_topic = \"alerts\"\ncommit_interval = \"200ms\"\n"
         )
     };
@@ -1086,7 +1087,7 @@ fn kafka_over_sasl() {
                 "{}[kafka.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
                  \"sasl.mechanism\" = \"PLAIN\"\n\"sasl.username\" = \"cordon-plain\"\n\
                  [kafka.secrets]\n\"sasl.password\" = \"env:CORDON_TEST_SASL_PASSWORD\"\n",
-                head("plain")
+                head("plain", front)
             ),
         ),
         (
@@ -1095,7 +1096,7 @@ fn kafka_over_sasl() {
                 "{}[kafka.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
                  \"sasl.mechanism\" = \"SCRAM-SHA-256\"\n\"sasl.username\" = \"cordon-scram\"\n\
                  [kafka.secrets]\n\"sasl.password\" = \"file:{}\"\n",
-                head("scram"),
+                head("scram", front),
                 d.join("scram.secret").display()
             ),
         ),
@@ -1105,7 +1106,7 @@ fn kafka_over_sasl() {
                 "{}[kafka.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
                  [kafka.oauthbearer]\ntoken_endpoint = \"http://127.0.0.1:{}/token\"\n\
                  client_id = \"cordon\"\nclient_secret = \"file:{}\"\n",
-                head("oauthbearer"),
+                head("oauthbearer", front),
                 idp.port,
                 d.join("oauth.secret").display()
             ),
@@ -1166,6 +1167,66 @@ fn kafka_over_sasl() {
     assert!(log.contains("SASL authentication error"), "{log}");
     assert!(!log.contains("not-the-password-4711"), "{log}");
     assert_eq!(n(&counts.refused), 0);
+
+    // SASL_SSL, which `[kafka.oauthbearer]` defaults to: TLS first (verified against the
+    // test CA), then the token, on a second broker behind a front that does both.
+    let front = common::broker::free_port();
+    let b = common::broker::broker_advertising(&[("events", 4), ("alerts", 1)], Some(front));
+    let (ca, cert, key_pem) = pki(d);
+    let tls = cordon_query::tls::TlsFiles {
+        cert,
+        key: key_pem,
+        client_ca: None,
+    }
+    .server_config()
+    .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", front)))
+        .unwrap();
+    let counts = common::sasl::start_with(
+        &rt,
+        listener,
+        b.addr.clone(),
+        accounts,
+        Some(tokio_rustls::TlsAcceptor::from(tls)),
+    );
+    let mut producer = client(&format!("127.0.0.1:{front}"));
+    producer
+        .set("security.protocol", "SASL_SSL")
+        .set("ssl.ca.location", ca.to_str().unwrap())
+        .set("sasl.mechanism", "PLAIN")
+        .set("sasl.username", "producer")
+        .set("sasl.password", "producer-password-1");
+    produce(&producer, &lines, &[]);
+    let config = d.join("sasl-ssl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}[kafka.properties]\n\"ssl.ca.location\" = \"{}\"\n\
+             [kafka.oauthbearer]\ntoken_endpoint = \"http://127.0.0.1:{}/token\"\n\
+             client_id = \"cordon\"\nclient_secret = \"file:{}\"\n",
+            head("sasl-ssl", front),
+            ca.display(),
+            idp.port,
+            d.join("oauth.secret").display()
+        ),
+    )
+    .unwrap();
+    let out = d.join("sasl-ssl.jsonl");
+    let run = Running::spawn_with(
+        &config,
+        &out,
+        &d.join("store-sasl-ssl"),
+        &keys,
+        &["--allowed-lateness", "24h"],
+    );
+    wait_until(120, "every record read over SASL_SSL", &[&run], || {
+        run.metric(&api, "cordon_records_total") >= sent
+    });
+    run.terminate();
+    assert_eq!(alert_ids(&out), reference);
+    assert!(n(&counts.oauthbearer) >= 2, "{}", n(&counts.oauthbearer));
+    assert_eq!((n(&counts.failed), n(&counts.refused)), (0, 0));
 }
 
 /// A secret that cannot be had is an error naming the property and where it was to come

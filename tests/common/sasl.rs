@@ -18,7 +18,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const API_VERSIONS: i16 = 18;
@@ -109,6 +109,17 @@ pub fn start(
     upstream: String,
     accounts: Accounts,
 ) -> Arc<Counts> {
+    start_with(rt, listener, upstream, accounts, None)
+}
+
+/// [`start`], with TLS first when `tls` is given (SASL_SSL).
+pub fn start_with(
+    rt: &tokio::runtime::Runtime,
+    listener: TcpListener,
+    upstream: String,
+    accounts: Accounts,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Arc<Counts> {
     let counts = Arc::new(Counts::default());
     let scram: Arc<HashMap<String, ScramKeys>> = Arc::new(
         accounts
@@ -124,24 +135,35 @@ pub fn start(
     let c = counts.clone();
     rt.spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let (upstream, accounts, scram, c) =
-                (upstream.clone(), accounts.clone(), scram.clone(), c.clone());
+            let (upstream, accounts, scram, c, tls) = (
+                upstream.clone(),
+                accounts.clone(),
+                scram.clone(),
+                c.clone(),
+                tls.clone(),
+            );
             tokio::spawn(async move {
-                let _ = serve(client, &upstream, &accounts, &scram, &c).await;
+                let _ = match tls {
+                    Some(tls) => match tls.accept(client).await {
+                        Ok(client) => serve(client, &upstream, &accounts, &scram, &c).await,
+                        Err(_) => Ok(()),
+                    },
+                    None => serve(client, &upstream, &accounts, &scram, &c).await,
+                };
             });
         }
     });
     counts
 }
 
-async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
     let n = s.read_i32().await?;
     let mut buf = vec![0; usize::try_from(n).unwrap_or(0)];
     s.read_exact(&mut buf).await?;
     Ok(buf)
 }
 
-async fn write_frame(s: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, body: &[u8]) -> std::io::Result<()> {
     s.write_all(&(body.len() as i32).to_be_bytes()).await?;
     s.write_all(body).await
 }
@@ -211,8 +233,8 @@ enum Step {
     Fail(String),
 }
 
-async fn serve(
-    mut client: TcpStream,
+async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
+    mut client: C,
     upstream: &str,
     accounts: &Accounts,
     scram: &HashMap<String, ScramKeys>,
