@@ -857,6 +857,37 @@ fn keep_evidence(d: &Path, logs: &[String], reference: &BTreeSet<String>, got: &
     eprintln!("logs and the differing alerts kept in {}", keep.display());
 }
 
+/// Two hours of 10 agents' generated traffic in `d`, and the alert ids `cordon run --input`
+/// gives on it (what every transport must give too).
+fn small_traffic(d: &Path) -> (std::path::PathBuf, BTreeSet<String>) {
+    let o = cordon(&[
+        "generate",
+        "--seed",
+        "4",
+        "--agents",
+        "10",
+        "--duration",
+        "2h",
+        "--out",
+        d.join("g").to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let events = d.join("g/events.jsonl");
+    let o = cordon(&[
+        "run",
+        "--input",
+        events.to_str().unwrap(),
+        "--alerts",
+        d.join("ref.jsonl").to_str().unwrap(),
+        "--allowed-lateness",
+        "24h",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reference = alert_ids(&d.join("ref.jsonl"));
+    assert!(!reference.is_empty());
+    (events, reference)
+}
+
 /// A certificate authority and a server certificate for `127.0.0.1`: (CA, cert, key) paths.
 fn pki(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
@@ -932,31 +963,7 @@ fn kafka_over_tls() {
             });
         }
     });
-    let o = cordon(&[
-        "generate",
-        "--seed",
-        "4",
-        "--agents",
-        "10",
-        "--duration",
-        "2h",
-        "--out",
-        d.join("g").to_str().unwrap(),
-    ]);
-    assert!(o.status.success());
-    let events = d.join("g/events.jsonl");
-    let o = cordon(&[
-        "run",
-        "--input",
-        events.to_str().unwrap(),
-        "--alerts",
-        d.join("ref.jsonl").to_str().unwrap(),
-        "--allowed-lateness",
-        "24h",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let reference = alert_ids(&d.join("ref.jsonl"));
-    assert!(!reference.is_empty());
+    let (events, reference) = small_traffic(d);
     // Produced over TLS too.
     let text = std::fs::read_to_string(&events).unwrap();
     let mut tls_client = client(&format!("127.0.0.1:{front}"));
@@ -1034,31 +1041,7 @@ fn kafka_over_sasl() {
     let counts = common::sasl::start(&rt, listener, b.addr.clone(), accounts.clone());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let o = cordon(&[
-        "generate",
-        "--seed",
-        "4",
-        "--agents",
-        "10",
-        "--duration",
-        "2h",
-        "--out",
-        d.join("g").to_str().unwrap(),
-    ]);
-    assert!(o.status.success());
-    let events = d.join("g/events.jsonl");
-    let o = cordon(&[
-        "run",
-        "--input",
-        events.to_str().unwrap(),
-        "--alerts",
-        d.join("ref.jsonl").to_str().unwrap(),
-        "--allowed-lateness",
-        "24h",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let reference = alert_ids(&d.join("ref.jsonl"));
-    assert!(!reference.is_empty());
+    let (events, reference) = small_traffic(d);
     let text = std::fs::read_to_string(&events).unwrap();
     let mut producer = client(&format!("127.0.0.1:{front}"));
     producer
