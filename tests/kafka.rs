@@ -1009,8 +1009,8 @@ fn kafka_over_tls() {
 /// SASL to the broker, each mechanism against a broker side that checks it: tansu has no
 /// SASL listener, so a front on loopback (`tests/common/sasl.rs`) authenticates every
 /// connection and only then relays it to tansu, which advertises the front's port.
-/// PLAIN with the password from the environment, SCRAM-SHA-256 with it from a file, and
-/// OAUTHBEARER with tokens from the real OAuth server, which the front introspects: each run
+/// PLAIN with the password from the environment, SCRAM-SHA-256 and -512 with it from a
+/// file, and OAUTHBEARER with tokens from the real OAuth server, which the front introspects: each run
 /// reads every record and gives the file run's alerts. A wrong password is refused, nothing
 /// is read, and the log never shows the password. Last, OAUTHBEARER over SASL_SSL (its
 /// default) through a front that does TLS too.
@@ -1084,6 +1084,16 @@ fn kafka_over_sasl() {
             ),
         ),
         (
+            "scram512",
+            format!(
+                "{}[kafka.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
+                 \"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"cordon-scram\"\n\
+                 [kafka.secrets]\n\"sasl.password\" = \"file:{}\"\n",
+                head("scram512", front),
+                d.join("scram.secret").display()
+            ),
+        ),
+        (
             "oauthbearer",
             format!(
                 "{}[kafka.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
@@ -1120,6 +1130,7 @@ fn kafka_over_sasl() {
     // The producer and Cordon's consumer and producer authenticated with each mechanism.
     assert!(n(&counts.plain) >= 3, "{}", n(&counts.plain));
     assert!(n(&counts.scram) >= 2, "{}", n(&counts.scram));
+    assert!(n(&counts.scram512) >= 2, "{}", n(&counts.scram512));
     assert!(n(&counts.oauthbearer) >= 2, "{}", n(&counts.oauthbearer));
     assert_eq!(n(&counts.failed), 0);
     assert_eq!(n(&counts.refused), 0);

@@ -1,5 +1,6 @@
 //! The broker's side of SASL, for the Kafka tests: tansu has no SASL listener, so this
-//! front on loopback authenticates each connection — PLAIN, SCRAM-SHA-256 (RFC 5802 / 7677)
+//! front on loopback authenticates each connection — PLAIN, SCRAM-SHA-256 or -512 (RFC 5802,
+//! 7677)
 //! or OAUTHBEARER (RFC 7628, the bearer token checked by RFC 7662 introspection at the test
 //! OAuth server) — and only then relays its bytes to tansu, which advertises the front's
 //! port so that every connection a client makes comes through here.
@@ -7,7 +8,8 @@
 //! Before a connection has authenticated, the front answers only ApiVersions (relayed to
 //! tansu, which lists SaslHandshake v0–1 and SaslAuthenticate v0–2), SaslHandshake v1 and
 //! SaslAuthenticate v0–1; any other request closes the connection and is counted, so
-//! nothing reaches the broker unauthenticated.
+//! nothing reaches the broker unauthenticated. With a TLS acceptor ([`start_with`]) it does
+//! TLS first, as a SASL_SSL listener does.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -17,7 +19,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -33,7 +35,7 @@ const ITERATIONS: u32 = 4096;
 pub struct Accounts {
     /// PLAIN: user → password.
     pub plain: HashMap<String, String>,
-    /// SCRAM-SHA-256: user → password (the front keeps only the derived keys).
+    /// SCRAM-SHA-256 and -512: user → password (the front keeps only the derived keys).
     pub scram: HashMap<String, String>,
     /// OAUTHBEARER: the OAuth server's port; tokens are introspected there as `cordon`.
     pub introspect_port: Option<u16>,
@@ -46,6 +48,8 @@ pub struct Counts {
     pub plain: AtomicU64,
     /// SCRAM-SHA-256 connections authenticated.
     pub scram: AtomicU64,
+    /// SCRAM-SHA-512 connections authenticated.
+    pub scram512: AtomicU64,
     /// OAUTHBEARER connections authenticated.
     pub oauthbearer: AtomicU64,
     /// Authentications refused (wrong password, bad proof, inactive token).
@@ -59,9 +63,13 @@ impl Counts {
     pub fn authenticated(&self) -> u64 {
         self.plain.load(Ordering::Relaxed)
             + self.scram.load(Ordering::Relaxed)
+            + self.scram512.load(Ordering::Relaxed)
             + self.oauthbearer.load(Ordering::Relaxed)
     }
 }
+
+/// SCRAM keys by user and hash.
+type Scram = HashMap<(String, Sha), ScramKeys>;
 
 /// SCRAM keys derived from a password (what a broker stores instead of it).
 struct ScramKeys {
@@ -70,20 +78,53 @@ struct ScramKeys {
     server_key: Vec<u8>,
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    m.update(data);
-    m.finalize().into_bytes().to_vec()
+/// The hash of a SCRAM mechanism.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Sha {
+    S256,
+    S512,
 }
 
-/// RFC 5802 `Hi()`: PBKDF2 with HMAC-SHA-256, one block.
-fn salted_password(password: &str, salt: &[u8]) -> Vec<u8> {
+impl Sha {
+    fn of(mechanism: &str) -> Option<Sha> {
+        match mechanism {
+            "SCRAM-SHA-256" => Some(Sha::S256),
+            "SCRAM-SHA-512" => Some(Sha::S512),
+            _ => None,
+        }
+    }
+
+    fn digest(self, data: &[u8]) -> Vec<u8> {
+        match self {
+            Sha::S256 => Sha256::digest(data).to_vec(),
+            Sha::S512 => Sha512::digest(data).to_vec(),
+        }
+    }
+
+    fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
+        match self {
+            Sha::S256 => {
+                let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
+                m.update(data);
+                m.finalize().into_bytes().to_vec()
+            }
+            Sha::S512 => {
+                let mut m = Hmac::<Sha512>::new_from_slice(key).unwrap();
+                m.update(data);
+                m.finalize().into_bytes().to_vec()
+            }
+        }
+    }
+}
+
+/// RFC 5802 `Hi()`: PBKDF2 with the mechanism's HMAC, one block.
+fn salted_password(sha: Sha, password: &str, salt: &[u8]) -> Vec<u8> {
     let mut first = salt.to_vec();
     first.extend_from_slice(&1u32.to_be_bytes());
-    let mut u = hmac(password.as_bytes(), &first);
+    let mut u = sha.hmac(password.as_bytes(), &first);
     let mut out = u.clone();
     for _ in 1..ITERATIONS {
-        u = hmac(password.as_bytes(), &u);
+        u = sha.hmac(password.as_bytes(), &u);
         for (o, x) in out.iter_mut().zip(&u) {
             *o ^= x;
         }
@@ -92,11 +133,11 @@ fn salted_password(password: &str, salt: &[u8]) -> Vec<u8> {
 }
 
 impl ScramKeys {
-    fn derive(password: &str, salt: Vec<u8>) -> ScramKeys {
-        let salted = salted_password(password, &salt);
+    fn derive(sha: Sha, password: &str, salt: Vec<u8>) -> ScramKeys {
+        let salted = salted_password(sha, password, &salt);
         ScramKeys {
-            stored_key: Sha256::digest(hmac(&salted, b"Client Key")).to_vec(),
-            server_key: hmac(&salted, b"Server Key"),
+            stored_key: sha.digest(&sha.hmac(&salted, b"Client Key")),
+            server_key: sha.hmac(&salted, b"Server Key"),
             salt,
         }
     }
@@ -121,13 +162,15 @@ pub fn start_with(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> Arc<Counts> {
     let counts = Arc::new(Counts::default());
-    let scram: Arc<HashMap<String, ScramKeys>> = Arc::new(
+    let scram: Arc<Scram> = Arc::new(
         accounts
             .scram
             .iter()
-            .map(|(u, p)| {
-                let salt: Vec<u8> = (0..16).map(|_| rand::random::<u8>()).collect();
-                (u.clone(), ScramKeys::derive(p, salt))
+            .flat_map(|(u, p)| {
+                [Sha::S256, Sha::S512].map(|sha| {
+                    let salt: Vec<u8> = (0..16).map(|_| rand::random::<u8>()).collect();
+                    ((u.clone(), sha), ScramKeys::derive(sha, p, salt))
+                })
             })
             .collect(),
     );
@@ -222,14 +265,14 @@ fn authenticate_response(
 enum Stage {
     Start,
     Mechanism(String),
-    /// SCRAM after the server-first message: (user, auth message so far, nonce).
-    ScramSent(String, String, String),
+    /// SCRAM after the server-first message: (hash, user, auth message so far, nonce).
+    ScramSent(Sha, String, String, String),
 }
 
 /// What one SaslAuthenticate step decided.
 enum Step {
     Continue(Vec<u8>, Stage),
-    Done(Vec<u8>, &'static str),
+    Done(Vec<u8>, String),
     Fail(String),
 }
 
@@ -237,7 +280,7 @@ async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
     mut client: C,
     upstream: &str,
     accounts: &Accounts,
-    scram: &HashMap<String, ScramKeys>,
+    scram: &Scram,
     counts: &Counts,
 ) -> std::io::Result<()> {
     let mut up = TcpStream::connect(upstream).await?;
@@ -255,7 +298,7 @@ async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
             }
             SASL_HANDSHAKE if version == 1 => {
                 let mechanism = string_at(&frame, body).unwrap_or_default();
-                let offered = ["PLAIN", "SCRAM-SHA-256", "OAUTHBEARER"];
+                let offered = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
                 let error = if offered.contains(&mechanism.as_str()) {
                     0
                 } else {
@@ -291,9 +334,10 @@ async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
                             &authenticate_response(corr, version, 0, None, &reply),
                         )
                         .await?;
-                        match mechanism {
+                        match mechanism.as_str() {
                             "PLAIN" => &counts.plain,
                             "SCRAM-SHA-256" => &counts.scram,
+                            "SCRAM-SHA-512" => &counts.scram512,
                             _ => &counts.oauthbearer,
                         }
                         .fetch_add(1, Ordering::Relaxed);
@@ -332,12 +376,7 @@ fn bytes_at(frame: &[u8], at: usize) -> Option<Vec<u8>> {
     Some(frame.get(at + 4..at + 4 + n)?.to_vec())
 }
 
-async fn step(
-    stage: Stage,
-    auth: &[u8],
-    accounts: &Accounts,
-    scram: &HashMap<String, ScramKeys>,
-) -> Step {
+async fn step(stage: Stage, auth: &[u8], accounts: &Accounts, scram: &Scram) -> Step {
     let text = String::from_utf8_lossy(auth).into_owned();
     match stage {
         Stage::Start => Step::Fail("SaslAuthenticate before SaslHandshake".into()),
@@ -345,12 +384,13 @@ async fn step(
             let parts: Vec<&str> = text.split('\0').collect();
             match parts.as_slice() {
                 [_, user, password] if accounts.plain.get(*user).is_some_and(|p| p == password) => {
-                    Step::Done(Vec::new(), "PLAIN")
+                    Step::Done(Vec::new(), m)
                 }
                 _ => Step::Fail("PLAIN: wrong user name or password".into()),
             }
         }
-        Stage::Mechanism(m) if m == "SCRAM-SHA-256" => {
+        Stage::Mechanism(m) if Sha::of(&m).is_some() => {
+            let sha = Sha::of(&m).unwrap();
             // client-first: gs2 header ("n,," or "n,a=…,"), then "n=user,r=nonce".
             let Some(bare) = text.splitn(3, ',').nth(2) else {
                 return Step::Fail("SCRAM: malformed client-first message".into());
@@ -362,7 +402,7 @@ async fn step(
             let (Some(user), Some(nonce)) = (field("n="), field("r=")) else {
                 return Step::Fail("SCRAM: no user name or nonce".into());
             };
-            let Some(keys) = scram.get(&user) else {
+            let Some(keys) = scram.get(&(user.clone(), sha)) else {
                 return Step::Fail("SCRAM: unknown user".into());
             };
             let nonce = format!("{nonce}{}", ulid::Ulid::new());
@@ -372,10 +412,10 @@ async fn step(
             );
             Step::Continue(
                 first.clone().into_bytes(),
-                Stage::ScramSent(user, format!("{bare},{first}"), nonce),
+                Stage::ScramSent(sha, user, format!("{bare},{first}"), nonce),
             )
         }
-        Stage::ScramSent(user, so_far, nonce) => {
+        Stage::ScramSent(sha, user, so_far, nonce) => {
             let Some((without_proof, proof)) = text.rsplit_once(",p=") else {
                 return Step::Fail("SCRAM: no proof".into());
             };
@@ -385,24 +425,27 @@ async fn step(
             {
                 return Step::Fail("SCRAM: nonce mismatch".into());
             }
-            let keys = &scram[&user];
+            let keys = &scram[&(user, sha)];
             let message = format!("{so_far},{without_proof}");
-            let signature = hmac(&keys.stored_key, message.as_bytes());
+            let signature = sha.hmac(&keys.stored_key, message.as_bytes());
             let Ok(proof) = base64::engine::general_purpose::STANDARD.decode(proof) else {
                 return Step::Fail("SCRAM: proof is not base64".into());
             };
             let client_key: Vec<u8> = proof.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
-            if Sha256::digest(&client_key).as_slice() != keys.stored_key.as_slice() {
+            if sha.digest(&client_key) != keys.stored_key {
                 return Step::Fail("SCRAM: wrong password".into());
             }
-            let server = hmac(&keys.server_key, message.as_bytes());
+            let server = sha.hmac(&keys.server_key, message.as_bytes());
             Step::Done(
                 format!(
                     "v={}",
                     base64::engine::general_purpose::STANDARD.encode(server)
                 )
                 .into_bytes(),
-                "SCRAM-SHA-256",
+                match sha {
+                    Sha::S256 => "SCRAM-SHA-256".to_owned(),
+                    Sha::S512 => "SCRAM-SHA-512".to_owned(),
+                },
             )
         }
         Stage::Mechanism(m) if m == "OAUTHBEARER" => {
@@ -416,7 +459,7 @@ async fn step(
                 return Step::Fail("OAUTHBEARER: not accepted here".into());
             };
             match introspect(port, token).await {
-                Ok(true) => Step::Done(Vec::new(), "OAUTHBEARER"),
+                Ok(true) => Step::Done(Vec::new(), m),
                 Ok(false) => Step::Fail("OAUTHBEARER: the token is not active".into()),
                 Err(e) => Step::Fail(format!("OAUTHBEARER: introspection failed: {e}")),
             }
