@@ -212,20 +212,36 @@ pub struct Delays {
 }
 
 impl Delays {
-    fn observe(&self, micros: u64) {
-        self.observe_n(micros, 1);
+    fn bucket(micros: u64) -> usize {
+        let secs = micros as f64 / 1e6;
+        DELAY_BOUNDS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(DELAY_BOUNDS.len())
     }
 
     /// `n` records with the same delay (a job's records all ran when the job did).
     fn observe_n(&self, micros: u64, n: u64) {
-        let secs = micros as f64 / 1e6;
-        let i = DELAY_BOUNDS
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(DELAY_BOUNDS.len());
-        self.counts[i].fetch_add(n, Ordering::Relaxed);
+        self.counts[Self::bucket(micros)].fetch_add(n, Ordering::Relaxed);
         self.sum_micros
             .fetch_add(micros.saturating_mul(n), Ordering::Relaxed);
+    }
+
+    /// A job's records, binned locally first: the engine threads share these counters, and
+    /// one add per bucket per job keeps them off the per-record path.
+    fn observe_all(&self, delays: impl Iterator<Item = u64>) {
+        let mut counts = [0u64; DELAY_BOUNDS.len() + 1];
+        let mut sum = 0u64;
+        for micros in delays {
+            counts[Self::bucket(micros)] += 1;
+            sum = sum.saturating_add(micros);
+        }
+        for (c, n) in self.counts.iter().zip(counts) {
+            if n > 0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        self.sum_micros.fetch_add(sum, Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut Exposition, name: &str, help: &str) {
@@ -2173,12 +2189,13 @@ impl KafkaInput {
             job.fetched.elapsed().as_micros() as u64,
             job.records.len() as u64,
         );
-        for t in job.times.iter().flatten() {
-            // A producer's clock ahead of ours counts as no delay.
-            self.stats
-                .delays
-                .observe(now.saturating_sub(t.saturating_mul(1000)).max(0) as u64);
-        }
+        // A producer's clock ahead of ours counts as no delay.
+        self.stats.delays.observe_all(
+            job.times
+                .iter()
+                .flatten()
+                .map(|t| now.saturating_sub(t.saturating_mul(1000)).max(0) as u64),
+        );
         let mut held = Vec::new();
         let mut events = 0;
         for ((offset, key, payload), o) in job.records.iter().zip(outcomes) {
