@@ -20,7 +20,10 @@
 //!
 //! `cargo bench --bench kafka` (`KAFKA_BENCH_EVENTS` sets the size, default 500 000;
 //! `KAFKA_BENCH_PROPS` / `KAFKA_BENCH_LATENCY_PROPS` add librdkafka properties (`k=v,…`) to
-//! both consumers / to the latency run; `KAFKA_BENCH_COMMIT` sets `commit_interval`). Needs
+//! both consumers / to the latency run; `KAFKA_BENCH_COMMIT` sets `commit_interval`;
+//! `KAFKA_BENCH_RUNS=k` repeats the throughput phase and prints the median ratio;
+//! `KAFKA_BENCH_COMPARE=path/to/cordon` runs another build beside this one, interleaved, for
+//! an A/B under the same noise; `KAFKA_BENCH_LATENCY=0` skips the latency phases). Needs
 //! `tansu` (built by `.ci/tansu.sh`, or `CORDON_TANSU`); without it, it says so and
 //! exits. The broker, the bench and Cordon share this machine's cores, so the ratio is the
 //! figure to read, not the absolute rates.
@@ -46,6 +49,17 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 fn cordon() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cordon"))
+}
+
+/// The Cordon binaries whose throughput is measured: this build, and with
+/// `KAFKA_BENCH_COMPARE=path` another one too (an A/B on the same broker and topic, runs
+/// interleaved, so that two builds are compared under the same noise).
+fn contenders() -> Vec<(String, std::path::PathBuf)> {
+    let mut v = vec![("this build".to_owned(), env!("CARGO_BIN_EXE_cordon").into())];
+    if let Ok(other) = std::env::var("KAFKA_BENCH_COMPARE") {
+        v.push((other.clone(), other.into()));
+    }
+    v
 }
 
 fn producer(addr: &str) -> BaseProducer {
@@ -124,7 +138,17 @@ struct Cordon {
 
 impl Cordon {
     fn start(config: &Path, dir: &Path, keys: &Path, extra: &[&str]) -> Cordon {
-        let mut child = cordon()
+        Cordon::start_with(cordon(), config, dir, keys, extra)
+    }
+
+    fn start_with(
+        mut cmd: Command,
+        config: &Path,
+        dir: &Path,
+        keys: &Path,
+        extra: &[&str],
+    ) -> Cordon {
+        let mut child = cmd
             .args([
                 "run",
                 "--kafka",
@@ -230,15 +254,18 @@ fn config(
     alerts: &str,
     extra: &[(String, String)],
 ) -> std::path::PathBuf {
+    let group = format!("cordon-{}", dir.file_name().unwrap().to_string_lossy());
     let p = dir.join("cordon.toml");
-    let mut text =
-        format!(
-        "[kafka]\nbrokers = \"{addr}\"\ngroup_id = \"cordon-{topic}\"\ntopics = [\"{topic}\"]\n\
+    let mut text = format!(
+        "[kafka]\nbrokers = \"{addr}\"\ngroup_id = \"{group}\"\ntopics = [\"{topic}\"]\n\
          alerts_topic = \"{alerts}\"\nstate_store = \"{}\"\ncommit_interval = \"{}\"\n{}\
          [kafka.properties]\n",
         dir.join("state").display(),
         std::env::var("KAFKA_BENCH_COMMIT").unwrap_or_else(|_| "1s".into()),
-        std::env::var("KAFKA_BENCH_TOML").unwrap_or_default().replace(';', "\n") + "\n"
+        std::env::var("KAFKA_BENCH_TOML")
+            .unwrap_or_default()
+            .replace(';', "\n")
+            + "\n"
     );
     let mut all: std::collections::BTreeMap<String, String> = props().into_iter().collect();
     all.extend(extra.iter().cloned());
@@ -325,54 +352,61 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    // Throughput: raw loop, then Cordon, then the raw loop again (the broker warms up).
-    let raw1 = raw_rate(&b.addr, "events", n);
-    let dir = tmp.path().join("e2e");
-    std::fs::create_dir_all(&dir).unwrap();
-    let c = Cordon::start(
-        &config(&dir, &b.addr, "events", "alerts", &[]),
-        &dir,
-        &keys,
-        &[],
-    );
-    let mut first = None;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    // Run, not just fetched: records are counted as they are fetched, events once an
-    // engine has run them.
-    let mut ran = 0.0;
-    while ran < n as f64 && Instant::now() < deadline {
-        if c.metric(&key, "cordon_records_total") > 0.0 {
-            first.get_or_insert_with(Instant::now);
+    // Throughput: the raw loop, then Cordon, then the raw loop again (the broker warms up),
+    // `KAFKA_BENCH_RUNS` times (default 1); each Cordon run is a new consumer group with
+    // fresh state. With `KAFKA_BENCH_COMPARE`, each round runs every contender.
+    let runs: usize = std::env::var("KAFKA_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let contenders = contenders();
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+    let mut e2e = 0.0;
+    for run in 0..runs {
+        for (ci, (name, bin)) in contenders.iter().enumerate() {
+            let raw1 = raw_rate(&b.addr, "events", n);
+            let dir = tmp.path().join(format!("e2e-{run}-{ci}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let c = Cordon::start_with(
+                Command::new(bin),
+                &config(&dir, &b.addr, "events", "alerts", &[]),
+                &dir,
+                &keys,
+                &[],
+            );
+            let rate = throughput(&c, &key, n);
+            if ci == 0 {
+                e2e = rate;
+            }
+            c.stop();
+            let raw2 = raw_rate(&b.addr, "events", n);
+            let raw = (raw1 + raw2) / 2.0;
+            ratios[ci].push(rate / raw);
+            if contenders.len() > 1 {
+                println!("[run {run}, {name}]");
+            }
+            println!("raw consume loop:   {raw1:>9.0} / {raw2:>9.0} events/s (before / after)");
+            println!(
+                "cordon end to end:  {rate:>9.0} events/s  = {:.2} of the raw rate",
+                rate / raw
+            );
         }
-        ran = c.metric(&key, "cordon_events_total");
-        std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(ran as usize, n, "cordon ran everything");
-    let e2e = n as f64 / first.unwrap().elapsed().as_secs_f64();
-    let alerts = c.metric(&key, "cordon_alerts_total");
-    let checkpoints = c.metric(&key, "cordon_kafka_checkpoints_total");
-    let commit_s = c.metric(&key, "cordon_kafka_commit_seconds_total");
-    let commits = c.metric(&key, "cordon_kafka_commits_total");
-    let ckpt_s = c.metric(&key, "cordon_kafka_checkpoint_seconds_total");
-    let ckpt_b = c.metric(&key, "cordon_kafka_checkpoint_bytes_total");
-    let durable_s = c.metric(&key, "cordon_kafka_durable_seconds_total");
-    let delivery_s = c.metric(&key, "cordon_kafka_delivery_wait_seconds_total");
-    c.stop();
-    let raw2 = raw_rate(&b.addr, "events", n);
-    let raw = (raw1 + raw2) / 2.0;
-    println!("raw consume loop:   {raw1:>9.0} / {raw2:>9.0} events/s (before / after)");
-    println!(
-        "cordon end to end:  {e2e:>9.0} events/s  = {:.2} of the raw rate  ({alerts} alerts, {checkpoints} checkpoints, {commits} commits averaging {:.1} ms)",
-        e2e / raw,
-        commit_s * 1000.0 / commits.max(1.0)
-    );
-    println!(
-        "  per commit: {:.1} ms making sinks durable, {:.1} ms waiting for deliveries, {:.1} ms checkpointing ({:.0} KB per partition checkpoint)",
-        durable_s * 1000.0 / commits.max(1.0),
-        delivery_s * 1000.0 / commits.max(1.0),
-        ckpt_s * 1000.0 / commits.max(1.0),
-        ckpt_b / checkpoints.max(1.0) / 1024.0
-    );
+    if runs > 1 || contenders.len() > 1 {
+        for ((name, _), r) in contenders.iter().zip(&mut ratios) {
+            r.sort_by(f64::total_cmp);
+            println!(
+                "{name}: end to end over {runs} runs, of the raw rate: median {:.2} (min {:.2}, max {:.2})",
+                r[r.len() / 2],
+                r[0],
+                r[r.len() - 1]
+            );
+        }
+    }
+    if std::env::var("KAFKA_BENCH_LATENCY").is_ok_and(|v| v == "0") {
+        return;
+    }
 
     // Latency at half the end-to-end rate (the goal's figure), then at a quarter: the
     // difference shows how much of the tail is this machine's cores being saturated (broker,
@@ -402,6 +436,42 @@ fn main() {
             &hops,
         );
     }
+}
+
+/// Waits until `c` has run all `n` events; returns its rate (first record fetched to the
+/// last event run) and prints its commit figures.
+fn throughput(c: &Cordon, key: &str, n: usize) -> f64 {
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    // Run, not just fetched: records are counted as they are fetched, events once an
+    // engine has run them.
+    let mut ran = 0.0;
+    while ran < n as f64 && Instant::now() < deadline {
+        if c.metric(key, "cordon_records_total") > 0.0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        ran = c.metric(key, "cordon_events_total");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ran as usize, n, "cordon ran everything");
+    let rate = n as f64 / first.unwrap().elapsed().as_secs_f64();
+    let alerts = c.metric(key, "cordon_alerts_total");
+    let checkpoints = c.metric(key, "cordon_kafka_checkpoints_total");
+    let commit_s = c.metric(key, "cordon_kafka_commit_seconds_total");
+    let commits = c.metric(key, "cordon_kafka_commits_total");
+    let ckpt_s = c.metric(key, "cordon_kafka_checkpoint_seconds_total");
+    let ckpt_b = c.metric(key, "cordon_kafka_checkpoint_bytes_total");
+    let durable_s = c.metric(key, "cordon_kafka_durable_seconds_total");
+    let delivery_s = c.metric(key, "cordon_kafka_delivery_wait_seconds_total");
+    println!(
+        "  {alerts} alerts, {checkpoints} checkpoints, {commits} commits averaging {:.1} ms: {:.1} ms making sinks durable, {:.1} ms waiting for deliveries, {:.1} ms checkpointing ({:.0} KB per partition checkpoint)",
+        commit_s * 1000.0 / commits.max(1.0),
+        durable_s * 1000.0 / commits.max(1.0),
+        delivery_s * 1000.0 / commits.max(1.0),
+        ckpt_s * 1000.0 / commits.max(1.0),
+        ckpt_b / checkpoints.max(1.0) / 1024.0
+    );
+    rate
 }
 
 /// Sends the first `secs × rate` events to `topic` at `rate`, each with its `@timestamp` set

@@ -348,7 +348,11 @@ impl<'de> Visitor<'de> for CoreSeed<'_> {
         if self.field.kind() != FieldKind::Fingerprints {
             return Err(self.wrong("an array"));
         }
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(16));
+        // Collected on the stack, then boxed at their exact size: one allocation per array
+        // (none for an empty one) instead of a guessed capacity shrunk afterwards.
+        let mut stack = [0u64; 32];
+        let mut n = 0;
+        let mut spilled: Vec<u64> = Vec::new();
         let bad = |found: &str| {
             <A::Error as de::Error>::custom(format_args!(
                 "field `{}`: expected an array of 16-hex-digit fingerprints, found {found}",
@@ -361,9 +365,21 @@ impl<'de> Visitor<'de> for CoreSeed<'_> {
         {
             let fp =
                 crate::fingerprint::parse_hex(&s.0).ok_or_else(|| bad(&format!("{:?}", s.0)))?;
-            items.push(fp);
+            if n < stack.len() {
+                stack[n] = fp;
+                n += 1;
+            } else {
+                if spilled.is_empty() {
+                    spilled.extend_from_slice(&stack);
+                }
+                spilled.push(fp);
+            }
         }
-        self.ev.set_fingerprints(self.field, items);
+        if spilled.is_empty() {
+            self.ev.set_fingerprints_from(self.field, &mut stack[..n]);
+        } else {
+            self.ev.set_fingerprints(self.field, spilled);
+        }
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {

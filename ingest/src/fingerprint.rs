@@ -46,11 +46,36 @@ pub fn hex16(fp: u64) -> [u8; 16] {
 }
 
 /// Parses a fingerprint written as exactly 16 hex digits.
+///
+/// Every record carries dozens of these, so this is a table walk rather than
+/// `u64::from_str_radix` (which also took a leading `+`, not a hex digit).
 pub fn parse_hex(s: &str) -> Option<u64> {
-    if s.len() != 16 {
-        return None;
+    const fn digits() -> [u8; 256] {
+        let mut t = [u8::MAX; 256];
+        let mut i = 0;
+        while i < 10 {
+            t[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            t[b'a' as usize + i] = 10 + i as u8;
+            t[b'A' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        t
     }
-    u64::from_str_radix(s, 16).ok()
+    static DIGITS: [u8; 256] = digits();
+    let b: &[u8; 16] = s.as_bytes().try_into().ok()?;
+    let mut acc = 0u64;
+    let mut bad = 0u8;
+    for &c in b {
+        let d = DIGITS[c as usize];
+        bad |= d;
+        acc = acc << 4 | u64::from(d & 15);
+    }
+    // An invalid byte maps to 0xFF: its high bits survive the OR.
+    (bad < 16).then_some(acc)
 }
 
 /// Fingerprints a text.
@@ -131,6 +156,10 @@ mod tests {
         }
         assert_eq!(parse_hex("abc"), None);
         assert_eq!(parse_hex("zzzzzzzzzzzzzzzz"), None);
+        assert_eq!(parse_hex("+123456789abcdef"), None);
+        assert_eq!(parse_hex("0123456789abcdeg"), None);
+        assert_eq!(parse_hex("0123456789ABCDEF"), Some(0x0123_4567_89ab_cdef));
+        assert_eq!(parse_hex("0123456789abcdef0"), None);
     }
 
     #[test]
