@@ -134,8 +134,8 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub shutdown_timeout: Option<String>,
     /// Bytes librdkafka may prefetch (default 64 MiB), and bytes of records handed to the
-    /// engine threads and not yet run (the same again): the memory bound when Cordon falls
-    /// behind.
+    /// engine threads and not yet run, with the buffers kept for reuse (the same again): the
+    /// memory bound when Cordon falls behind.
     #[serde(default)]
     pub prefetch_bytes: Option<usize>,
     /// How often librdkafka reports consumer lag (default 2s).
@@ -1972,15 +1972,19 @@ impl KafkaInput {
             .unwrap_or_default()
     }
 
-    /// Keeps a finished job's buffer for a later job, while the spare buffers hold less
-    /// than the prefetch cap (beyond that it is freed: the records in flight and the spare
-    /// buffers together stay within twice the cap).
+    /// Keeps a finished job's buffer for a later job while the spare buffers and the
+    /// records queued for the engine threads together stay within the prefetch cap; beyond
+    /// that it is freed, so the memory bound of `prefetch_bytes` holds as documented.
     fn recycle(&self, mut bytes: Vec<u8>) {
         if bytes.capacity() == 0 {
             return;
         }
         bytes.clear();
-        let cap = self.config.prefetch_bytes.unwrap_or(PREFETCH);
+        let cap = self
+            .config
+            .prefetch_bytes
+            .unwrap_or(PREFETCH)
+            .saturating_sub(self.lanes.in_flight());
         let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
         let held: usize = spare.iter().map(Vec::capacity).sum();
         if held + bytes.capacity() <= cap {
