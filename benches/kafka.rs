@@ -365,6 +365,9 @@ fn main() {
     let mut e2e = 0.0;
     for run in 0..runs {
         for (ci, (name, bin)) in contenders.iter().enumerate() {
+            if contenders.len() > 1 {
+                println!("[run {run}, {name}]");
+            }
             let raw1 = raw_rate(&b.addr, "events", n);
             let dir = tmp.path().join(format!("e2e-{run}-{ci}"));
             std::fs::create_dir_all(&dir).unwrap();
@@ -383,9 +386,6 @@ fn main() {
             let raw2 = raw_rate(&b.addr, "events", n);
             let raw = (raw1 + raw2) / 2.0;
             ratios[ci].push(rate / raw);
-            if contenders.len() > 1 {
-                println!("[run {run}, {name}]");
-            }
             println!("raw consume loop:   {raw1:>9.0} / {raw2:>9.0} events/s (before / after)");
             println!(
                 "cordon end to end:  {rate:>9.0} events/s  = {:.2} of the raw rate",
