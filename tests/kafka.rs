@@ -299,30 +299,20 @@ fn kafka_input_gives_the_file_runs_alerts() {
     let b = broker();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let o = cordon(&[
-        "generate",
-        "--seed",
-        "9",
-        "--agents",
-        "20",
-        "--duration",
-        "2h",
-        "--attack-sessions",
-        "3",
-        "--out",
-        d.join("g").to_str().unwrap(),
-    ]);
-    assert!(o.status.success());
-    let events = d.join("g/events.jsonl");
-    let o = cordon(&[
-        "run",
-        "--input",
-        events.to_str().unwrap(),
-        "--alerts",
-        d.join("ref.jsonl").to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let reference = alert_ids(&d.join("ref.jsonl"));
+    let events = generated(
+        d,
+        &[
+            "--seed",
+            "9",
+            "--agents",
+            "20",
+            "--duration",
+            "2h",
+            "--attack-sessions",
+            "3",
+        ],
+    );
+    let reference = file_run(d, &events, &[]);
     assert!(reference.len() > 5);
     // Produce every event keyed by agent (one agent's events stay in order), plus one bad one.
     let text = std::fs::read_to_string(&events).unwrap();
@@ -581,21 +571,20 @@ fn partitions_and_their_state_move_between_instances() {
     let b = broker();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let o = cordon(&[
-        "generate",
-        "--seed",
-        "11",
-        "--agents",
-        "300",
-        "--duration",
-        "140h",
-        "--attack-sessions",
-        "8",
-        "--out",
-        d.join("g").to_str().unwrap(),
-    ]);
-    assert!(o.status.success());
-    let text = std::fs::read_to_string(d.join("g/events.jsonl")).unwrap();
+    let events = generated(
+        d,
+        &[
+            "--seed",
+            "11",
+            "--agents",
+            "300",
+            "--duration",
+            "140h",
+            "--attack-sessions",
+            "8",
+        ],
+    );
+    let text = std::fs::read_to_string(&events).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.len() >= 1_000_000, "{} events", lines.len());
     // Two late benign events per partition, days after the traffic: the first moves each
@@ -860,32 +849,37 @@ fn keep_evidence(d: &Path, logs: &[String], reference: &BTreeSet<String>, got: &
 /// Two hours of 10 agents' generated traffic in `d`, and the alert ids `cordon run --input`
 /// gives on it (what every transport must give too).
 fn small_traffic(d: &Path) -> (std::path::PathBuf, BTreeSet<String>) {
-    let o = cordon(&[
-        "generate",
-        "--seed",
-        "4",
-        "--agents",
-        "10",
-        "--duration",
-        "2h",
-        "--out",
-        d.join("g").to_str().unwrap(),
-    ]);
-    assert!(o.status.success());
-    let events = d.join("g/events.jsonl");
-    let o = cordon(&[
+    let events = generated(d, &["--seed", "4", "--agents", "10", "--duration", "2h"]);
+    let reference = file_run(d, &events, &["--allowed-lateness", "24h"]);
+    assert!(!reference.is_empty());
+    (events, reference)
+}
+
+/// `cordon generate` with `args` into `d/g`; the events file.
+fn generated(d: &Path, args: &[&str]) -> std::path::PathBuf {
+    let out = d.join("g");
+    let mut all = vec!["generate", "--out", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = cordon(&all);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out.join("events.jsonl")
+}
+
+/// The alert ids `cordon run --input events` (plus `args`) writes to `d/ref.jsonl`: the
+/// reference every transport must give too.
+fn file_run(d: &Path, events: &Path, args: &[&str]) -> BTreeSet<String> {
+    let alerts = d.join("ref.jsonl");
+    let mut all = vec![
         "run",
         "--input",
         events.to_str().unwrap(),
         "--alerts",
-        d.join("ref.jsonl").to_str().unwrap(),
-        "--allowed-lateness",
-        "24h",
-    ]);
+        alerts.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let o = cordon(&all);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let reference = alert_ids(&d.join("ref.jsonl"));
-    assert!(!reference.is_empty());
-    (events, reference)
+    alert_ids(&alerts)
 }
 
 /// A certificate authority and a server certificate for `127.0.0.1`: (CA, cert, key) paths.
@@ -1319,19 +1313,8 @@ fn action_results_reach_their_topic() {
     let b = common::broker::broker_with(&[("events", 4), ("alerts", 1), ("actions", 1)]);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let o = cordon(&[
-        "generate",
-        "--seed",
-        "6",
-        "--agents",
-        "10",
-        "--duration",
-        "2h",
-        "--out",
-        d.join("g").to_str().unwrap(),
-    ]);
-    assert!(o.status.success());
-    let text = std::fs::read_to_string(d.join("g/events.jsonl")).unwrap();
+    let events = generated(d, &["--seed", "6", "--agents", "10", "--duration", "2h"]);
+    let text = std::fs::read_to_string(&events).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     produce(&client(&b.addr), &lines, &[]);
     let example =
