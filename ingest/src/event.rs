@@ -732,7 +732,9 @@ impl Event {
     }
     /// Sets a fingerprint list (`audit.result_fp` or `audit.args_fp`), kept sorted.
     pub fn set_fingerprints(&mut self, f: CoreField, mut fps: Vec<u64>) {
-        self.set_fingerprints_from(f, &mut fps);
+        fps.sort_unstable();
+        fps.dedup();
+        self.put_fingerprints(f, fps.into_boxed_slice());
     }
 
     /// [`Event::set_fingerprints`] from a scratch slice (sorted and deduplicated in place),
@@ -746,7 +748,10 @@ impl Event {
                 n += 1;
             }
         }
-        let v: Box<[u64]> = Box::from(&fps[..n]);
+        self.put_fingerprints(f, Box::from(&fps[..n]));
+    }
+
+    fn put_fingerprints(&mut self, f: CoreField, v: Box<[u64]>) {
         match f {
             CoreField::ResultFp => self.m().result_fp = Some(v),
             CoreField::ArgsFp => self.m().args_fp = Some(v),
@@ -1071,6 +1076,17 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), N_STR);
+    }
+
+    #[test]
+    fn fingerprints_are_kept_sorted_and_distinct() {
+        let mut a = Event::new();
+        a.set_fingerprints_from(CoreField::ResultFp, &mut [3, 1, 3, 2, 1]);
+        a.set_fingerprints(CoreField::ArgsFp, vec![9, 7, 9]);
+        assert_eq!(a.result_fp(), Some(&[1, 2, 3][..]));
+        assert_eq!(a.args_fp(), Some(&[7, 9][..]));
+        a.set_fingerprints_from(CoreField::ArgsFp, &mut []);
+        assert_eq!(a.args_fp(), Some(&[][..]));
     }
 
     #[test]
