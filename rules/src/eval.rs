@@ -482,8 +482,9 @@ fn compare(op: CmpOp, a: &Val<'_>, b: &Val<'_>) -> Option<bool> {
 }
 
 /// A necessary condition of a predicate: it can only hold when the string core field
-/// `field` has one of `values` (lowercased when `insensitive`). Engines index rules by their
-/// guard so that an event is tested only against rules it could match.
+/// `field` has one of `values` (lowercased when `insensitive`), or one of the other guards
+/// [`Pred::guards`] returned with it holds. Engines index rules by their guards so that an
+/// event is tested only against rules it could match.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Guard {
     /// The field.
@@ -577,32 +578,41 @@ impl Pred {
         }
     }
 
-    /// The most selective necessary condition of this predicate on one string core field,
-    /// if it has one (see [`Guard`]).
-    pub fn guard(&self) -> Option<Guard> {
+    /// The most selective necessary condition of this predicate, if it has one: guards on
+    /// string core fields (see [`Guard`]), at least one of which holds whenever the predicate
+    /// does. Alternatives come from `or` across fields: `is_egress` (a capability or a tool
+    /// name) guards a step as well as one field would, where a single-field guard would fall
+    /// back to `audit.decision`, which nearly every event satisfies.
+    pub fn guards(&self) -> Option<Vec<Guard>> {
         use cordon_ingest::FieldKind;
         let core_str = |e: &CExpr| match e {
             CExpr::Field(FieldRef::Core(f)) if f.kind() == FieldKind::Str => Some(*f),
             _ => None,
         };
         match self {
-            Pred::And(ps) => ps
-                .iter()
-                .filter_map(Pred::guard)
-                .min_by_key(|g| (g.rank(), g.values.len())),
+            // The conjunct whose least selective alternative is the most selective.
+            Pred::And(ps) => ps.iter().filter_map(Pred::guards).min_by_key(|gs| {
+                let worst = gs.iter().map(Guard::rank).max().unwrap_or(u8::MAX);
+                (worst, gs.iter().map(|g| g.values.len()).sum::<usize>())
+            }),
             Pred::Or(ps) => {
-                let mut gs = ps.iter().map(Pred::guard);
-                let mut acc = gs.next()??;
-                for g in gs {
-                    let g = g?;
-                    if g.field != acc.field || g.insensitive != acc.insensitive {
-                        return None;
+                let mut acc: Vec<Guard> = Vec::new();
+                for p in ps.iter() {
+                    for g in p.guards()? {
+                        match acc
+                            .iter_mut()
+                            .find(|a| a.field == g.field && a.insensitive == g.insensitive)
+                        {
+                            Some(a) => a.values.extend(g.values),
+                            None => acc.push(g),
+                        }
                     }
-                    acc.values.extend(g.values);
                 }
-                acc.values.sort();
-                acc.values.dedup();
-                Some(acc)
+                for a in &mut acc {
+                    a.values.sort();
+                    a.values.dedup();
+                }
+                (!acc.is_empty()).then_some(acc)
             }
             Pred::Cmp {
                 op: CmpOp::Eq,
@@ -615,11 +625,11 @@ impl Pred {
                     _ => return None,
                 };
                 match c {
-                    CExpr::Const(Val::Str(s)) => Some(Guard {
+                    CExpr::Const(Val::Str(s)) => Some(vec![Guard {
                         field: f,
                         values: vec![s.as_ref().into()],
                         insensitive: false,
-                    }),
+                    }]),
                     _ => None,
                 }
             }
@@ -627,11 +637,11 @@ impl Pred {
                 field,
                 value,
                 negate: false,
-            } => Some(Guard {
+            } => Some(vec![Guard {
                 field: *field,
                 values: vec![value.clone()],
                 insensitive: false,
-            }),
+            }]),
             Pred::In {
                 lhs,
                 set,
@@ -643,11 +653,11 @@ impl Pred {
                 }
                 let mut values: Vec<Box<str>> = set.strs.iter().cloned().collect();
                 values.sort();
-                Some(Guard {
+                Some(vec![Guard {
                     field: f,
                     values,
                     insensitive: set.insensitive,
-                })
+                }])
             }
             Pred::Match { lhs, matchers } => {
                 let f = core_str(lhs)?;
@@ -661,11 +671,11 @@ impl Pred {
                     }
                     values.push(lit.into());
                 }
-                Some(Guard {
+                Some(vec![Guard {
                     field: f,
                     values,
                     insensitive: ci?,
-                })
+                }])
             }
             _ => None,
         }
@@ -791,12 +801,19 @@ mod tests {
     use crate::{parse_expr, Compiler, Library};
     use cordon_ingest::CoreField;
 
-    fn guard(src: &str) -> Option<Guard> {
+    fn guards(src: &str) -> Option<Vec<Guard>> {
         let e = parse_expr(src).unwrap();
         Compiler::new(&Library::default(), true)
             .condition(&e)
             .unwrap()
-            .guard()
+            .guards()
+    }
+
+    /// The guard of a condition with a single-field guard.
+    fn guard(src: &str) -> Option<Guard> {
+        guards(src)
+            .filter(|g| g.len() == 1)
+            .and_then(|mut g| g.pop())
     }
 
     #[test]
@@ -811,6 +828,30 @@ mod tests {
         assert_eq!(regex_literal_prefix("x\\d"), Some("x".into()));
     }
 
+    /// An `or` across fields guards by each field; an `and` prefers it to a guard on the
+    /// unselective decision field, and merges values per field.
+    #[test]
+    fn guards_with_alternatives() {
+        let gs = guards(
+            r#"(audit.tool.capability == "egress" or gen_ai.tool.name in ("b", "a") or gen_ai.tool.name == "c") and audit.decision == "allow""#,
+        )
+        .unwrap();
+        assert_eq!(gs.len(), 2);
+        assert_eq!(gs[0].field, CoreField::Capability);
+        assert_eq!(gs[1].field, CoreField::ToolName);
+        assert_eq!(
+            gs[1].values,
+            vec!["a".into(), "b".into(), "c".into()] as Vec<Box<str>>
+        );
+        // A single selective field beats alternatives that include a weaker one.
+        let gs = guards(
+            r#"(audit.tool.capability == "egress" or gen_ai.tool.name == "a") and audit.data_class == "secret""#,
+        )
+        .unwrap();
+        assert_eq!(gs.len(), 1);
+        assert_eq!(gs[0].field, CoreField::DataClass);
+    }
+
     #[test]
     fn guards_pick_the_most_selective_field() {
         let g = guard(r#"audit.decision == "allow" and gen_ai.tool.name in ("b", "a")"#).unwrap();
@@ -822,6 +863,7 @@ mod tests {
         assert_eq!(&*g.values[0], "send_email");
         assert!(guard(r#"gen_ai.tool.name : "send_*""#).is_none());
         assert!(guard(r#"gen_ai.tool.name == "a" or audit.decision == "deny""#).is_none());
+        assert!(guards(r#"gen_ai.tool.name == "a" or audit.decision != "deny""#).is_none());
         assert!(guard(r#"not gen_ai.tool.name == "a""#).is_none());
         assert!(guard(r#"gen_ai.tool.name not in ("a")"#).is_none());
         assert_eq!(

@@ -194,6 +194,24 @@ impl Rule {
         }
     }
 
+    /// Every single-event condition the rule tests events with: a filter rule's query; a
+    /// sequence's steps (`![…]` ones included) and its `until`; a sample's steps; a
+    /// threshold's counted events. An event that satisfies none of them cannot change what the
+    /// rule holds, so an index may keep it from the rule.
+    pub fn event_matchers(&self) -> Vec<&EventMatcher> {
+        match &self.query.query {
+            CompiledQuery::Event(m) => vec![m],
+            CompiledQuery::Sequence(s) => s
+                .steps
+                .iter()
+                .chain(&s.until)
+                .map(|st| &st.matcher)
+                .collect(),
+            CompiledQuery::Sample(s) => s.steps.iter().map(|st| &st.matcher).collect(),
+            CompiledQuery::Threshold(t) => vec![&t.step.matcher],
+        }
+    }
+
     /// Whether the rule spans several events (sequence, sample, threshold).
     pub fn is_stateful(&self) -> bool {
         self.event_matcher().is_none()
