@@ -264,10 +264,8 @@ const SWEEP_EVERY: i64 = 1_000_000_000;
 pub struct Engine {
     rules: Vec<Rule>,
     index: RuleIndex,
+    /// The rules that may match the event being observed, sorted ([`RuleIndex::candidates`]).
     candidates: Vec<usize>,
-    /// `marks[rule] == mark`: the rule is a candidate for the event being observed.
-    marks: Vec<u64>,
-    mark: u64,
     stateful: Vec<StatefulRule>,
     others: Vec<Box<dyn Detector + Send>>,
     rule_stats: Vec<RuleStats>,
@@ -329,8 +327,6 @@ impl Engine {
         Engine {
             index: RuleIndex::build(&rules),
             candidates: Vec::new(),
-            marks: vec![0; rules.len()],
-            mark: 0,
             rule_stats: vec![RuleStats::default(); rules.len()],
             rules,
             stateful,
@@ -413,7 +409,6 @@ impl Engine {
         self.suppressor.remap(&map);
         self.rule_stats = stats;
         self.index = RuleIndex::build(&rules);
-        self.marks = vec![0; rules.len()];
         self.rules = rules;
         report
     }
@@ -427,8 +422,6 @@ impl Engine {
             rules: self.rules.clone(),
             index: self.index.clone(),
             candidates: Vec::new(),
-            marks: vec![0; self.rules.len()],
-            mark: 0,
             stateful: self
                 .stateful
                 .iter()
@@ -924,9 +917,7 @@ impl Engine {
         // Filter rules.
         let mut candidates = std::mem::take(&mut self.candidates);
         self.index.candidates(ev, &mut candidates);
-        self.mark += 1;
         for &idx in &candidates {
-            self.marks[idx] = self.mark;
             if self.rules[idx].is_stateful() {
                 continue;
             }
@@ -956,7 +947,7 @@ impl Engine {
                 s.detector.on_watermark(wm, &mut findings);
             }
             // A rule the index ruled out would ignore the event: none of its steps can match.
-            if self.marks[s.rule] == self.mark {
+            if self.candidates.binary_search(&s.rule).is_ok() {
                 s.detector.observe(ev, &mut findings);
             }
             let rule = s.rule;
