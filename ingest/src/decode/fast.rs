@@ -1,0 +1,400 @@
+//! The fast path of the native decoder: one forward scan over the common shape of an event.
+//!
+//! Decoding was half of a file run's instructions, and most of that was serde_json's generic
+//! machinery around short strings: a visitor call per key, a `Cow` per key, an escape scan set
+//! up afresh for each of the twenty-odd keys and as many hex fingerprints of a record. Gateways
+//! write the same shape every time — an object of dotted keys, plain strings, a few numbers,
+//! two fingerprint arrays and an arguments object — so this scanner reads exactly that and
+//! nothing more: strings without escapes (eight bytes per step), numbers in JSON's grammar,
+//! fingerprints straight from their bytes, objects flattened to dotted names like the full
+//! decoder does. The values that are free-form JSON (tool arguments, description hashes,
+//! arrays outside the schema) are handed to serde_json whole.
+//!
+//! Anything else — an escape, a wrong type, a number it does not parse exactly like
+//! serde_json, deep nesting, any syntax error — makes it give up, and the full decoder
+//! ([`super::decode_reference`]) decodes the record from the start. So the full decoder
+//! stays the definition and the only source of error messages; the fast path either builds
+//! the same event or none. The tests and the `decode_fast` fuzz target hold it to that.
+
+use serde_json::Value as Json;
+
+use crate::event::{CoreField, Event, FieldKind};
+use crate::fingerprint::parse_hex;
+
+/// Nesting the fast path follows, in objects and again inside a free-form value, before it
+/// leaves a record to the full decoder: twice this stays well under serde_json's limit of
+/// 128, past which the full decoder refuses a record.
+const MAX_DEPTH: usize = 32;
+
+/// Decodes a native record of the common shape, or returns `None` for the full decoder.
+pub(super) fn decode(text: &str) -> Option<Event> {
+    let mut s = Scan {
+        text,
+        b: text.as_bytes(),
+        i: 0,
+        ev: Event::new(),
+        path: String::new(),
+        fps: Vec::new(),
+    };
+    s.ws();
+    s.object(0)?;
+    s.ws();
+    (s.i == s.b.len()).then_some(s.ev)
+}
+
+struct Scan<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+    ev: Event,
+    /// The dotted prefix of nested keys (empty at the top level).
+    path: String,
+    /// Scratch for one fingerprint array.
+    fps: Vec<u64>,
+}
+
+/// A number as serde_json would hand it to the full decoder's visitors.
+enum Num {
+    Int(i64),
+    Float(f64),
+}
+
+impl<'a> Scan<'a> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        if self.peek()? == c {
+            self.i += 1;
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        if self.b.get(self.i..self.i + word.len())? == word {
+            self.i += word.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// A string without escapes, the opening quote next.
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let len = plain_len(&self.b[start..])?;
+        self.i = start + len + 1;
+        self.text.get(start..start + len)
+    }
+
+    /// An object whose keys are prefixed with `self.path`, the opening brace next.
+    fn object(&mut self, depth: usize) -> Option<()> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(());
+        }
+        let base = self.path.len();
+        loop {
+            let key = self.string()?;
+            self.eat(b':')?;
+            let field = if depth == 0 {
+                CoreField::from_name(key)
+            } else {
+                // As the full decoder names them: an empty prefix adds no dot.
+                self.path.truncate(base);
+                if base > 0 {
+                    self.path.push('.');
+                }
+                self.path.push_str(key);
+                CoreField::from_name(&self.path)
+            };
+            match field {
+                Some(field) => self.core(field)?,
+                None => {
+                    if depth == 0 {
+                        self.path.clear();
+                        self.path.push_str(key);
+                    }
+                    self.extra(depth)?;
+                }
+            }
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    self.path.truncate(base);
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The value of a core field.
+    fn core(&mut self, field: CoreField) -> Option<()> {
+        let c = self.peek()?;
+        if c == b'n' {
+            // null: the field is absent, whatever its type.
+            return self.literal(b"null");
+        }
+        match field.kind() {
+            FieldKind::Str => {
+                let v = self.string()?;
+                self.ev.set_str(field, v);
+            }
+            FieldKind::Timestamp => {
+                let v = self.string()?;
+                self.ev.set_timestamp_text(v).ok()?;
+            }
+            FieldKind::Int => match self.number()? {
+                Num::Int(v) => self.ev.set_result_bytes(v),
+                Num::Float(v) if v.fract() == 0.0 && v.abs() < 9.0e15 => {
+                    self.ev.set_result_bytes(v as i64)
+                }
+                Num::Float(_) => return None,
+            },
+            FieldKind::Float => match self.number()? {
+                Num::Int(v) => self.ev.set_duration_ms(v as f64),
+                Num::Float(v) => self.ev.set_duration_ms(v),
+            },
+            FieldKind::Fingerprints => self.fingerprints(field)?,
+            FieldKind::Json => {
+                let v = self.json()?;
+                match field {
+                    CoreField::Arguments => self.ev.set_arguments(v),
+                    _ => self.ev.set_tool_description_sha256(v),
+                }
+            }
+        }
+        Some(())
+    }
+
+    /// The value of a field outside the schema, named by `self.path`.
+    fn extra(&mut self, depth: usize) -> Option<()> {
+        let v = match self.peek()? {
+            b'{' => return self.object(depth + 1),
+            b'"' => Json::String(self.string()?.to_owned()),
+            b'[' => self.json()?,
+            b't' => self.literal(b"true").map(|()| Json::Bool(true))?,
+            b'f' => self.literal(b"false").map(|()| Json::Bool(false))?,
+            b'n' => self.literal(b"null").map(|()| Json::Null)?,
+            _ => match self.number()? {
+                Num::Int(v) => Json::from(v),
+                Num::Float(v) => Json::from(v),
+            },
+        };
+        self.ev.set_extra(self.path.as_str(), v);
+        Some(())
+    }
+
+    /// A number in JSON's grammar that parses to the value serde_json gives it: integers of
+    /// up to 18 digits (no `-0`, which serde_json reads as a float) and finite floats.
+    fn number(&mut self) -> Option<Num> {
+        let b = self.b;
+        let start = self.i;
+        let mut i = start;
+        let negative = b.get(i) == Some(&b'-');
+        if negative {
+            i += 1;
+        }
+        let digits = i;
+        match b.get(i)? {
+            b'0' => i += 1,
+            b'1'..=b'9' => {
+                while let Some(b'0'..=b'9') = b.get(i) {
+                    i += 1;
+                }
+            }
+            _ => return None,
+        }
+        let int_end = i;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let d = i;
+            while let Some(b'0'..=b'9') = b.get(i) {
+                i += 1;
+            }
+            if i == d {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = b.get(i) {
+            i += 1;
+            if let Some(b'+' | b'-') = b.get(i) {
+                i += 1;
+            }
+            let d = i;
+            while let Some(b'0'..=b'9') = b.get(i) {
+                i += 1;
+            }
+            if i == d {
+                return None;
+            }
+        }
+        self.i = i;
+        let text = &self.text[start..i];
+        if i == int_end {
+            if int_end - digits > 18 || (negative && b[digits] == b'0') {
+                return None;
+            }
+            text.parse().ok().map(Num::Int)
+        } else {
+            let v: f64 = text.parse().ok()?;
+            v.is_finite().then_some(Num::Float(v))
+        }
+    }
+
+    /// An array of 16-hex-digit strings, straight into the event's sorted list.
+    fn fingerprints(&mut self, field: CoreField) -> Option<()> {
+        self.eat(b'[')?;
+        self.fps.clear();
+        if self.peek()? != b']' {
+            loop {
+                let s = self.string()?;
+                self.fps.push(parse_hex(s)?);
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    b']' => break,
+                    _ => return None,
+                }
+            }
+        }
+        self.i += 1;
+        self.ev.set_fingerprints_from(field, &mut self.fps);
+        Some(())
+    }
+
+    /// A free-form value: its extent is found here, serde_json parses it.
+    fn json(&mut self) -> Option<Json> {
+        self.ws();
+        let start = self.i;
+        self.skip_value()?;
+        serde_json::from_str(&self.text[start..self.i]).ok()
+    }
+
+    /// Moves past one value, counting brackets outside strings. serde_json then checks the
+    /// span is one well-formed value; this only needs to find where a well-formed one ends.
+    fn skip_value(&mut self) -> Option<()> {
+        let b = self.b;
+        let mut depth = 0usize;
+        loop {
+            match *b.get(self.i)? {
+                b'"' => {
+                    self.i += 1;
+                    loop {
+                        match *b.get(self.i)? {
+                            b'"' => break,
+                            b'\\' => self.i += 2,
+                            _ => self.i += 1,
+                        }
+                    }
+                    self.i += 1;
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return None;
+                    }
+                    self.i += 1;
+                }
+                b'}' | b']' => {
+                    depth = depth.checked_sub(1)?;
+                    self.i += 1;
+                }
+                b',' | b':' if depth == 0 => return None,
+                _ => self.i += 1,
+            }
+            if depth == 0 {
+                // A scalar at the top ends at the next delimiter.
+                while let Some(&c) = b.get(self.i) {
+                    if matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t') {
+                        break;
+                    }
+                    if matches!(c, b'{' | b'[' | b'"') {
+                        return None;
+                    }
+                    self.i += 1;
+                }
+                return Some(());
+            }
+        }
+    }
+}
+
+/// The length of a string's body up to its closing quote, or `None` when an escape or a
+/// control character comes first (or no quote does). Eight bytes are tested at a time, and
+/// the first special byte of a word is found from its mask rather than byte by byte.
+fn plain_len(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().ok()?);
+        // The high bit of each byte that is zero. Borrows only run upwards, so the lowest
+        // flagged byte is exactly the first zero one.
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        let special =
+            zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\'))) | below_space;
+        if special != 0 {
+            let at = i + (special.trailing_zeros() / 8) as usize;
+            return (s[at] == b'"').then_some(at);
+        }
+        i += 8;
+    }
+    while let Some(&c) = s.get(i) {
+        match c {
+            b'"' => return Some(i),
+            b'\\' | 0..=0x1f => return None,
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_strings_end_at_their_quote() {
+        assert_eq!(plain_len(b"abc\"rest"), Some(3));
+        assert_eq!(plain_len(b"0123456789abcdef\"x"), Some(16));
+        assert_eq!(plain_len(b"01234567\""), Some(8));
+        assert_eq!(plain_len("héllo wörld, ünïcode\"".as_bytes()), Some(24));
+        assert_eq!(plain_len(b"0123456789\\\"abc\""), None, "escape first");
+        assert_eq!(plain_len(b"0123456789\tabc\""), None, "control character");
+        assert_eq!(plain_len(b"0123456789abcdef"), None, "no closing quote");
+        assert_eq!(plain_len(b"\""), Some(0));
+        // Every position of the first special byte within and across words.
+        for len in 0..40 {
+            for special in [b'"', b'\\', b'\n', 0x1f, 0] {
+                let mut text = vec![b'a'; len];
+                text.push(special);
+                text.extend_from_slice(b"\"\\\x01zzzzzzzzzzzzzzzz\"");
+                let want = (special == b'"').then_some(len);
+                assert_eq!(plain_len(&text), want, "{len} {special}");
+                let mut wide = "é".repeat(len / 2).into_bytes();
+                let at = wide.len();
+                wide.push(special);
+                wide.extend_from_slice(b"zzzzzzzz\"");
+                assert_eq!(plain_len(&wide), (special == b'"').then_some(at), "{len}");
+            }
+        }
+    }
+}
