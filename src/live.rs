@@ -170,6 +170,12 @@ impl MetricsSources {
         );
         c(
             out,
+            "cordon_decode_full_total",
+            "Native records the decoder's fast path left to the full decoder (escapes, unusual shapes, errors)",
+            cordon_ingest::full_decodes(),
+        );
+        c(
+            out,
             "cordon_late_events_total",
             "Events behind the watermark",
             p.late.load(Ordering::Relaxed),

@@ -265,6 +265,8 @@ async fn run_serves_the_api_while_it_runs() {
             .unwrap_or_else(|| panic!("{name} in\n{text}"))
     };
     assert_eq!(value("cordon_events_total") as usize, lines.len());
+    // Generated records all have the shape the decoder's fast path reads.
+    assert_eq!(value("cordon_decode_full_total"), 0.0);
     assert!(value("cordon_store_alerts_written_total") >= 1.0);
     assert!(text.contains("cordon_rule_alerts_total{rule="), "{text}");
 

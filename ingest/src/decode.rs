@@ -18,6 +18,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as Json;
@@ -92,8 +93,18 @@ pub fn decode_with(bytes: &[u8], schema: Schema) -> Result<Event, DecodeError> {
         if let Some(ev) = fast::decode(text) {
             return Ok(ev);
         }
+        FULL_DECODES.fetch_add(1, Ordering::Relaxed);
     }
     decode_full(text, schema)
+}
+
+static FULL_DECODES: AtomicU64 = AtomicU64::new(0);
+
+/// How many native records the fast path left to the full decoder since the process started
+/// (undecodable ones included). A gateway whose records always land here — one that escapes
+/// `/` in every string, say — decodes at the full decoder's speed, and this shows it.
+pub fn full_decodes() -> u64 {
+    FULL_DECODES.load(Ordering::Relaxed)
 }
 
 /// UTF-8 is checked once for the whole record: reading from a `str`, serde_json does not
@@ -519,6 +530,14 @@ mod tests {
             assert_eq!(fast, full, "{line}");
             assert_eq!(fast.arguments_bytes(), full.arguments_bytes());
         }
+        // Anything unusual goes to the full decoder, and is counted.
+        let before = full_decodes();
+        let escaped = decode_native(
+            br#"{"@timestamp":"2026-11-20T10:00:00Z","server.address":"mcp.example\/x"}"#,
+        )
+        .unwrap();
+        assert_eq!(escaped.str(CoreField::ServerAddress), Some("mcp.example/x"));
+        assert!(full_decodes() > before);
         // The nested form too.
         let text = std::str::from_utf8(LINE).unwrap();
         assert_eq!(

@@ -21,7 +21,7 @@ pub mod generate;
 pub mod sources;
 
 pub use deadletter::DeadLetterSink;
-pub use decode::{decode_native, decode_reference, decode_with, Schema};
+pub use decode::{decode_native, decode_reference, decode_with, full_decodes, Schema};
 pub use error::{DecodeError, IngestError};
 pub use event::{
     Baseline, BaselineFeatures, BaselineField, BaselineKind, Category, CoreField, Event, FieldKind,

@@ -215,36 +215,28 @@ impl<'a> Scan<'a> {
         let digits = i;
         match b.get(i)? {
             b'0' => i += 1,
-            b'1'..=b'9' => {
-                while let Some(b'0'..=b'9') = b.get(i) {
-                    i += 1;
-                }
-            }
+            b'1'..=b'9' => i = digits_end(b, i + 1),
             _ => return None,
         }
         let int_end = i;
         if b.get(i) == Some(&b'.') {
-            i += 1;
-            let d = i;
-            while let Some(b'0'..=b'9') = b.get(i) {
-                i += 1;
-            }
-            if i == d {
+            // At least one digit after the point.
+            let end = digits_end(b, i + 1);
+            if end == i + 1 {
                 return None;
             }
+            i = end;
         }
         if let Some(b'e' | b'E') = b.get(i) {
             i += 1;
             if let Some(b'+' | b'-') = b.get(i) {
                 i += 1;
             }
-            let d = i;
-            while let Some(b'0'..=b'9') = b.get(i) {
-                i += 1;
-            }
-            if i == d {
+            let end = digits_end(b, i);
+            if end == i {
                 return None;
             }
+            i = end;
         }
         self.i = i;
         let text = &self.text[start..i];
@@ -334,6 +326,14 @@ impl<'a> Scan<'a> {
             }
         }
     }
+}
+
+/// Where the run of digits from `i` ends.
+fn digits_end(b: &[u8], mut i: usize) -> usize {
+    while let Some(b'0'..=b'9') = b.get(i) {
+        i += 1;
+    }
+    i
 }
 
 /// The length of a string's body up to its closing quote, or `None` when an escape or a
