@@ -165,6 +165,16 @@ fn edge_cases_agree() {
         r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.tool.call.arguments":{"a":1]}"#,
         r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.tool.call.arguments":12 }"#,
         r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.tool.call.arguments":1 2}"#,
+        r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.tool.call.arguments":{"to":"a","to":"b"}}"#,
+        r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.tool.call.arguments":{ "n" : [ -0 , 1e400 ] }}"#,
+        r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.tool.call.arguments":{"n":[-0.0,2.5E+3,-7,18446744073709551615]}}"#,
+        r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.tool.call.arguments":{"a":{"b":[{"c":"x\ny"}]},"d":true}}"#,
+        r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.tool.call.arguments":{"a":[1,]}}"#,
+        r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.tool.call.arguments":{"a" 1}}"#,
+        r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.tool.call.arguments":{"a":nul}}"#,
+        r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.tool.call.arguments":truex}"#,
+        r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.tool.call.arguments":-0}"#,
+        r#"{"@timestamp":"2026-11-20T10:00:00Z","audit.tool.description_sha256":{"t":"00ff","t":"11"}}"#,
         r#"{"@timestamp":"2026-11-20T10:00:00Z","audit.args_fp":["0123456789abcdef",]}"#,
         r#"{"@timestamp":"2026-11-20T10:00:00Z","audit.args_fp":null}"#,
         r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.agent.id":12}"#,
@@ -198,6 +208,15 @@ fn edge_cases_agree() {
         "}".repeat(30)
     );
     same(&deeper).unwrap();
+    // Deep inside the arguments: past the builder's depth, serde_json takes the value over.
+    for n in [31, 33, 60, 140] {
+        let args = format!(
+            r#"{{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.tool.call.arguments":{}"x"{}}}"#,
+            "[".repeat(n),
+            "]".repeat(n)
+        );
+        same(&args).unwrap();
+    }
     let ev = decode_native(
         br#"{"@timestamp":"2026-11-20T10:00:00Z","audit":{"decision":"deny"},"gen_ai.agent.id":"a1"}"#,
     )

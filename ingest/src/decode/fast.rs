@@ -271,12 +271,79 @@ impl<'a> Scan<'a> {
         Some(())
     }
 
-    /// A free-form value: its extent is found here, serde_json parses it.
+    /// A free-form value. The common shapes (strings without escapes, numbers, objects and
+    /// arrays of them) are built here; anything else is handed to serde_json, from the
+    /// value's start.
     fn json(&mut self) -> Option<Json> {
         self.ws();
         let start = self.i;
+        if let Some(v) = self.value(0) {
+            return Some(v);
+        }
+        self.i = start;
         self.skip_value()?;
         serde_json::from_str(&self.text[start..self.i]).ok()
+    }
+
+    /// A free-form value built as serde_json builds a `Value`: a later duplicate key replaces
+    /// an earlier one (`Map::insert`, as its visitor does), numbers as [`Scan::number`] reads
+    /// them. `None` on an escape, a number it leaves to serde_json, nesting past
+    /// [`MAX_DEPTH`] or a syntax error; the caller then starts again with serde_json.
+    fn value(&mut self, depth: usize) -> Option<Json> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        Some(match self.peek()? {
+            b'{' => {
+                self.i += 1;
+                let mut map = serde_json::Map::new();
+                if self.peek()? == b'}' {
+                    self.i += 1;
+                    return Some(Json::Object(map));
+                }
+                loop {
+                    let key = self.string()?;
+                    self.eat(b':')?;
+                    let v = self.value(depth + 1)?;
+                    map.insert(key.to_owned(), v);
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b'}' => {
+                            self.i += 1;
+                            break Json::Object(map);
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                let mut items = Vec::new();
+                if self.peek()? == b']' {
+                    self.i += 1;
+                    return Some(Json::Array(items));
+                }
+                loop {
+                    items.push(self.value(depth + 1)?);
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b']' => {
+                            self.i += 1;
+                            break Json::Array(items);
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'"' => Json::String(self.string()?.to_owned()),
+            b't' => self.literal(b"true").map(|()| Json::Bool(true))?,
+            b'f' => self.literal(b"false").map(|()| Json::Bool(false))?,
+            b'n' => self.literal(b"null").map(|()| Json::Null)?,
+            _ => match self.number()? {
+                Num::Int(v) => Json::from(v),
+                Num::Float(v) => Json::from(v),
+            },
+        })
     }
 
     /// Moves past one value, counting brackets outside strings. serde_json then checks the
