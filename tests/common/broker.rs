@@ -14,6 +14,13 @@ pub struct Broker {
     pub addr: String,
 }
 
+impl Broker {
+    /// The broker's process id (the benchmark reads its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
