@@ -369,7 +369,7 @@ impl KafkaStats {
         );
         out.gauge(
             "cordon_kafka_queued_bytes",
-            "Bytes of records fetched and handed to the engine threads, not yet run (bounded by prefetch_bytes)",
+            "Bytes of the buffers of records fetched and handed to the engine threads, not yet run (bounded by prefetch_bytes)",
             &[],
             self.queued_bytes.load(Ordering::Relaxed) as f64,
         );
@@ -960,18 +960,101 @@ struct Job {
     snapshot: Option<Slot>,
 }
 
+/// A job's buffers, kept from a finished job for a later one (see [`KafkaInput::buffers`]).
+#[derive(Default)]
+struct Buffers {
+    bytes: Vec<u8>,
+    records: Vec<(i64, Range<usize>, Range<usize>)>,
+    times: Vec<Option<i64>>,
+}
+
+/// Buffers of finished jobs, kept for the next ones. A fresh multi-megabyte buffer per job
+/// made the kernel fault in and zero every page the poll loop copied records into: two
+/// thirds of the poll loop's CPU in a profile of the Kafka bench, and still 40 % of it when
+/// kept buffers counted against the prefetch cap, because the loop refills the lanes to the
+/// cap the moment a job finishes, before its buffer could be kept.
+///
+/// So every finished job's buffers are kept, and the memory bound comes from taking them:
+/// a job gets the smallest kept buffers its records fit in; when none fits, every kept one
+/// is too small and is freed. A new buffer is thus only made when no kept one waits, and all
+/// buffers together stay within the most ever queued for the engine threads, which the loop
+/// keeps under `prefetch_bytes` (plus one batch). Buffers are replaced, not grown: growing
+/// an emptied buffer copies its old capacity (the allocator does not know it is empty) into
+/// fresh pages. Sizes are rounded up to a power of two so that kept ones fit later batches.
+#[derive(Default)]
+struct Spare(Mutex<Vec<Buffers>>);
+
+impl Spare {
+    /// Empty buffers for a job of `records` records of `bytes` bytes.
+    fn take(&self, bytes: usize, records: usize) -> Buffers {
+        let mut b = {
+            let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let fit = spare
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.bytes.capacity() >= bytes)
+                .min_by_key(|(_, b)| b.bytes.capacity())
+                .map(|(i, _)| i);
+            match fit {
+                Some(i) => spare.swap_remove(i),
+                None => {
+                    spare.clear();
+                    Buffers::default()
+                }
+            }
+        };
+        if b.bytes.capacity() < bytes {
+            b.bytes = Vec::with_capacity(bytes.next_power_of_two());
+        }
+        if b.records.capacity() < records {
+            b.records = Vec::with_capacity(records.next_power_of_two());
+        }
+        if b.times.capacity() < records {
+            b.times = Vec::with_capacity(records.next_power_of_two());
+        }
+        b
+    }
+
+    /// Keeps a finished job's (emptied) buffers.
+    fn keep(&self, b: Buffers) {
+        if b.bytes.capacity() > 0 {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(b);
+        }
+    }
+
+    /// Bytes held.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        let spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        spare.iter().map(|b| b.bytes.capacity()).sum()
+    }
+}
+
 impl Job {
-    /// A job for `msg`'s partition, its records to be copied into `bytes` (empty).
-    fn new(key: &str, msg: &BorrowedMessage<'_>, bytes: Vec<u8>) -> Job {
+    /// A job for `msg`'s partition, its records to be copied into `buffers` (empty).
+    fn new(key: &str, msg: &BorrowedMessage<'_>, buffers: Buffers) -> Job {
         Job {
             key: key.to_owned(),
             topic: msg.topic().to_owned(),
             partition: msg.partition(),
-            records: Vec::new(),
-            times: Vec::new(),
+            records: buffers.records,
+            times: buffers.times,
             fetched: Instant::now(),
-            bytes,
+            bytes: buffers.bytes,
             snapshot: None,
+        }
+    }
+
+    /// Its buffers, emptied, for a later job.
+    fn into_buffers(self) -> Buffers {
+        let (mut bytes, mut records, mut times) = (self.bytes, self.records, self.times);
+        bytes.clear();
+        records.clear();
+        times.clear();
+        Buffers {
+            bytes,
+            records,
+            times,
         }
     }
 
@@ -1015,8 +1098,8 @@ struct LanesState {
     lanes: HashMap<String, Lane>,
     /// Lanes with a job to run, in turn.
     ready: VecDeque<String>,
-    /// Bytes of records queued or running, over all lanes (the poll loop stops fetching
-    /// above its limit).
+    /// Bytes of the buffers of jobs queued or running, over all lanes (the poll loop stops
+    /// fetching above its limit).
     in_flight: usize,
     /// An alert or dead letter that could not be written: the run stops with it, and
     /// nothing read after the last commit is committed.
@@ -1050,7 +1133,7 @@ impl Lanes {
     /// Queues a job on its partition's lane.
     fn push(&self, job: Job) {
         let mut st = self.lock();
-        st.in_flight += job.bytes.len();
+        st.in_flight += job.bytes.capacity();
         self.stats
             .queued_bytes
             .store(st.in_flight as u64, Ordering::Relaxed);
@@ -1087,7 +1170,7 @@ impl Lanes {
     fn finished(&self, job: &Job, r: Result<Vec<(i64, i64)>, String>) {
         let mut guard = self.lock();
         let st = &mut *guard;
-        st.in_flight -= job.bytes.len();
+        st.in_flight -= job.bytes.capacity();
         let mut dropped = 0;
         let mut again = false;
         if let Some(lane) = st.lanes.get_mut(&job.key) {
@@ -1096,7 +1179,7 @@ impl Lanes {
                 // The run stops; what is queued is not run, and nothing read since the
                 // last commit is committed, so it is read again next time.
                 Err(e) => {
-                    dropped = lane.queue.drain(..).map(|j| j.bytes.len()).sum();
+                    dropped = lane.queue.drain(..).map(|j| j.bytes.capacity()).sum();
                     st.fatal.get_or_insert(e);
                 }
             }
@@ -1764,10 +1847,8 @@ pub struct KafkaInput {
     workers: usize,
     lanes: Arc<Lanes>,
     stateful: bool,
-    /// Byte buffers of finished jobs, reused by the next ones. A fresh multi-megabyte
-    /// buffer per job made the kernel fault in and zero every page the poll loop copied
-    /// records into: two thirds of the poll loop's CPU in a profile of the Kafka bench.
-    spare: Mutex<Vec<Vec<u8>>>,
+    /// Buffers of finished jobs, reused by the next ones.
+    spare: Spare,
 }
 
 impl KafkaInput {
@@ -1930,7 +2011,7 @@ impl KafkaInput {
             workers,
             lanes,
             stateful,
-            spare: Mutex::new(Vec::new()),
+            spare: Spare::default(),
         })
     }
 
@@ -1961,35 +2042,6 @@ impl KafkaInput {
                 .fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
-    }
-
-    /// An empty buffer for a job's records: a finished job's, when there is one.
-    fn buffer(&self) -> Vec<u8> {
-        self.spare
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_default()
-    }
-
-    /// Keeps a finished job's buffer for a later job while the spare buffers and the
-    /// records queued for the engine threads together stay within the prefetch cap; beyond
-    /// that it is freed, so the memory bound of `prefetch_bytes` holds as documented.
-    fn recycle(&self, mut bytes: Vec<u8>) {
-        if bytes.capacity() == 0 {
-            return;
-        }
-        bytes.clear();
-        let cap = self
-            .config
-            .prefetch_bytes
-            .unwrap_or(PREFETCH)
-            .saturating_sub(self.lanes.in_flight());
-        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        let held: usize = spare.iter().map(Vec::capacity).sum();
-        if held + bytes.capacity() <= cap {
-            spare.push(bytes);
-        }
     }
 
     /// The input's counters (metrics, readiness).
@@ -2131,7 +2183,7 @@ impl KafkaInput {
                                     .run_job(&job, on_alert, progress)
                                     .map_err(|e| format!("{e:#}"));
                                 self.lanes.finished(&job, r);
-                                self.recycle(job.bytes);
+                                self.spare.keep(job.into_buffers());
                             }
                         })
                         .context("starting the engine threads")
@@ -2332,24 +2384,34 @@ impl KafkaInput {
                     .fetch_add(msgs.len() as u64, Ordering::Relaxed);
                 // Each partition's records past what its state reflects go to its lane.
                 let mut work: BTreeMap<String, Job> = BTreeMap::new();
-                // Each partition's bytes in the batch: its job's buffer is sized once, not
-                // grown (a grown buffer is fresh memory, faulted in page by page).
-                let mut sizes: Vec<(&str, i32, usize)> = Vec::new();
+                // Each partition's bytes and records in the batch: its job's buffers are
+                // sized once, not grown (a grown buffer is fresh memory, faulted in page by
+                // page).
+                let mut sizes: Vec<(&str, i32, usize, usize)> = Vec::new();
                 for msg in &msgs {
                     let n = msg.key_len() + msg.payload_len();
                     match sizes
                         .iter_mut()
-                        .find(|(t, p, _)| *p == msg.partition() && *t == msg.topic())
+                        .find(|(t, p, _, _)| *p == msg.partition() && *t == msg.topic())
                     {
-                        Some(s) => s.2 += n,
-                        None => sizes.push((msg.topic(), msg.partition(), n)),
+                        Some(s) => {
+                            s.2 += n;
+                            s.3 += 1;
+                        }
+                        None => sizes.push((msg.topic(), msg.partition(), n, 1)),
                     }
                 }
                 {
                     let mut run = self.lock();
+                    // A partition's records come in runs: its key is written once a run.
+                    let mut last: Option<(i32, &str)> = None;
                     for msg in &msgs {
-                        key.clear();
-                        let _ = write!(key, "{}/{}", msg.topic(), msg.partition());
+                        let (topic, partition) = (msg.topic(), msg.partition());
+                        if last != Some((partition, topic)) {
+                            key.clear();
+                            let _ = write!(key, "{topic}/{partition}");
+                            last = Some((partition, topic));
+                        }
                         let Some(part) = run.parts.get_mut(&key) else {
                             // A record of a partition revoked in this very batch: not ours
                             // to process or commit; its next owner reads it.
@@ -2360,16 +2422,12 @@ impl KafkaInput {
                             match work.get_mut(&key) {
                                 Some(job) => job.push(msg),
                                 None => {
-                                    let mut bytes = self.buffer();
-                                    bytes.reserve(
-                                        sizes
-                                            .iter()
-                                            .find(|(t, p, _)| {
-                                                *p == msg.partition() && *t == msg.topic()
-                                            })
-                                            .map_or(0, |s| s.2),
-                                    );
-                                    let mut job = Job::new(&key, msg, bytes);
+                                    let (bytes, records) = sizes
+                                        .iter()
+                                        .find(|(t, p, _, _)| *p == partition && *t == topic)
+                                        .map_or((0, 0), |s| (s.2, s.3));
+                                    let mut job =
+                                        Job::new(&key, msg, self.spare.take(bytes, records));
                                     job.push(msg);
                                     work.insert(key.clone(), job);
                                 }
@@ -2474,6 +2532,33 @@ impl KafkaInput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_buffers_are_reused_and_only_outgrown_ones_freed() {
+        let spare = Spare::default();
+        let a = spare.take(3_000_000, 3_000);
+        assert_eq!(a.bytes.capacity(), 4 << 20, "rounded up to a power of two");
+        assert!(a.records.capacity() >= 3_000 && a.times.capacity() >= 3_000);
+        let b = spare.take(100_000, 100);
+        let (a_at, b_at) = (a.bytes.as_ptr(), b.bytes.as_ptr());
+        spare.keep(a);
+        spare.keep(b);
+        // The smallest that fits, the very same memory.
+        let small = spare.take(50_000, 50);
+        assert_eq!(small.bytes.as_ptr(), b_at);
+        let big = spare.take(2_000_000, 2_000);
+        assert_eq!(big.bytes.as_ptr(), a_at);
+        assert_eq!(spare.held(), 0);
+        spare.keep(small);
+        spare.keep(big);
+        // Nothing fits: every kept buffer is too small and is freed, so the total never
+        // passes what was queued at once.
+        let bigger = spare.take(5_000_000, 10);
+        assert_eq!(bigger.bytes.capacity(), 8 << 20);
+        assert_eq!(spare.held(), 0);
+        spare.keep(Buffers::default());
+        assert_eq!(spare.held(), 0, "empty buffers are not kept");
+    }
 
     fn job(key: &str, offset: i64) -> Job {
         Job {
