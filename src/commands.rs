@@ -378,11 +378,12 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         response_stats = Some(responder.stats());
     }
     let engines = engines.lock();
-    let rule_count = engines.rules().len();
     if let (Some(state), Some(engine)) = (&a.state, engines.get_existing("")) {
         engine.profiles().snapshot(state).map_err(Failure::input)?;
     }
-    let engine = &*engines;
+    let engine = engines.view();
+    drop(engines);
+    let rule_count = engine.rules().len();
     if let Some(path) = &a.stats {
         let rules: serde_json::Map<String, serde_json::Value> = engine
             .rules()

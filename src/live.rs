@@ -78,12 +78,12 @@ impl EngineLive {
 
 impl Live for EngineLive {
     fn agent(&self, id: &str) -> Option<Value> {
-        let e = self.lock();
+        let e = self.engines.view();
         e.profile(id).map(|p| profile_json(id, &p))
     }
 
     fn rules(&self) -> Vec<Value> {
-        let e = self.lock();
+        let e = self.engines.view();
         e.rules()
             .iter()
             .zip(&e.rule_stats())
@@ -187,7 +187,7 @@ impl MetricsSources {
             p.alerts.load(Ordering::Relaxed),
         );
         {
-            let e = self.engines.lock();
+            let e = self.engines.view();
             let s = e.stats();
             c(
                 out,
