@@ -188,15 +188,7 @@ impl<'a> Scan<'a> {
     fn extra(&mut self, depth: usize) -> Option<()> {
         let v = match self.peek()? {
             b'{' => return self.object(depth + 1),
-            b'"' => Json::String(self.string()?.to_owned()),
-            b'[' => self.json()?,
-            b't' => self.literal(b"true").map(|()| Json::Bool(true))?,
-            b'f' => self.literal(b"false").map(|()| Json::Bool(false))?,
-            b'n' => self.literal(b"null").map(|()| Json::Null)?,
-            _ => match self.number()? {
-                Num::Int(v) => Json::from(v),
-                Num::Float(v) => Json::from(v),
-            },
+            _ => self.json()?,
         };
         self.ev.set_extra(self.path.as_str(), v);
         Some(())
@@ -253,20 +245,15 @@ impl<'a> Scan<'a> {
 
     /// An array of 16-hex-digit strings, straight into the event's sorted list.
     fn fingerprints(&mut self, field: CoreField) -> Option<()> {
-        self.eat(b'[')?;
-        self.fps.clear();
-        if self.peek()? != b']' {
-            loop {
-                let s = self.string()?;
-                self.fps.push(parse_hex(s)?);
-                match self.peek()? {
-                    b',' => self.i += 1,
-                    b']' => break,
-                    _ => return None,
-                }
-            }
+        if self.peek()? != b'[' {
+            return None;
         }
-        self.i += 1;
+        self.fps.clear();
+        self.members(b']', |s| {
+            let fp = parse_hex(s.string()?)?;
+            s.fps.push(fp);
+            Some(())
+        })?;
         self.ev.set_fingerprints_from(field, &mut self.fps);
         Some(())
     }
@@ -295,45 +282,23 @@ impl<'a> Scan<'a> {
         }
         Some(match self.peek()? {
             b'{' => {
-                self.i += 1;
                 let mut map = serde_json::Map::new();
-                if self.peek()? == b'}' {
-                    self.i += 1;
-                    return Some(Json::Object(map));
-                }
-                loop {
-                    let key = self.string()?;
-                    self.eat(b':')?;
-                    let v = self.value(depth + 1)?;
+                self.members(b'}', |s| {
+                    let key = s.string()?;
+                    s.eat(b':')?;
+                    let v = s.value(depth + 1)?;
                     map.insert(key.to_owned(), v);
-                    match self.peek()? {
-                        b',' => self.i += 1,
-                        b'}' => {
-                            self.i += 1;
-                            break Json::Object(map);
-                        }
-                        _ => return None,
-                    }
-                }
+                    Some(())
+                })?;
+                Json::Object(map)
             }
             b'[' => {
-                self.i += 1;
                 let mut items = Vec::new();
-                if self.peek()? == b']' {
-                    self.i += 1;
-                    return Some(Json::Array(items));
-                }
-                loop {
-                    items.push(self.value(depth + 1)?);
-                    match self.peek()? {
-                        b',' => self.i += 1,
-                        b']' => {
-                            self.i += 1;
-                            break Json::Array(items);
-                        }
-                        _ => return None,
-                    }
-                }
+                self.members(b']', |s| {
+                    items.push(s.value(depth + 1)?);
+                    Some(())
+                })?;
+                Json::Array(items)
             }
             b'"' => Json::String(self.string()?.to_owned()),
             b't' => self.literal(b"true").map(|()| Json::Bool(true))?,
@@ -344,6 +309,31 @@ impl<'a> Scan<'a> {
                 Num::Float(v) => Json::from(v),
             },
         })
+    }
+
+    /// The members of an object or the items of an array, its opening bracket next: `member`
+    /// reads one, then a comma or `close` follows.
+    fn members(
+        &mut self,
+        close: u8,
+        mut member: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.i += 1;
+        if self.peek()? == close {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            member(self)?;
+            match self.peek()? {
+                b',' => self.i += 1,
+                c if c == close => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// Moves past one value, counting brackets outside strings. serde_json then checks the
