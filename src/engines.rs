@@ -94,8 +94,9 @@ impl Engines {
 /// Why: an engine is locked by its thread for a whole job (thousands of records). A reader
 /// that held the engines' lock while it waited for each engine's stalled everything that
 /// takes the engines' lock — the poll loop handing out work, and every engine thread
-/// starting its next job — behind the busiest engine, once per scrape; with the Kafka bench
-/// reading `/metrics` every 20 ms, the engine threads idled for a quarter of the run.
+/// starting its next job — behind the busiest engine, once per scrape. With the Kafka bench
+/// reading `/metrics` every 20 ms, scheduler tracing showed those waits, and the run was
+/// faster in every interleaved pair once readers stopped holding the lock.
 pub struct View {
     set: Arc<RuleSet>,
     parts: Vec<SharedEngine>,
@@ -194,7 +195,16 @@ impl View {
     pub fn rule_stats(&self) -> Vec<RuleStats> {
         let mut sum = vec![RuleStats::default(); self.set.rules.len()];
         for e in self.each() {
-            for (s, r) in sum.iter_mut().zip(e.rule_stats()) {
+            // Matched by id: a reload between taking the view and reading an engine gives
+            // that engine other rules, whose counters must not land under these.
+            let at = e
+                .rules()
+                .iter()
+                .map(|r| self.set.rules.iter().position(|v| v.id == r.id));
+            for (i, r) in at.zip(e.rule_stats()) {
+                let Some(s) = i.and_then(|i| sum.get_mut(i)) else {
+                    continue;
+                };
                 s.matched += r.matched;
                 s.alerts += r.alerts;
                 s.suppressed += r.suppressed;
@@ -269,5 +279,42 @@ impl View {
     pub fn profile(&self, agent: &str) -> Option<Profile> {
         self.each()
             .find_map(|e| e.profiles().get(agent).map(|p| p.into_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_view_taken_before_a_reload_labels_counters_by_rule_id() {
+        let set = RuleSet::builtin().expect("built-in rules");
+        let engines = Engines::new(set.clone(), Template::default());
+        let ev = cordon_ingest::decode_native(
+            br#"{"event.id":"e1","@timestamp":"2026-11-20T10:00:00Z","gen_ai.agent.id":"a","mcp.method.name":"tools/call","audit.target":"fs","gen_ai.tool.name":"read_file","gen_ai.tool.call.arguments":{"path":"/home/a/.aws/credentials"},"audit.decision":"allow"}"#,
+        )
+        .expect("an event");
+        let mut out = Vec::new();
+        engines.lock().get("p").push(ev, &mut out).expect("pushed");
+        engines.lock().get("p").finish(&mut out);
+        let before = engines.view().rule_stats();
+        let hit = before.iter().position(|s| s.matched > 0).expect("a rule matched");
+        let id = set.rules[hit].id.clone();
+        // The view is taken, then the rules are reloaded in another order.
+        let view = engines.view();
+        let mut reversed = set.clone();
+        reversed.rules.reverse();
+        engines.lock().replace_rules(&reversed);
+        let after = view.rule_stats();
+        let at = view
+            .rules()
+            .iter()
+            .position(|r| r.id == id)
+            .expect("the rule");
+        assert_eq!(after[at].matched, before[hit].matched, "{id}");
+        assert_eq!(
+            after.iter().map(|s| s.matched).sum::<u64>(),
+            before.iter().map(|s| s.matched).sum::<u64>()
+        );
     }
 }
