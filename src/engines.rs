@@ -298,7 +298,10 @@ mod tests {
         engines.lock().get("p").push(ev, &mut out).expect("pushed");
         engines.lock().get("p").finish(&mut out);
         let before = engines.view().rule_stats();
-        let hit = before.iter().position(|s| s.matched > 0).expect("a rule matched");
+        let hit = before
+            .iter()
+            .position(|s| s.matched > 0)
+            .expect("a rule matched");
         let id = set.rules[hit].id.clone();
         // The view is taken, then the rules are reloaded in another order.
         let view = engines.view();
