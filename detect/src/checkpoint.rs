@@ -73,7 +73,42 @@ struct SavedEvent(
     Vec<(String, f64, f64, f64)>,
 );
 
+/// [`SavedEvent`] as it is written: borrowed from the event, so saving copies the
+/// fingerprints and feature names once, into the checkpoint, and not first into a
+/// `SavedEvent` (postcard writes `&str`/`String` and slices/vectors alike).
+#[derive(Serialize)]
+struct SavingEvent<'a>(
+    &'a str,
+    Option<&'a [u64]>,
+    Option<&'a [u64]>,
+    Vec<(&'static str, f64, f64, f64)>,
+);
+
+impl SavingEvent<'_> {
+    /// The event's saved bytes, written into a buffer sized for them up front.
+    fn bytes(e: &Event) -> Result<Vec<u8>, postcard::Error> {
+        let json = e.to_json_without_fingerprints();
+        let features: Vec<(&'static str, f64, f64, f64)> = e
+            .baseline()
+            .map(|b| {
+                b.iter()
+                    .map(|(f, v)| (f.name(), v.value, v.observed, v.expected))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (r, a) = (e.result_fp(), e.args_fp());
+        let fps = r.map_or(0, <[u64]>::len) + a.map_or(0, <[u64]>::len);
+        // Varint lengths and numbers take at most 10 bytes each; names are short.
+        let size = json.len() + 10 * fps + 64 * features.len() + 32;
+        postcard::to_extend(
+            &SavingEvent(&json, r, a, features),
+            Vec::with_capacity(size),
+        )
+    }
+}
+
 impl SavedEvent {
+    #[cfg(test)]
     fn from_event(e: &Event) -> SavedEvent {
         let features = e
             .baseline()
@@ -283,8 +318,7 @@ impl Serialize for Encoded<'_> {
                 let size = match st.before.get(&id) {
                     Some(&n) => n,
                     None => {
-                        let b = postcard::to_allocvec(&SavedEvent::from_event(self.0))
-                            .map_err(serde::ser::Error::custom)?;
+                        let b = SavingEvent::bytes(self.0).map_err(serde::ser::Error::custom)?;
                         let n = u32::try_from(b.len()).unwrap_or(u32::MAX);
                         st.new_bytes += u64::from(n);
                         st.new.push((id, b));
@@ -543,4 +577,52 @@ pub(crate) fn from_bytes<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, 
         postcard::from_bytes(b).map_err(|e| e.to_string())?;
     let loader = Loader::start(events.into_iter().map(|(id, b)| (id, b.0)));
     postcard::from_bytes(&body.0).map_err(|e| loader.error().unwrap_or_else(|| e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cordon_ingest::generate::{generate, GenConfig};
+
+    /// The borrowed writer must give exactly the bytes of the owned form the reader takes,
+    /// or checkpoints written before it (and after) would not read back the same.
+    #[test]
+    fn events_are_saved_as_the_owned_form_writes_them_and_read_back_equal() {
+        let events = generate(&GenConfig {
+            seed: 3,
+            agents: 6,
+            duration_nanos: 2 * 3_600_000_000_000,
+            sessions_per_attack: 1,
+            ..Default::default()
+        })
+        .events;
+        let mut with_fps = 0;
+        for (i, mut e) in events.into_iter().take(400).enumerate() {
+            if i % 3 == 0 {
+                let mut b = BaselineFeatures::default();
+                b.set(
+                    BaselineField::ALL[i % BaselineField::ALL.len()].1,
+                    1.5,
+                    2.0,
+                    0.25,
+                );
+                e.set_baseline(b);
+            }
+            with_fps += usize::from(e.result_fp().is_some() || e.args_fp().is_some());
+            let saved = SavingEvent::bytes(&e).expect("saved");
+            let owned = postcard::to_allocvec(&SavedEvent::from_event(&e)).expect("owned");
+            assert_eq!(saved, owned, "event {i}");
+            let back = postcard::from_bytes::<SavedEvent>(&saved)
+                .expect("read")
+                .into_event()
+                .expect("an event");
+            assert_eq!(back, e, "event {i}");
+            assert_eq!(
+                back.baseline().map(|b| b.iter().count()),
+                e.baseline().map(|b| b.iter().count()),
+                "event {i}: features"
+            );
+        }
+        assert!(with_fps > 0, "the traffic has events with fingerprints");
+    }
 }

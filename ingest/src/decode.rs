@@ -28,6 +28,7 @@ use crate::error::DecodeError;
 use crate::event::{CoreField, Event, FieldKind};
 
 mod fast;
+pub(crate) use fast::first_special;
 
 /// Whether keys are matched against the event schema.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -394,9 +394,16 @@ fn digits_end(b: &[u8], mut i: usize) -> usize {
 }
 
 /// The length of a string's body up to its closing quote, or `None` when an escape or a
-/// control character comes first (or no quote does). Eight bytes are tested at a time, and
-/// the first special byte of a word is found from its mask rather than byte by byte.
+/// control character comes first (or no quote does).
 fn plain_len(s: &[u8]) -> Option<usize> {
+    first_special(s).filter(|&at| s[at] == b'"')
+}
+
+/// Where the first byte JSON cannot hold verbatim in a string is — a quote, a backslash or a
+/// control character — or `None` when there is none (the event writer then copies the
+/// string as it is). Eight bytes are tested at a time, and the first special byte of a word
+/// is found from its mask rather than byte by byte.
+pub(crate) fn first_special(s: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut i = 0;
@@ -409,19 +416,14 @@ fn plain_len(s: &[u8]) -> Option<usize> {
         let special =
             zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\'))) | below_space;
         if special != 0 {
-            let at = i + (special.trailing_zeros() / 8) as usize;
-            return (s[at] == b'"').then_some(at);
+            return Some(i + (special.trailing_zeros() / 8) as usize);
         }
         i += 8;
     }
-    while let Some(&c) = s.get(i) {
-        match c {
-            b'"' => return Some(i),
-            b'\\' | 0..=0x1f => return None,
-            _ => i += 1,
-        }
-    }
-    None
+    s[i..]
+        .iter()
+        .position(|&c| matches!(c, b'"' | b'\\' | 0..=0x1f))
+        .map(|at| i + at)
 }
 
 #[cfg(test)]
