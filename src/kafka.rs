@@ -960,7 +960,7 @@ struct Job {
     snapshot: Option<Slot>,
 }
 
-/// A job's buffers, kept from a finished job for a later one (see [`KafkaInput::buffers`]).
+/// A job's buffers, kept from a finished job for a later one (see [`Spare`]).
 #[derive(Default)]
 struct Buffers {
     bytes: Vec<u8>,
