@@ -552,7 +552,10 @@ struct Fields {
     arguments: Option<Json>,
     /// The arguments' size as compact JSON, measured when they are set (while in cache).
     arguments_bytes: u32,
-    tool_description_sha256: Option<Json>,
+    /// Shared: a gateway sends the same map on every `tools/list` of a server, so the
+    /// decoder hands out one copy of each recent map ([`Event::set_tool_description_sha256_shared`]),
+    /// and comparing two events' maps is then a pointer comparison.
+    tool_description_sha256: Option<Arc<Json>>,
     result_fp: Option<Box<[u64]>>,
     args_fp: Option<Box<[u64]>>,
     extra: Vec<(Box<str>, Json)>,
@@ -716,10 +719,15 @@ impl Event {
     }
     /// `audit.tool.description_sha256`.
     pub fn tool_description_sha256(&self) -> Option<&Json> {
-        self.0.tool_description_sha256.as_ref()
+        self.0.tool_description_sha256.as_deref()
     }
     /// Sets `audit.tool.description_sha256`.
     pub fn set_tool_description_sha256(&mut self, v: Json) {
+        self.m().tool_description_sha256 = Some(Arc::new(v));
+    }
+    /// Sets `audit.tool.description_sha256` to a map shared with other events (the decoder
+    /// keeps the recent ones): equal maps that share one copy compare by pointer.
+    pub fn set_tool_description_sha256_shared(&mut self, v: Arc<Json>) {
         self.m().tool_description_sha256 = Some(v);
     }
     /// `audit.result_fp`.
@@ -828,7 +836,7 @@ impl Event {
             FieldRef::CorePath(f, path) => {
                 let root = match f {
                     CoreField::Arguments => self.0.arguments.as_ref(),
-                    CoreField::ToolDescriptionSha256 => self.0.tool_description_sha256.as_ref(),
+                    CoreField::ToolDescriptionSha256 => self.0.tool_description_sha256.as_deref(),
                     _ => None,
                 };
                 match root.and_then(|v| json_path(v, path)) {
@@ -870,7 +878,7 @@ impl Event {
                 _ => self
                     .0
                     .tool_description_sha256
-                    .as_ref()
+                    .as_deref()
                     .map(FieldValue::from_json),
             },
         };
@@ -907,7 +915,7 @@ impl Event {
             + self
                 .0
                 .tool_description_sha256
-                .as_ref()
+                .as_deref()
                 .map(json)
                 .unwrap_or(0)
             + 8 * (self.0.result_fp.as_ref().map_or(0, |f| f.len())

@@ -223,3 +223,37 @@ fn edge_cases_agree() {
     .unwrap();
     assert_eq!(ev.str(CoreField::Decision), Some("deny"));
 }
+
+/// A description map that recurs byte for byte is decoded once and shared: the second event
+/// holds the first one's copy (so rules compare them by pointer), equal to what the full
+/// decoder builds; a different map gets its own.
+#[test]
+fn recurring_description_maps_are_shared() {
+    let record = |map: &str| {
+        format!(
+            r#"{{"@timestamp":"2026-11-20T10:00:00Z","mcp.method.name":"tools/list","audit.tool.description_sha256":{map}}}"#
+        )
+    };
+    let same_map = r#"{"read_file":"ef232952b684bb05","write_file":"25017d3a8e6e9568"}"#;
+    let other_map = r#"{"read_file":"ef232952b684bb05","write_file":"0000000000000000"}"#;
+    let a = decode_native(record(same_map).as_bytes()).unwrap();
+    let b = decode_native(record(same_map).as_bytes()).unwrap();
+    let c = decode_native(record(other_map).as_bytes()).unwrap();
+    let (ma, mb, mc) = (
+        a.tool_description_sha256().unwrap(),
+        b.tool_description_sha256().unwrap(),
+        c.tool_description_sha256().unwrap(),
+    );
+    assert!(std::ptr::eq(ma, mb), "the recurring map is one copy");
+    assert!(!std::ptr::eq(ma, mc));
+    assert_ne!(ma, mc);
+    for (text, ev) in [(record(same_map), &b), (record(other_map), &c)] {
+        assert_eq!(ev, &decode_reference(text.as_bytes()).unwrap());
+    }
+    // Spacing inside the value makes other text; it is decoded on its own, to an equal map.
+    let spaced = decode_native(
+        record(r#"{ "read_file":"ef232952b684bb05","write_file":"25017d3a8e6e9568"}"#).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(spaced.tool_description_sha256(), Some(ma));
+}

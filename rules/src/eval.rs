@@ -456,8 +456,13 @@ fn compare(op: CmpOp, a: &Val<'_>, b: &Val<'_>) -> Option<bool> {
     }
     let ord = match (a, b) {
         (Val::Null, _) | (_, Val::Null) => return None,
-        (Val::Object(x), Val::Object(y)) if op == CmpOp::Eq => return Some(x == y),
-        (Val::Object(x), Val::Object(y)) if op == CmpOp::Ne => return Some(x != y),
+        // One shared copy (the decoder shares recurring values) is equal without a walk.
+        (Val::Object(x), Val::Object(y)) if op == CmpOp::Eq => {
+            return Some(std::ptr::eq(*x, *y) || x == y)
+        }
+        (Val::Object(x), Val::Object(y)) if op == CmpOp::Ne => {
+            return Some(!std::ptr::eq(*x, *y) && x != y)
+        }
         (Val::Object(_), _) | (_, Val::Object(_)) => return None,
         // Equality needs no ordering: slices of different lengths differ without a memcmp.
         (Val::Str(x), Val::Str(y)) if op == CmpOp::Eq => return Some(x == y),

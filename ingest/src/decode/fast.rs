@@ -16,6 +16,10 @@
 //! stays the definition and the only source of error messages; the fast path either builds
 //! the same event or none. The tests and the `decode_fast` fuzz target hold it to that.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 use serde_json::Value as Json;
 
 use crate::event::{CoreField, Event, FieldKind};
@@ -25,6 +29,13 @@ use crate::fingerprint::parse_hex;
 /// leaves a record to the full decoder: twice this stays well under serde_json's limit of
 /// 128, past which the full decoder refuses a record.
 const MAX_DEPTH: usize = 32;
+
+/// Recurring free-form values kept per thread ([`Scan::shared_json`]).
+const SHARED_KEPT: usize = 256;
+
+thread_local! {
+    static SHARED: RefCell<FxHashMap<Box<[u8]>, Arc<Json>>> = RefCell::default();
+}
 
 /// Decodes a native record of the common shape, or returns `None` for the full decoder.
 pub(super) fn decode(text: &str) -> Option<Event> {
@@ -173,13 +184,16 @@ impl<'a> Scan<'a> {
                 Num::Float(v) => self.ev.set_duration_ms(v),
             },
             FieldKind::Fingerprints => self.fingerprints(field)?,
-            FieldKind::Json => {
-                let v = self.json()?;
-                match field {
-                    CoreField::Arguments => self.ev.set_arguments(v),
-                    _ => self.ev.set_tool_description_sha256(v),
+            FieldKind::Json => match field {
+                CoreField::Arguments => {
+                    let v = self.json()?;
+                    self.ev.set_arguments(v);
                 }
-            }
+                _ => {
+                    let v = self.shared_json()?;
+                    self.ev.set_tool_description_sha256_shared(v);
+                }
+            },
         }
         Some(())
     }
@@ -270,6 +284,32 @@ impl<'a> Scan<'a> {
         self.i = start;
         self.skip_value()?;
         serde_json::from_str(&self.text[start..self.i]).ok()
+    }
+
+    /// A free-form value that recurs byte for byte (a server's tool description hashes, sent
+    /// on every `tools/list`): one copy of each recent one is kept on this thread, keyed by
+    /// its text, and handed out again. Equal text parses to an equal value, so the event is
+    /// the one [`Scan::json`] would build; it is built once, and events holding the same copy
+    /// compare by pointer. At most [`SHARED_KEPT`] values are kept; when full, the store
+    /// starts over.
+    fn shared_json(&mut self) -> Option<Arc<Json>> {
+        self.ws();
+        let start = self.i;
+        self.skip_value()?;
+        let b = self.b;
+        let text = &b[start..self.i];
+        if let Some(v) = SHARED.with_borrow(|kept| kept.get(text).cloned()) {
+            return Some(v);
+        }
+        self.i = start;
+        let v = Arc::new(self.json()?);
+        SHARED.with_borrow_mut(|kept| {
+            if kept.len() >= SHARED_KEPT {
+                kept.clear();
+            }
+            kept.insert(text.into(), v.clone());
+        });
+        Some(v)
     }
 
     /// A free-form value built as serde_json builds a `Value`: a later duplicate key replaces
