@@ -591,6 +591,9 @@ fn send_paced(
     assert!(rendered
         .iter()
         .all(|(l, _, _)| l.matches(PLACEHOLDER).count() == 1));
+    // Sized up front: growing a map of hundreds of thousands of ids rehashes it all while
+    // the lock is held, which would delay the send (and a reader timing hops) by milliseconds.
+    sent.lock().unwrap().reserve(total);
     let start = Instant::now();
     for (i, (line, id, agent)) in rendered.iter().enumerate() {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
@@ -613,6 +616,26 @@ fn send_paced(
 /// its poll, in ms, sorted. An alert takes two such hops (events in, alert out) plus
 /// Cordon's own time.
 fn hop_baseline(addr: &str, events: &[cordon_ingest::Event], rate: f64, topic: &str) -> Vec<f64> {
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = hop_reader(addr, topic, &sent, &stop);
+    // Let the reader join its group before anything is sent.
+    std::thread::sleep(Duration::from_secs(3));
+    send_paced(addr, topic, events, rate, 10.0, &sent);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    reader.join().unwrap()
+}
+
+/// A raw consumer of `topic` (a group of its own, Cordon's consumer properties) timing each
+/// record's one hop, from its send (in `sent`, by event id) to its poll, in ms; returns them
+/// sorted once `stop` is set.
+fn hop_reader(
+    addr: &str,
+    topic: &str,
+    sent: &Arc<Mutex<HashMap<String, Instant>>>,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<f64>> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", addr)
         .set("group.id", format!("hop-{}", ulid::Ulid::new()))
@@ -626,36 +649,25 @@ fn hop_baseline(addr: &str, events: &[cordon_ingest::Event], rate: f64, topic: &
     }
     let c: BaseConsumer = cfg.create().unwrap();
     c.subscribe(&[topic]).unwrap();
-    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (sent, stop) = (sent.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut hops = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                if let Some(Ok(m)) = c.poll(Duration::from_millis(20)) {
-                    let at = Instant::now();
-                    let id = m.payload().and_then(|p| {
-                        let p = std::str::from_utf8(p).ok()?;
-                        let from = p.find("\"event.id\":\"")? + 12;
-                        Some(p[from..].split('"').next()?.to_owned())
-                    });
-                    if let Some(t) = id.and_then(|id| sent.lock().unwrap().get(&id).copied()) {
-                        hops.push(at.duration_since(t).as_secs_f64() * 1000.0);
-                    }
+    let (sent, stop) = (sent.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let mut hops = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(20)) {
+                let at = Instant::now();
+                let id = m.payload().and_then(|p| {
+                    let p = std::str::from_utf8(p).ok()?;
+                    let from = p.find("\"event.id\":\"")? + 12;
+                    Some(p[from..].split('"').next()?.to_owned())
+                });
+                if let Some(t) = id.and_then(|id| sent.lock().unwrap().get(&id).copied()) {
+                    hops.push(at.duration_since(t).as_secs_f64() * 1000.0);
                 }
             }
-            hops
-        })
-    };
-    // Let the reader join its group before anything is sent.
-    std::thread::sleep(Duration::from_secs(3));
-    send_paced(addr, topic, events, rate, 10.0, &sent);
-    std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    let mut hops = reader.join().unwrap();
-    hops.sort_by(f64::total_cmp);
-    hops
+        }
+        hops.sort_by(f64::total_cmp);
+        hops
+    })
 }
 
 /// Sends events at `rate` to `topic` with their time set to the send time and measures, for
@@ -726,12 +738,19 @@ fn latency(
             }
         })
     };
-    // Let the reader join its group before anything is sent.
+    // `KAFKA_BENCH_BESIDE=1`: a raw consumer reads the same events beside Cordon and times
+    // each one's hop. Against the baseline measured alone, it tells a broker (or machine)
+    // slowed by Cordon's presence from delay inside Cordon's own consumer.
+    let beside = std::env::var("KAFKA_BENCH_BESIDE")
+        .is_ok_and(|v| v == "1")
+        .then(|| hop_reader(addr, topic, &sent, &stop));
+    // Let the readers join their groups before anything is sent.
     std::thread::sleep(Duration::from_secs(3));
     let (start, total, achieved) = send_paced(addr, topic, events, rate, 20.0, &sent);
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, std::sync::atomic::Ordering::Release);
     reader.join().unwrap();
+    let beside = beside.map(|r| r.join().unwrap());
     let commits = c.metric(key, "cordon_kafka_commits_total");
     let commit_ms = c.metric(key, "cordon_kafka_commit_seconds_total") * 1000.0 / commits.max(1.0);
     let ckpt_ms =
@@ -753,6 +772,14 @@ fn latency(
             "  baseline (the broker alone, just before, same rate): a raw consumer got each record in one hop of p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             percentile(hops, 0.50),
             percentile(hops, 0.99),
+            hops[hops.len() - 1]
+        );
+    }
+    if let Some(hops) = beside.filter(|h| !h.is_empty()) {
+        println!(
+            "  beside Cordon (same events, a raw consumer of its own): one hop of p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            percentile(&hops, 0.50),
+            percentile(&hops, 0.99),
             hops[hops.len() - 1]
         );
     }

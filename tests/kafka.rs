@@ -670,6 +670,8 @@ fn partitions_and_their_state_move_between_instances() {
     assert!(two.metric(&key, "cordon_kafka_restores_total") >= 1.0);
     // A restart: partitions move back, handed over with their state.
     let again = Running::spawn(&config, &d.join("again.jsonl"), &store, &keys);
+    // What is seen, printed as it changes (shown if the wait fails).
+    let mut seen = String::new();
     wait_until(
         300,
         "every partition read to its end",
@@ -679,6 +681,11 @@ fn partitions_and_their_state_move_between_instances() {
             lags.extend(again.lags(&key));
             let owned = two.metric(&key, "cordon_kafka_assigned_partitions")
                 + again.metric(&key, "cordon_kafka_assigned_partitions");
+            let now = format!("owned {owned}, lags {lags:?}");
+            if now != seen {
+                eprintln!("{now}");
+                seen = now;
+            }
             owned == 4.0
                 && again.metric(&key, "cordon_kafka_assigned_partitions") > 0.0
                 && lags.len() == 4
