@@ -44,19 +44,21 @@ for crate in tansu tansu-storage; do
     tar -xzf -
 done
 
-python3 - "tansu-storage-$version/src/dynostore.rs" <<'EOF'
+python3 - "tansu-storage-$version/src" <<'EOF'
 import sys
-path = sys.argv[1]
-src = open(path).read()
+root = sys.argv[1]
+patched = {}
 
-def patch(old, new):
-    global src
+def patch(name, old, new):
+    path = f"{root}/{name}"
+    src = patched.get(path) or open(path).read()
     if src.count(old) != 1:
         sys.exit(f"{path}: the code to fix was not found (is this tansu 0.6.0?):\n{old}")
-    src = src.replace(old, new)
+    patched[path] = src.replace(old, new)
 
 # Fix 1: a fetch from offset N starts at the batch holding N.
 patch(
+    "dynostore.rs",
     "        for offset in offsets.split_off(&offset) {\n",
     "        // The batch holding `offset` may begin before it (Kafka returns it whole).\n"
     "        let first = offsets.range(..=offset).next_back().copied().unwrap_or(offset);\n"
@@ -66,6 +68,7 @@ patch(
 # ... but only when that batch does hold N: while a batch is being stored, the one before it
 # can be the last that begins at or before N, and it ends before N.
 patch(
+    "dynostore.rs",
     "            batch.base_offset = offset;\n",
     "            batch.base_offset = offset;\n"
     "            if offset + i64::from(batch.last_offset_delta) < wanted {\n"
@@ -75,12 +78,14 @@ patch(
 
 # Fix 2: an index of each partition's batch offsets, so a fetch does not list every batch.
 patch(
+    "dynostore.rs",
     "    object_store: Arc<DynObjectStore>,\n}\n",
     "    object_store: Arc<DynObjectStore>,\n"
     "    /// Each partition's batch offsets: (seeded by a full listing, the offsets).\n"
     "    batches: Arc<Mutex<BTreeMap<Topition, (bool, BTreeSet<i64>)>>>,\n}\n",
 )
 patch(
+    "dynostore.rs",
     "            watermarks: Arc::new(Mutex::new(BTreeMap::new())),\n",
     "            watermarks: Arc::new(Mutex::new(BTreeMap::new())),\n"
     "            batches: Arc::new(Mutex::new(BTreeMap::new())),\n",
@@ -88,6 +93,7 @@ patch(
 # Every stored batch enters the index (creating the partition's entry if need be, so a
 # listing running concurrently cannot miss it).
 patch(
+    "dynostore.rs",
     "                .inspect_err(|error| error!(?error, transaction_id, ?topition))?;\n\n"
     "            Ok(offset)\n",
     "                .inspect_err(|error| error!(?error, transaction_id, ?topition))?;\n\n"
@@ -98,6 +104,7 @@ patch(
 )
 # A fetch reads the index once it is seeded; the first fetch of a partition lists and seeds.
 patch(
+    "dynostore.rs",
     "        let mut offsets = BTreeSet::new();\n\n        if offset < high_watermark {\n",
     "        let mut offsets = BTreeSet::new();\n\n"
     "        let indexed = self.batches.lock().ok().and_then(|index| {\n"
@@ -116,6 +123,7 @@ patch(
     "        } else if offset < high_watermark {\n",
 )
 patch(
+    "dynostore.rs",
     "        let mut batches = vec![];\n\n        let mut bytes = max_bytes as u64;\n",
     "        if seed && let Ok(mut index) = self.batches.lock() {\n"
     "            let entry = index.entry(topition.clone()).or_default();\n"
@@ -127,6 +135,7 @@ patch(
 # A batch the index names but the store no longer has (a deleted topic made again): forget
 # the partition's index, so the next fetch lists again.
 patch(
+    "dynostore.rs",
     "            let get_result = self\n"
     "                .object_store\n"
     "                .get(&location)\n"
@@ -142,6 +151,7 @@ patch(
     "                })\n",
 )
 patch(
+    "dynostore.rs",
     "        if let Some(metadata) = self.topic_metadata(topic).await? {\n"
     "            self.meta\n",
     "        if let Some(metadata) = self.topic_metadata(topic).await? {\n"
@@ -150,24 +160,12 @@ patch(
     "            }\n"
     "            self.meta\n",
 )
-open(path, "w").write(src)
-EOF
-
-python3 - "tansu-storage-$version/src/service/fetch.rs" <<'EOF'
-import sys
-path = sys.argv[1]
-src = open(path).read()
-
-def patch(old, new):
-    global src
-    if src.count(old) != 1:
-        sys.exit(f"{path}: the code to fix was not found (is this tansu 0.6.0?):\n{old}")
-    src = src.replace(old, new)
 
 # Fix 3: a partition's next read starts past the last batch returned. It used to add the
 # records' count to the requested offset, which lands inside a batch already sent whenever the
 # first batch began before the requested offset (fix 1): that batch was sent twice.
 patch(
+    "service/fetch.rs",
     "            offset += fetched\n"
     "                .iter()\n"
     "                .map(|batch| batch.record_count as i64)\n"
@@ -180,6 +178,7 @@ patch(
 # Fix 4: answer as soon as records are there, as Kafka does, rather than always waiting
 # `fetch.wait.max.ms`.
 patch(
+    "service/fetch.rs",
     "                sleep(if remaining.as_millis() >= 250 {\n",
     "                let found = responses.iter().any(|topic| {\n"
     "                    topic.partitions.iter().flatten().any(|partition| partition.records.is_some())\n"
@@ -189,7 +188,8 @@ patch(
     "                }\n\n"
     "                sleep(if remaining.as_millis() >= 250 {\n",
 )
-open(path, "w").write(src)
+for path, src in patched.items():
+    open(path, "w").write(src)
 EOF
 
 cat >>"tansu-$version/Cargo.toml" <<EOF
