@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Kafka-protocol broker the tests and the Kafka bench run: tansu 0.6.0 (memory
-# storage) with two fixes, installed as $TANSU_HOME/bin/tansu (default
-# ~/.cache/cordon/tansu-0.6.0-indexed). Skipped when that binary is already there.
+# storage) with fix 1 below, or with all four (TANSU_FIXES=all), installed as
+# $TANSU_HOME/bin/tansu (default ~/.cache/cordon/tansu-0.6.0-fetchfix, or -indexed with all
+# four). Skipped when that binary is already there.
 #
 # Fix 1, correctness: tansu 0.6.0's memory storage answers a fetch from offset N with the
 # batches whose *first* offset is at least N. Apache Kafka answers with the batch that *holds*
@@ -32,7 +33,16 @@
 set -euo pipefail
 
 version=0.6.0
-home="${TANSU_HOME:-$HOME/.cache/cordon/tansu-$version-indexed}"
+# The tests run with fix 1 (TANSU_FIXES=1, the default); TANSU_FIXES=all adds fixes 2 to 4 (the
+# broker the Kafka bench's latency figures were measured on, CORDON_TANSU=<its path>). With all
+# four, the two-instance hand-over test failed 3 runs in 5 (the group rebalanced every few
+# seconds once the instances caught up; not yet understood), so the tests keep fix 1 alone.
+fixes="${TANSU_FIXES:-1}"
+case "$fixes" in
+  1) home="${TANSU_HOME:-$HOME/.cache/cordon/tansu-$version-fetchfix}" ;;
+  all) home="${TANSU_HOME:-$HOME/.cache/cordon/tansu-$version-indexed}" ;;
+  *) echo "TANSU_FIXES must be 1 or all, not $fixes" >&2; exit 2 ;;
+esac
 if [ -x "$home/bin/tansu" ]; then
   exit 0
 fi
@@ -44,9 +54,10 @@ for crate in tansu tansu-storage; do
     tar -xzf -
 done
 
-python3 - "tansu-storage-$version/src" <<'EOF'
+python3 - "tansu-storage-$version/src" "$fixes" <<'EOF'
 import sys
 root = sys.argv[1]
+full = sys.argv[2] == "all"
 patched = {}
 
 def patch(name, old, new):
@@ -62,132 +73,139 @@ patch(
     "        for offset in offsets.split_off(&offset) {\n",
     "        // The batch holding `offset` may begin before it (Kafka returns it whole).\n"
     "        let first = offsets.range(..=offset).next_back().copied().unwrap_or(offset);\n"
-    "        let wanted = offset;\n"
     "        for offset in offsets.split_off(&first) {\n",
 )
-# ... but only when that batch does hold N: while a batch is being stored, the one before it
-# can be the last that begins at or before N, and it ends before N.
-patch(
-    "dynostore.rs",
-    "            batch.base_offset = offset;\n",
-    "            batch.base_offset = offset;\n"
-    "            if offset + i64::from(batch.last_offset_delta) < wanted {\n"
-    "                continue;\n"
-    "            }\n",
-)
+# Fixes 2 to 4 (and the second half of fix 1), with TANSU_FIXES=all.
+if full:
+    # ... but only when that batch does hold N: while a batch is being stored, the one before it
+    # can be the last that begins at or before N, and it ends before N.
+    patch(
+        "dynostore.rs",
+        "        for offset in offsets.split_off(&first) {\n",
+        "        let wanted = offset;\n"
+        "        for offset in offsets.split_off(&first) {\n",
+    )
+    patch(
+        "dynostore.rs",
+        "            batch.base_offset = offset;\n",
+        "            batch.base_offset = offset;\n"
+        "            if offset + i64::from(batch.last_offset_delta) < wanted {\n"
+        "                continue;\n"
+        "            }\n",
+    )
 
-# Fix 2: an index of each partition's batch offsets, so a fetch does not list every batch.
-patch(
-    "dynostore.rs",
-    "    object_store: Arc<DynObjectStore>,\n}\n",
-    "    object_store: Arc<DynObjectStore>,\n"
-    "    /// Each partition's batch offsets: (seeded by a full listing, the offsets).\n"
-    "    batches: Arc<Mutex<BTreeMap<Topition, (bool, BTreeSet<i64>)>>>,\n}\n",
-)
-patch(
-    "dynostore.rs",
-    "            watermarks: Arc::new(Mutex::new(BTreeMap::new())),\n",
-    "            watermarks: Arc::new(Mutex::new(BTreeMap::new())),\n"
-    "            batches: Arc::new(Mutex::new(BTreeMap::new())),\n",
-)
-# Every stored batch enters the index (creating the partition's entry if need be, so a
-# listing running concurrently cannot miss it).
-patch(
-    "dynostore.rs",
-    "                .inspect_err(|error| error!(?error, transaction_id, ?topition))?;\n\n"
-    "            Ok(offset)\n",
-    "                .inspect_err(|error| error!(?error, transaction_id, ?topition))?;\n\n"
-    "            if let Ok(mut index) = self.batches.lock() {\n"
-    "                _ = index.entry(topition.clone()).or_default().1.insert(offset);\n"
-    "            }\n\n"
-    "            Ok(offset)\n",
-)
-# A fetch reads the index once it is seeded; the first fetch of a partition lists and seeds.
-patch(
-    "dynostore.rs",
-    "        let mut offsets = BTreeSet::new();\n\n        if offset < high_watermark {\n",
-    "        let mut offsets = BTreeSet::new();\n\n"
-    "        let indexed = self.batches.lock().ok().and_then(|index| {\n"
-    "            index.get(topition).filter(|(seeded, _)| *seeded).map(|(_, known)| {\n"
-    "                let first = known.range(..=offset).next_back().copied().unwrap_or(offset);\n"
-    "                if offset < high_watermark {\n"
-    "                    known.range(first..high_watermark).copied().collect::<BTreeSet<i64>>()\n"
-    "                } else {\n"
-    "                    BTreeSet::new()\n"
-    "                }\n"
-    "            })\n"
-    "        });\n"
-    "        let seed = indexed.is_none() && offset < high_watermark;\n"
-    "        if let Some(indexed) = indexed {\n"
-    "            offsets = indexed;\n"
-    "        } else if offset < high_watermark {\n",
-)
-patch(
-    "dynostore.rs",
-    "        let mut batches = vec![];\n\n        let mut bytes = max_bytes as u64;\n",
-    "        if seed && let Ok(mut index) = self.batches.lock() {\n"
-    "            let entry = index.entry(topition.clone()).or_default();\n"
-    "            entry.0 = true;\n"
-    "            entry.1.extend(offsets.iter().copied());\n"
-    "        }\n\n"
-    "        let mut batches = vec![];\n\n        let mut bytes = max_bytes as u64;\n",
-)
-# A batch the index names but the store no longer has (a deleted topic made again): forget
-# the partition's index, so the next fetch lists again.
-patch(
-    "dynostore.rs",
-    "            let get_result = self\n"
-    "                .object_store\n"
-    "                .get(&location)\n"
-    "                .await\n",
-    "            let get_result = self\n"
-    "                .object_store\n"
-    "                .get(&location)\n"
-    "                .await\n"
-    "                .inspect_err(|_| {\n"
-    "                    if let Ok(mut index) = self.batches.lock() {\n"
-    "                        _ = index.remove(topition);\n"
-    "                    }\n"
-    "                })\n",
-)
-patch(
-    "dynostore.rs",
-    "        if let Some(metadata) = self.topic_metadata(topic).await? {\n"
-    "            self.meta\n",
-    "        if let Some(metadata) = self.topic_metadata(topic).await? {\n"
-    "            if let Ok(mut index) = self.batches.lock() {\n"
-    "                index.retain(|t, _| t.topic() != metadata.topic.name.as_str());\n"
-    "            }\n"
-    "            self.meta\n",
-)
+    # Fix 2: an index of each partition's batch offsets, so a fetch does not list every batch.
+    patch(
+        "dynostore.rs",
+        "    object_store: Arc<DynObjectStore>,\n}\n",
+        "    object_store: Arc<DynObjectStore>,\n"
+        "    /// Each partition's batch offsets: (seeded by a full listing, the offsets).\n"
+        "    batches: Arc<Mutex<BTreeMap<Topition, (bool, BTreeSet<i64>)>>>,\n}\n",
+    )
+    patch(
+        "dynostore.rs",
+        "            watermarks: Arc::new(Mutex::new(BTreeMap::new())),\n",
+        "            watermarks: Arc::new(Mutex::new(BTreeMap::new())),\n"
+        "            batches: Arc::new(Mutex::new(BTreeMap::new())),\n",
+    )
+    # Every stored batch enters the index (creating the partition's entry if need be, so a
+    # listing running concurrently cannot miss it).
+    patch(
+        "dynostore.rs",
+        "                .inspect_err(|error| error!(?error, transaction_id, ?topition))?;\n\n"
+        "            Ok(offset)\n",
+        "                .inspect_err(|error| error!(?error, transaction_id, ?topition))?;\n\n"
+        "            if let Ok(mut index) = self.batches.lock() {\n"
+        "                _ = index.entry(topition.clone()).or_default().1.insert(offset);\n"
+        "            }\n\n"
+        "            Ok(offset)\n",
+    )
+    # A fetch reads the index once it is seeded; the first fetch of a partition lists and seeds.
+    patch(
+        "dynostore.rs",
+        "        let mut offsets = BTreeSet::new();\n\n        if offset < high_watermark {\n",
+        "        let mut offsets = BTreeSet::new();\n\n"
+        "        let indexed = self.batches.lock().ok().and_then(|index| {\n"
+        "            index.get(topition).filter(|(seeded, _)| *seeded).map(|(_, known)| {\n"
+        "                let first = known.range(..=offset).next_back().copied().unwrap_or(offset);\n"
+        "                if offset < high_watermark {\n"
+        "                    known.range(first..high_watermark).copied().collect::<BTreeSet<i64>>()\n"
+        "                } else {\n"
+        "                    BTreeSet::new()\n"
+        "                }\n"
+        "            })\n"
+        "        });\n"
+        "        let seed = indexed.is_none() && offset < high_watermark;\n"
+        "        if let Some(indexed) = indexed {\n"
+        "            offsets = indexed;\n"
+        "        } else if offset < high_watermark {\n",
+    )
+    patch(
+        "dynostore.rs",
+        "        let mut batches = vec![];\n\n        let mut bytes = max_bytes as u64;\n",
+        "        if seed && let Ok(mut index) = self.batches.lock() {\n"
+        "            let entry = index.entry(topition.clone()).or_default();\n"
+        "            entry.0 = true;\n"
+        "            entry.1.extend(offsets.iter().copied());\n"
+        "        }\n\n"
+        "        let mut batches = vec![];\n\n        let mut bytes = max_bytes as u64;\n",
+    )
+    # A batch the index names but the store no longer has (a deleted topic made again): forget
+    # the partition's index, so the next fetch lists again.
+    patch(
+        "dynostore.rs",
+        "            let get_result = self\n"
+        "                .object_store\n"
+        "                .get(&location)\n"
+        "                .await\n",
+        "            let get_result = self\n"
+        "                .object_store\n"
+        "                .get(&location)\n"
+        "                .await\n"
+        "                .inspect_err(|_| {\n"
+        "                    if let Ok(mut index) = self.batches.lock() {\n"
+        "                        _ = index.remove(topition);\n"
+        "                    }\n"
+        "                })\n",
+    )
+    patch(
+        "dynostore.rs",
+        "        if let Some(metadata) = self.topic_metadata(topic).await? {\n"
+        "            self.meta\n",
+        "        if let Some(metadata) = self.topic_metadata(topic).await? {\n"
+        "            if let Ok(mut index) = self.batches.lock() {\n"
+        "                index.retain(|t, _| t.topic() != metadata.topic.name.as_str());\n"
+        "            }\n"
+        "            self.meta\n",
+    )
 
-# Fix 3: a partition's next read starts past the last batch returned. It used to add the
-# records' count to the requested offset, which lands inside a batch already sent whenever the
-# first batch began before the requested offset (fix 1): that batch was sent twice.
-patch(
-    "service/fetch.rs",
-    "            offset += fetched\n"
-    "                .iter()\n"
-    "                .map(|batch| batch.record_count as i64)\n"
-    "                .sum::<i64>();\n",
-    "            if let Some(last) = fetched.last() {\n"
-    "                offset = offset.max(last.base_offset + i64::from(last.last_offset_delta) + 1);\n"
-    "            }\n",
-)
+    # Fix 3: a partition's next read starts past the last batch returned. It used to add the
+    # records' count to the requested offset, which lands inside a batch already sent whenever the
+    # first batch began before the requested offset (fix 1): that batch was sent twice.
+    patch(
+        "service/fetch.rs",
+        "            offset += fetched\n"
+        "                .iter()\n"
+        "                .map(|batch| batch.record_count as i64)\n"
+        "                .sum::<i64>();\n",
+        "            if let Some(last) = fetched.last() {\n"
+        "                offset = offset.max(last.base_offset + i64::from(last.last_offset_delta) + 1);\n"
+        "            }\n",
+    )
 
-# Fix 4: answer as soon as records are there, as Kafka does, rather than always waiting
-# `fetch.wait.max.ms`.
-patch(
-    "service/fetch.rs",
-    "                sleep(if remaining.as_millis() >= 250 {\n",
-    "                let found = responses.iter().any(|topic| {\n"
-    "                    topic.partitions.iter().flatten().any(|partition| partition.records.is_some())\n"
-    "                });\n"
-    "                if found && bytes > min_bytes {\n"
-    "                    break;\n"
-    "                }\n\n"
-    "                sleep(if remaining.as_millis() >= 250 {\n",
-)
+    # Fix 4: answer as soon as records are there, as Kafka does, rather than always waiting
+    # `fetch.wait.max.ms`.
+    patch(
+        "service/fetch.rs",
+        "                sleep(if remaining.as_millis() >= 250 {\n",
+        "                let found = responses.iter().any(|topic| {\n"
+        "                    topic.partitions.iter().flatten().any(|partition| partition.records.is_some())\n"
+        "                });\n"
+        "                if found && bytes > min_bytes {\n"
+        "                    break;\n"
+        "                }\n\n"
+        "                sleep(if remaining.as_millis() >= 250 {\n",
+    )
 for path, src in patched.items():
     open(path, "w").write(src)
 EOF
@@ -206,4 +224,4 @@ target="${TANSU_TARGET:-$work/target}"
 mkdir -p "$home/bin"
 cp "$target/release/tansu" "$home/bin/tansu.tmp"
 mv "$home/bin/tansu.tmp" "$home/bin/tansu"
-echo "tansu $version (with four fixes) installed at $home/bin/tansu"
+echo "tansu $version (fixes: $fixes) installed at $home/bin/tansu"

@@ -27,9 +27,11 @@
 //! both consumers / to the latency run; `KAFKA_BENCH_COMMIT` sets `commit_interval`;
 //! `KAFKA_BENCH_RUNS=k` repeats the throughput phase and prints the median ratio;
 //! `KAFKA_BENCH_COMPARE=path/to/cordon` runs another build beside this one, interleaved, for
-//! an A/B under the same noise; `KAFKA_BENCH_LATENCY=0` skips the latency phases). Needs
-//! `tansu` (built by `.ci/tansu.sh`, or `CORDON_TANSU`); without it, it says so and
-//! exits. The broker, the bench and Cordon share this machine's cores, so the ratio is the
+//! an A/B under the same noise; `KAFKA_BENCH_LATENCY=0` skips the latency phases;
+//! `KAFKA_BENCH_BESIDE=1` times a raw consumer reading the same events beside Cordon). Needs
+//! `tansu` (built by `.ci/tansu.sh`, or `CORDON_TANSU`; `TANSU_FIXES=all bash .ci/tansu.sh`
+//! builds the broker without the per-fetch listing that made its latency grow with the topic);
+//! without it, it says so and exits. The broker, the bench and Cordon share this machine's cores, so the ratio is the
 //! figure to read, not the absolute rates.
 
 #![allow(missing_docs, clippy::unwrap_used)]

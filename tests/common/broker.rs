@@ -29,7 +29,7 @@ impl Drop for Broker {
 }
 
 /// The tansu binary: `$CORDON_TANSU`, else the build of `.ci/tansu.sh`
-/// (`~/.cache/cordon/tansu-0.6.0-indexed/bin/tansu`). Stock tansu 0.6.0 is not used: its
+/// (`~/.cache/cordon/tansu-0.6.0-fetchfix/bin/tansu`). Stock tansu 0.6.0 is not used: its
 /// memory storage answers a fetch from the middle of a producer batch with the *next* batch,
 /// so a consumer resuming from a checkpoint loses records (`.ci/tansu.sh` fixes that).
 pub fn tansu() -> PathBuf {
@@ -48,7 +48,7 @@ pub fn tansu_path() -> PathBuf {
         return PathBuf::from(p);
     }
     let home = std::env::var("HOME").unwrap_or_default();
-    Path::new(&home).join(".cache/cordon/tansu-0.6.0-indexed/bin/tansu")
+    Path::new(&home).join(".cache/cordon/tansu-0.6.0-fetchfix/bin/tansu")
 }
 
 /// Starts a broker with the topics `events` (4 partitions), `alerts` and `dead`.
