@@ -7,8 +7,10 @@
 //! two fingerprint arrays and an arguments object — so this scanner reads exactly that and
 //! nothing more: strings without escapes (eight bytes per step), numbers in JSON's grammar,
 //! fingerprints straight from their bytes, objects flattened to dotted names like the full
-//! decoder does. The values that are free-form JSON (tool arguments, description hashes,
-//! arrays outside the schema) are handed to serde_json whole.
+//! decoder does. Free-form values (tool arguments, description hashes, arrays outside the
+//! schema) are built as serde_json builds a `Value`, and only a value the builder cannot take
+//! (an escape, an odd number, deep nesting) is handed to serde_json; a description-hash map
+//! that recurs byte for byte is built once per thread and shared.
 //!
 //! Anything else — an escape, a wrong type, a number it does not parse exactly like
 //! serde_json, deep nesting, any syntax error — makes it give up, and the full decoder
