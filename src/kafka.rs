@@ -542,7 +542,7 @@ impl KafkaStats {
             let (topic, partition) = part.rsplit_once('/').unwrap_or((part, ""));
             out.gauge(
                 "cordon_kafka_consumer_lag",
-                "Records behind the partition's end, as librdkafka last reported",
+                "Records behind the partition's end (its end as librdkafka last reported it, less the next offset to read)",
                 &[("topic", topic), ("partition", partition)],
                 *n as f64,
             );
@@ -1723,12 +1723,29 @@ impl RunState {
     }
 }
 
+/// A partition's lag: its end (`end`, librdkafka's last stable offset or high watermark,
+/// negative while unknown) less the next offset Cordon reads (`next`: after the last record
+/// read, or the restored checkpoint's offset). librdkafka's own `consumer_lag` measures from
+/// the committed offset, which it does not know for a partition assigned at an offset of
+/// Cordon's choosing until Cordon commits one: a partition restored at its end, with nothing
+/// new to read, would never report a lag. `consumer_lag` is the fallback while either side
+/// is unknown. `None` when nothing is known.
+fn partition_lag(end: i64, next: Option<i64>, consumer_lag: i64) -> Option<i64> {
+    match next {
+        Some(next) if end >= 0 => Some((end - next).max(0)),
+        _ => (consumer_lag >= 0).then_some(consumer_lag),
+    }
+}
+
 /// The consumer's context: rebalances restore and hand over partition state; statistics
 /// give the lag.
 struct Ctx {
     run: Arc<Mutex<RunState>>,
     stats: Arc<KafkaStats>,
     tokens: Option<Arc<crate::oauthbearer::TokenSource>>,
+    /// `isolation.level` is `read_committed` (librdkafka's default): a partition's end is
+    /// then its last stable offset, not its high watermark.
+    read_committed: bool,
 }
 
 impl Ctx {
@@ -1752,9 +1769,20 @@ impl ClientContext for Ctx {
         let mut lag = self.stats.lag.lock().unwrap_or_else(|p| p.into_inner());
         for (topic, t) in &s.topics {
             for (p, st) in &t.partitions {
+                if *p < 0 {
+                    continue;
+                }
                 let key = format!("{topic}/{p}");
-                if *p >= 0 && st.consumer_lag >= 0 && assigned.parts.contains_key(&key) {
-                    lag.insert(key, st.consumer_lag);
+                let Some(part) = assigned.parts.get(&key) else {
+                    continue;
+                };
+                let end = if self.read_committed {
+                    st.ls_offset
+                } else {
+                    st.hi_offset
+                };
+                if let Some(n) = partition_lag(end, part.next, st.consumer_lag) {
+                    lag.insert(key, n);
                 }
             }
         }
@@ -1984,11 +2012,13 @@ impl KafkaInput {
                 c.set(k, v);
             }
         }
+        let read_committed = c.get("isolation.level") != Some("read_uncommitted");
         let consumer: BaseConsumer<Ctx> = c
             .create_with_context(Ctx {
                 run: run.clone(),
                 stats: stats.clone(),
                 tokens,
+                read_committed,
             })
             .context("[kafka]: consumer")?;
         let workers = match config.workers {
@@ -2558,6 +2588,20 @@ mod tests {
         assert_eq!(spare.held(), 0);
         spare.keep(Buffers::default());
         assert_eq!(spare.held(), 0, "empty buffers are not kept");
+    }
+
+    #[test]
+    fn lag_is_the_end_less_the_next_offset_to_read() {
+        // Restored at the partition's end with nothing new: librdkafka reports no lag (it
+        // knows no committed offset), Cordon knows it is caught up.
+        assert_eq!(partition_lag(5_000, Some(5_000), -1), Some(0));
+        assert_eq!(partition_lag(5_000, Some(4_000), -1), Some(1_000));
+        // An end reported before the last records read caught up with it: not negative.
+        assert_eq!(partition_lag(5_000, Some(5_200), 7), Some(0));
+        // Either side unknown: librdkafka's figure, if it has one.
+        assert_eq!(partition_lag(-1, Some(5_000), 12), Some(12));
+        assert_eq!(partition_lag(5_000, None, 30), Some(30));
+        assert_eq!(partition_lag(-1001, None, -1), None);
     }
 
     fn job(key: &str, offset: i64) -> Job {
