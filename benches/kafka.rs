@@ -29,8 +29,8 @@
 //! `KAFKA_BENCH_COMPARE=path/to/cordon` runs another build beside this one, interleaved, for
 //! an A/B under the same noise; `KAFKA_BENCH_LATENCY=0` skips the latency phases;
 //! `KAFKA_BENCH_BESIDE=1` times a raw consumer reading the same events beside Cordon). Needs
-//! `tansu` (built by `.ci/tansu.sh`, or `CORDON_TANSU`; `TANSU_FIXES=all bash .ci/tansu.sh`
-//! builds the broker without the per-fetch listing that made its latency grow with the topic);
+//! `tansu` (built by `.ci/tansu.sh`, or `CORDON_TANSU`; `TANSU_FIXES=1 bash .ci/tansu.sh`
+//! builds the earlier broker, whose per-fetch listing made its latency grow with the topic);
 //! without it, it says so and exits. The broker, the bench and Cordon share this machine's cores, so the ratio is the
 //! figure to read, not the absolute rates.
 

@@ -29,9 +29,10 @@ impl Drop for Broker {
 }
 
 /// The tansu binary: `$CORDON_TANSU`, else the build of `.ci/tansu.sh`
-/// (`~/.cache/cordon/tansu-0.6.0-fetchfix/bin/tansu`). Stock tansu 0.6.0 is not used: its
+/// (`~/.cache/cordon/tansu-0.6.0-indexed/bin/tansu`). Stock tansu 0.6.0 is not used: its
 /// memory storage answers a fetch from the middle of a producer batch with the *next* batch,
-/// so a consumer resuming from a checkpoint loses records (`.ci/tansu.sh` fixes that).
+/// so a consumer resuming from a checkpoint loses records, and can send a batch twice
+/// (`.ci/tansu.sh` fixes both, and makes fetches cheap and prompt).
 pub fn tansu() -> PathBuf {
     let p = tansu_path();
     assert!(
@@ -48,7 +49,7 @@ pub fn tansu_path() -> PathBuf {
         return PathBuf::from(p);
     }
     let home = std::env::var("HOME").unwrap_or_default();
-    Path::new(&home).join(".cache/cordon/tansu-0.6.0-fetchfix/bin/tansu")
+    Path::new(&home).join(".cache/cordon/tansu-0.6.0-indexed/bin/tansu")
 }
 
 /// Starts a broker with the topics `events` (4 partitions), `alerts` and `dead`.
