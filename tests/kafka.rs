@@ -643,10 +643,18 @@ fn partitions_and_their_state_move_between_instances() {
     let one = Running::spawn(&config, &d.join("one.jsonl"), &store, &keys);
     let two = Running::spawn(&config, &d.join("two.jsonl"), &store, &keys);
     let records = |r: &Running| r.metric(&key, "cordon_records_total");
-    wait_until(300, "a third of the records read", &[&one, &two], || {
-        records(&one) + records(&two) >= total / 3.0
-    });
+    let holds = |r: &Running| r.metric(&key, "cordon_kafka_assigned_partitions") > 0.0;
+    // Both must hold partitions when one is killed: with a fast broker, the first to join
+    // can read a third of the topic alone before the other is in the group, and killing a
+    // member that holds nothing hands nothing over.
+    wait_until(
+        300,
+        "both instances holding partitions and a third of the records read",
+        &[&one, &two],
+        || holds(&one) && holds(&two) && records(&one) + records(&two) >= total / 3.0,
+    );
     let one_log = one.log.clone();
+    let one_held = one.metric(&key, "cordon_kafka_assigned_partitions");
     one.kill9();
     // The survivor gets every partition once the killed member's session times out, each
     // restored from the last checkpoint the killed one wrote. tansu 0.6 now and then never
@@ -667,7 +675,11 @@ fn partitions_and_their_state_move_between_instances() {
         nudge(&b.addr, "cordon-pair");
     }
     wait_until(150, "the survivor to own all partitions", &[&two], owns_all);
-    assert!(two.metric(&key, "cordon_kafka_restores_total") >= 1.0);
+    assert!(
+        two.metric(&key, "cordon_kafka_restores_total") >= 1.0,
+        "the survivor restored no partition state (the killed one held {one_held} partitions); its log:\n{}",
+        two.log.lock().unwrap()
+    );
     // A restart: partitions move back, handed over with their state.
     let again = Running::spawn(&config, &d.join("again.jsonl"), &store, &keys);
     // What is seen, printed as it changes (shown if the wait fails).
