@@ -942,6 +942,10 @@ enum Outcome {
 /// Where an engine thread leaves a copy of a partition's engine for a periodic cut.
 type Slot = Arc<Mutex<Option<Box<cordon_detect::Engine>>>>;
 
+/// Records an engine thread decodes before it locks the engine and pushes them: few enough
+/// that the events are still in the cache when pushed, enough that the lock is taken rarely.
+const DECODE_CHUNK: usize = 32;
+
 /// One partition's records from one batch, copied out of the client's buffers for an
 /// engine thread; or a marker asking for a copy of the engine as it is after the jobs before
 /// it.
@@ -2277,16 +2281,20 @@ impl KafkaInput {
             return Ok(Vec::new());
         }
         let mut alerts = Vec::new();
-        // Decoded before the engine is locked: the API's reads wait only for the pushes.
-        let decoded: Vec<_> = job
-            .records
-            .iter()
-            .map(|(_, _, payload)| self.format.decode(&job.bytes[payload.clone()]))
-            .collect();
+        // Records are decoded a few at a time before the engine is locked, so the API's
+        // reads wait only for the pushes, and each event is pushed while it is still in the
+        // cache: decoding a whole job first (thousands of events, megabytes) made every push
+        // fetch its event from memory again.
         let mut outcomes = Vec::with_capacity(job.records.len());
-        {
+        let mut decoded = Vec::with_capacity(DECODE_CHUNK);
+        for chunk in job.records.chunks(DECODE_CHUNK) {
+            decoded.extend(
+                chunk
+                    .iter()
+                    .map(|(_, _, payload)| self.format.decode(&job.bytes[payload.clone()])),
+            );
             let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
-            for d in decoded {
+            for d in decoded.drain(..) {
                 outcomes.push(match d {
                     Ok(ev) => {
                         let ts = ev.timestamp_nanos();
