@@ -92,7 +92,7 @@ pub fn demo(a: DemoArgs) -> Result<(), Failure> {
         }
         for al in alerts.drain(..) {
             if a.json {
-                writeln!(out, "{}", al.to_ocsf()).map_err(io)?;
+                writeln!(out, "{}", al.render_ocsf().json).map_err(io)?;
             } else {
                 writeln!(out, "{}", line(&al)).map_err(io)?;
             }

@@ -2121,8 +2121,13 @@ impl KafkaInput {
         let Some(t) = &self.config.alerts_topic else {
             return Ok(());
         };
-        let body = serde_json::to_vec(&a.to_ocsf())?;
-        self.send(t, a.agent_id().unwrap_or(""), &body, OwnedHeaders::new())?;
+        let body = a.render_ocsf().json;
+        self.send(
+            t,
+            a.agent_id().unwrap_or(""),
+            body.as_bytes(),
+            OwnedHeaders::new(),
+        )?;
         self.stats.alerts_produced.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -21,7 +21,7 @@ pub mod stateful;
 pub mod suppress;
 pub mod threshold;
 
-pub use alert::{Alert, AnalyticType};
+pub use alert::{Alert, AnalyticType, OcsfText};
 pub use enforce::{Enforced, Enforcement};
 pub use engine::{run_rule_tests, Detector, Engine, EngineStats, Late, RuleStats};
 pub use stateful::{Finding, StateStats, Stateful};

@@ -127,7 +127,9 @@ pub fn to_batch(alerts: &[&Alert]) -> Result<RecordBatch, arrow::error::ArrowErr
         }
         tags.append(true);
     }
-    let ocsf: Vec<serde_json::Value> = alerts.iter().map(|a| a.to_ocsf()).collect();
+    // Each alert's finding is written once; its evidences and baseline columns are slices of
+    // that text.
+    let ocsf: Vec<cordon_detect::OcsfText> = alerts.iter().map(|a| a.render_ocsf()).collect();
     let columns: Vec<ArrayRef> = vec![
         s(&|a| Some(a.id.clone())),
         ts(alerts.iter().map(|a| a.last_seen_ms).collect()),
@@ -160,21 +162,14 @@ pub fn to_batch(alerts: &[&Alert]) -> Result<RecordBatch, arrow::error::ArrowErr
         Arc::new(tags.finish()),
         s(&|a| a.playbook.clone()),
         s(&|a| Some(a.message.clone())),
-        Arc::new(StringArray::from(
-            ocsf.iter()
-                .map(|o| o["evidences"].to_string())
-                .collect::<Vec<String>>(),
+        Arc::new(StringArray::from_iter_values(
+            ocsf.iter().map(cordon_detect::OcsfText::evidences),
         )),
-        Arc::new(StringArray::from(
-            ocsf.iter()
-                .map(|o| {
-                    let b = &o["unmapped"]["cordon.baseline"];
-                    (!b.is_null()).then(|| b.to_string())
-                })
-                .collect::<Vec<Option<String>>>(),
+        Arc::new(StringArray::from_iter(
+            ocsf.iter().map(cordon_detect::OcsfText::baseline),
         )),
-        Arc::new(StringArray::from(
-            ocsf.iter().map(|o| o.to_string()).collect::<Vec<String>>(),
+        Arc::new(StringArray::from_iter_values(
+            ocsf.iter().map(|o| o.json.as_str()),
         )),
     ];
     RecordBatch::try_new(alerts_schema(), columns)

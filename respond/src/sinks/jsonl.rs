@@ -112,8 +112,10 @@ impl JsonLinesSink {
 
 impl AlertSink for JsonLinesSink {
     fn emit(&mut self, alert: &Alert) -> Result<(), SinkError> {
-        let line = serde_json::to_vec(&alert.to_ocsf()).map_err(|e| self.io(e.into()))?;
-        self.out.write_all(&line).map_err(|e| self.io(e))?;
+        let line = alert.render_ocsf().json;
+        self.out
+            .write_all(line.as_bytes())
+            .map_err(|e| self.io(e))?;
         self.out.write_all(b"\n").map_err(|e| self.io(e))?;
         self.written += 1;
         Ok(())
