@@ -396,6 +396,46 @@ impl<'de> Deserialize<'de> for Bytes {
     }
 }
 
+/// A `Vec<u8>` field written as one byte string (`#[serde(with = "crate::checkpoint::raw")]`):
+/// postcard lays out a sequence of bytes and a byte string alike, so the bytes read back
+/// either way, but it writes a sequence one byte at a time.
+pub(crate) mod raw {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        super::Bytes::deserialize(d).map(|b| b.0)
+    }
+}
+
+/// [`raw`] for an `Option<Vec<u8>>`.
+pub(crate) mod opt_raw {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&super::BytesRef(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<super::Bytes>::deserialize(d).map(|b| b.map(|b| b.0))
+    }
+}
+
+/// [`Bytes`], borrowed.
+struct BytesRef<'a>(&'a [u8]);
+
+impl Serialize for BytesRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
 /// `#[serde(with = "…::event")]` for an [`Event`] field.
 pub(crate) mod event {
     use super::*;
@@ -568,6 +608,34 @@ pub(crate) fn to_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
     postcard::to_allocvec(&(events, Bytes(body))).map_err(|e| e.to_string())
 }
 
+thread_local! {
+    /// The largest checkpoint buffer handed back on this thread ([`recycle`]).
+    static SPARE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer with room for `size` bytes: the spare one of this thread if there is one.
+pub(crate) fn spare_buffer(size: usize) -> Vec<u8> {
+    let mut b = SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    b.clear();
+    b.reserve(size);
+    b
+}
+
+/// Hands back a checkpoint's bytes ([`Written::bytes`]) once they are stored, so that the
+/// next checkpoint written on this thread goes into the same memory. A checkpoint is
+/// megabytes, written every second or so: in new memory each time, the kernel zeroes every
+/// page of it again as it is first touched. The thread keeps the largest buffer handed
+/// back.
+pub fn recycle(mut bytes: Vec<u8>) {
+    bytes.clear();
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        if bytes.capacity() > s.capacity() {
+            *s = bytes;
+        }
+    });
+}
+
 /// Reads a detector's state (see [`to_bytes`]).
 pub(crate) fn from_bytes<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
     if LOADING.with(|c| c.borrow().is_some()) {
@@ -582,6 +650,29 @@ pub(crate) fn from_bytes<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Byte strings and byte sequences are laid out alike: a checkpoint written before a
+    /// field became [`raw`] reads back, and the other way round.
+    #[test]
+    fn raw_fields_keep_the_layout_of_byte_sequences() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Seq(Vec<u8>, Option<Vec<u8>>);
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Raw(
+            #[serde(with = "raw")] Vec<u8>,
+            #[serde(with = "opt_raw")] Option<Vec<u8>>,
+        );
+        let bytes: Vec<u8> = (0..=255).chain(0..200).collect();
+        for opt in [None, Some(vec![]), Some(bytes.clone())] {
+            let seq = postcard::to_allocvec(&Seq(bytes.clone(), opt.clone())).unwrap();
+            let raw = postcard::to_allocvec(&Raw(bytes.clone(), opt.clone())).unwrap();
+            assert_eq!(seq, raw);
+            let back: Raw = postcard::from_bytes(&seq).unwrap();
+            assert_eq!(back, Raw(bytes.clone(), opt.clone()));
+            let back: Seq = postcard::from_bytes(&raw).unwrap();
+            assert_eq!(back, Seq(bytes.clone(), opt));
+        }
+    }
     use cordon_ingest::generate::{generate, GenConfig};
 
     /// The borrowed writer must give exactly the bytes of the owned form the reader takes,

@@ -209,6 +209,7 @@ struct SavedRule {
     version: u32,
     query: String,
     stats: RuleStats,
+    #[serde(with = "crate::checkpoint::opt_raw")]
     detector: Option<Vec<u8>>,
 }
 
@@ -228,6 +229,7 @@ struct Saved {
     /// (time, arrival) and the event, of every event still in the reorder buffer
     /// (`Vec<(i64, u64, BufferedEvent)>`, written before the event table is complete).
     buffer: crate::checkpoint::Bytes,
+    #[serde(with = "crate::checkpoint::raw")]
     profiles: Vec<u8>,
     enforced: crate::enforce::Enforced,
     recent: crate::dedupe::Recent,
@@ -237,8 +239,8 @@ struct Saved {
 /// since the previous checkpoint, or one that keeps no deltas).
 #[derive(serde::Serialize, serde::Deserialize)]
 enum DetectorState {
-    Full(Vec<u8>),
-    Delta(Vec<u8>),
+    Full(#[serde(with = "crate::checkpoint::raw")] Vec<u8>),
+    Delta(#[serde(with = "crate::checkpoint::raw")] Vec<u8>),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -585,8 +587,23 @@ impl Engine {
             None => crate::checkpoint::FORMAT,
             Some(_) => crate::checkpoint::DELTA_FORMAT,
         };
-        let bytes = postcard::to_allocvec(&(format, crate::checkpoint::VERSION, events, saved))
-            .map_err(|e| damaged(e.to_string()))?;
+        // Written into the memory the last checkpoint on this thread was written into
+        // ([`crate::checkpoint::recycle`]), sized for the parts up front: a new buffer each
+        // time, grown by doubling, was a fifth of a live committer's time in page faults.
+        let size = events.iter().map(|(_, b)| b.0.len() + 12).sum::<usize>()
+            + saved
+                .rules
+                .iter()
+                .map(|r| r.id.len() + r.query.len() + r.detector.as_ref().map_or(0, Vec::len) + 64)
+                .sum::<usize>()
+            + saved.buffer.0.len()
+            + saved.profiles.len()
+            + 4096;
+        let bytes = postcard::to_extend(
+            &(format, crate::checkpoint::VERSION, events, saved),
+            crate::checkpoint::spare_buffer(size),
+        )
+        .map_err(|e| damaged(e.to_string()))?;
         Ok(crate::checkpoint::Written {
             bytes,
             log,
