@@ -50,6 +50,12 @@ pub fn hex16(fp: u64) -> [u8; 16] {
 /// Every record carries dozens of these, so this is a table walk rather than
 /// `u64::from_str_radix` (which also took a leading `+`, not a hex digit).
 pub fn parse_hex(s: &str) -> Option<u64> {
+    parse_hex_bytes(s.as_bytes())
+}
+
+/// [`parse_hex`] of bytes: exactly 16 of them, each a hex digit. The decoder reads a
+/// fingerprint's digits straight from the record with it.
+pub(crate) fn parse_hex_bytes(s: &[u8]) -> Option<u64> {
     const fn digits() -> [u8; 256] {
         let mut t = [u8::MAX; 256];
         let mut i = 0;
@@ -66,7 +72,7 @@ pub fn parse_hex(s: &str) -> Option<u64> {
         t
     }
     static DIGITS: [u8; 256] = digits();
-    let b: &[u8; 16] = s.as_bytes().try_into().ok()?;
+    let b: &[u8; 16] = s.try_into().ok()?;
     let mut acc = 0u64;
     let mut bad = 0u8;
     for &c in b {

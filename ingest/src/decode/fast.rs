@@ -25,7 +25,7 @@ use rustc_hash::FxHashMap;
 use serde_json::Value as Json;
 
 use crate::event::{CoreField, Event, FieldKind};
-use crate::fingerprint::parse_hex;
+use crate::fingerprint::{parse_hex, parse_hex_bytes};
 
 /// Nesting the fast path follows, in objects and again inside a free-form value, before it
 /// leaves a record to the full decoder: twice this stays well under serde_json's limit of
@@ -266,12 +266,28 @@ impl<'a> Scan<'a> {
         }
         self.fps.clear();
         self.members(b']', |s| {
-            let fp = parse_hex(s.string()?)?;
+            let fp = s.hex16()?;
             s.fps.push(fp);
             Some(())
         })?;
         self.ev.set_fingerprints_from(field, &mut self.fps);
         Some(())
+    }
+
+    /// A fingerprint: a string of exactly 16 hex digits, the opening quote next. Its digits
+    /// are read in place (a digit is never a quote, a backslash or a control character, so
+    /// there is no escape to look for); any other string goes the long way, and is refused
+    /// unless it is 16 hex digits.
+    fn hex16(&mut self) -> Option<u64> {
+        self.ws();
+        let (b, i) = (self.b, self.i);
+        if b.get(i) == Some(&b'"') && b.get(i + 17) == Some(&b'"') {
+            if let Some(fp) = b.get(i + 1..i + 17).and_then(parse_hex_bytes) {
+                self.i = i + 18;
+                return Some(fp);
+            }
+        }
+        parse_hex(self.string()?)
     }
 
     /// A free-form value. The common shapes (strings without escapes, numbers, objects and
@@ -443,12 +459,30 @@ fn plain_len(s: &[u8]) -> Option<usize> {
 
 /// Where the first byte JSON cannot hold verbatim in a string is — a quote, a backslash or a
 /// control character — or `None` when there is none (the event writer then copies the
-/// string as it is). Eight bytes are tested at a time, and the first special byte of a word
-/// is found from its mask rather than byte by byte.
+/// string as it is).
+///
+/// Sixteen bytes are compared at a time as one vector (SSE2 on x86-64, NEON on ARM, through
+/// `wide`), and the first special byte is found from the comparison's bit mask. Every key
+/// and string value of every record passes here: eight bytes at a time in plain integers
+/// took 17 % of a file run's instructions. The last few bytes of the text go eight at a
+/// time, then one by one.
 pub(crate) fn first_special(s: &[u8]) -> Option<usize> {
+    use wide::u8x16;
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut i = 0;
+    let (quote, backslash, below_space) =
+        (u8x16::splat(b'"'), u8x16::splat(b'\\'), u8x16::splat(0x1f));
+    while let Some(chunk) = s.get(i..i + 16) {
+        let v = u8x16::new(chunk.try_into().ok()?);
+        // A byte is a control character exactly when the smaller of it and 0x1f is itself.
+        let special = v.cmp_eq(quote) | v.cmp_eq(backslash) | v.min(below_space).cmp_eq(v);
+        let mask = special.move_mask();
+        if mask != 0 {
+            return Some(i + mask.trailing_zeros() as usize);
+        }
+        i += 16;
+    }
     while let Some(chunk) = s.get(i..i + 8) {
         let w = u64::from_le_bytes(chunk.try_into().ok()?);
         // The high bit of each byte that is zero. Borrows only run upwards, so the lowest
@@ -483,7 +517,7 @@ mod tests {
         assert_eq!(plain_len(b"0123456789abcdef"), None, "no closing quote");
         assert_eq!(plain_len(b"\""), Some(0));
         // Every position of the first special byte within and across words.
-        for len in 0..40 {
+        for len in 0..70 {
             for special in [b'"', b'\\', b'\n', 0x1f, 0] {
                 let mut text = vec![b'a'; len];
                 text.push(special);
