@@ -287,6 +287,24 @@ fn config(
     p
 }
 
+/// Whether the latency phase stamps each event's `@timestamp` with the moment it is sent
+/// (`KAFKA_BENCH_STAMP=send`, the default) or sends it with its generated time
+/// (`KAFKA_BENCH_STAMP=generated`).
+///
+/// Stamped at send time, the generated hours of traffic arrive in seconds: each of the 150
+/// agents runs hundreds of calls a second, so windows and open sequences hold far more
+/// events, and checkpoints carry them, than in the throughput phase — a heavier workload
+/// than the one whose rate the goal halves. With generated times the latency phase runs the
+/// throughput phase's workload, at the paced rate. Either way latency is measured from the
+/// send to the alert's arrival.
+fn stamp_at_send() -> bool {
+    match std::env::var("KAFKA_BENCH_STAMP").as_deref() {
+        Ok("generated") => false,
+        Ok("send") | Err(_) => true,
+        Ok(other) => panic!("KAFKA_BENCH_STAMP={other}: expected send or generated"),
+    }
+}
+
 /// Properties for the latency phase (`KAFKA_BENCH_LATENCY_PROPS`, `name=value,…`).
 fn latency_props() -> Vec<(String, String)> {
     env_props("KAFKA_BENCH_LATENCY_PROPS")
@@ -395,16 +413,22 @@ fn main() {
     let lines: Vec<String> = events.iter().take(n).map(|e| e.to_string()).collect();
     let n = lines.len();
     let bytes: usize = lines.iter().map(String::len).sum();
+    let keyed: Vec<(String, &String)> = lines.iter().map(|l| (agent(l), l)).collect();
     let p = producer(&b.addr);
     let t = Instant::now();
-    for l in &lines {
-        send(&p, "events", &agent(l), l);
-    }
-    p.flush(Duration::from_secs(120)).unwrap();
+    let broker_pid = b.pid().to_string();
+    let ((), cpu) = cpu_of("self", &broker_pid, n, || {
+        for (key, l) in &keyed {
+            send(&p, "events", key, l);
+        }
+        p.flush(Duration::from_secs(120)).unwrap();
+    });
     println!(
-        "produced {n} events ({:.0} B each) in {:.2} s",
+        "produced {n} events ({:.0} B each) in {:.2} s; CPU per event: producer {:.2} µs, broker {:.2} µs",
         bytes as f64 / n as f64,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        cpu.consumer,
+        cpu.broker
     );
 
     // Throughput: the raw loop, then Cordon, then the raw loop again (the broker warms up),
@@ -421,7 +445,6 @@ fn main() {
     // broker's beside it.
     let mut raw_cpu: Vec<Cpu> = Vec::new();
     let mut cordon_cpu: Vec<Vec<Cpu>> = vec![Vec::new(); contenders.len()];
-    let broker_pid = b.pid().to_string();
     let mut raw_rates: Vec<f64> = Vec::new();
     let mut e2e = 0.0;
     for run in 0..runs {
@@ -572,7 +595,8 @@ fn throughput(c: &Cordon, key: &str, n: usize) -> f64 {
 }
 
 /// Sends the first `secs × rate` events to `topic` at `rate`, each with its `@timestamp` set
-/// to the moment it is sent and that moment recorded in `sent` by event id; returns when
+/// to the moment it is sent (unless [`stamp_at_send`] says otherwise) and that moment
+/// recorded in `sent` by event id; returns when
 /// sending began, how many were sent and the rate achieved. `at_start` runs once the lines
 /// are rendered, just before the first send.
 fn send_paced(
@@ -586,6 +610,7 @@ fn send_paced(
 ) -> (Instant, usize, f64) {
     let p = producer(addr);
     let total = ((rate * secs) as usize).min(events.len());
+    let at_send = stamp_at_send();
     // Each line is rendered beforehand with a placeholder time, replaced by the send time as
     // it goes: rendering JSON while sending took most of a core here, which the broker and
     // Cordon share.
@@ -595,7 +620,9 @@ fn send_paced(
         .take(total)
         .map(|ev| {
             let mut ev = ev.clone();
-            ev.set_timestamp_nanos(0);
+            if at_send {
+                ev.set_timestamp_nanos(0);
+            }
             (
                 ev.to_string(),
                 ev.id().unwrap_or_default().to_owned(),
@@ -603,9 +630,12 @@ fn send_paced(
             )
         })
         .collect();
-    assert!(rendered
-        .iter()
-        .all(|(l, _, _)| l.matches(PLACEHOLDER).count() == 1));
+    assert!(
+        !at_send
+            || rendered
+                .iter()
+                .all(|(l, _, _)| l.matches(PLACEHOLDER).count() == 1)
+    );
     // Sized up front: growing a map of hundreds of thousands of ids rehashes it all while
     // the lock is held, which would delay the send (and a reader timing hops) by milliseconds.
     sent.lock().unwrap().reserve(total);
@@ -621,9 +651,15 @@ fn send_paced(
         if due > now + Duration::from_millis(1) {
             std::thread::sleep(due - now);
         }
-        let line = line.replacen(PLACEHOLDER, &jiff::Timestamp::now().to_string(), 1);
+        let stamped;
+        let line = if at_send {
+            stamped = line.replacen(PLACEHOLDER, &jiff::Timestamp::now().to_string(), 1);
+            &stamped
+        } else {
+            line
+        };
         sent.lock().unwrap().insert(id.clone(), Instant::now());
-        send(&p, topic, agent, &line);
+        send(&p, topic, agent, line);
         if i % 64 == 63 {
             p.poll(Duration::ZERO);
         }
@@ -847,7 +883,8 @@ fn latency(
     }
     let (p50, p99) = (percentile(&ms, 0.50), percentile(&ms, 0.99));
     println!(
-        "event-to-alert latency at {achieved:.0} events/s ({label}), {total} events, {} alerts: p50 {p50:.1} ms, p99 {p99:.1} ms, max {:.1} ms",
+        "event-to-alert latency at {achieved:.0} events/s ({label}; event times {}), {total} events, {} alerts: p50 {p50:.1} ms, p99 {p99:.1} ms, max {:.1} ms",
+        if stamp_at_send() { "stamped at send" } else { "as generated" },
         ms.len(),
         ms[ms.len() - 1]
     );
