@@ -596,9 +596,8 @@ fn throughput(c: &Cordon, key: &str, n: usize) -> f64 {
 
 /// Sends the first `secs × rate` events to `topic` at `rate`, each with its `@timestamp` set
 /// to the moment it is sent (unless [`stamp_at_send`] says otherwise) and that moment
-/// recorded in `sent` by event id; returns when
-/// sending began, how many were sent and the rate achieved. `at_start` runs once the lines
-/// are rendered, just before the first send.
+/// recorded in `sent` by event id; returns when sending began, how many were sent and the
+/// rate achieved. `at_start` runs once the lines are rendered, just before the first send.
 fn send_paced(
     addr: &str,
     topic: &str,

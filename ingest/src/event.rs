@@ -123,8 +123,9 @@ core_fields! {
 /// The last eight bytes of a name (fewer, zero-padded, when it is shorter), as one integer.
 #[inline]
 fn name_tail(b: &[u8]) -> u64 {
-    // Every core name but one is eight bytes or longer: one load. (A copy of a length known
-    // only at run time was a call to memcpy, once for every key of every record.)
+    // Every core name, and nearly every key a record has, is eight bytes or longer: one
+    // load. (A copy of a length known only at run time was a call to memcpy, once for every
+    // key of every record.)
     if let Some(tail) = b.last_chunk::<8>() {
         return u64::from_le_bytes(*tail);
     }

@@ -5,7 +5,7 @@
 //! up afresh for each of the twenty-odd keys and as many hex fingerprints of a record. Gateways
 //! write the same shape every time — an object of dotted keys, plain strings, a few numbers,
 //! two fingerprint arrays and an arguments object — so this scanner reads exactly that and
-//! nothing more: strings without escapes (eight bytes per step), numbers in JSON's grammar,
+//! nothing more: strings without escapes (sixteen bytes per step), numbers in JSON's grammar,
 //! fingerprints straight from their bytes, objects flattened to dotted names like the full
 //! decoder does. Free-form values (tool arguments, description hashes, arrays outside the
 //! schema) are built as serde_json builds a `Value`, and only a value the builder cannot take
@@ -461,8 +461,7 @@ fn plain_len(s: &[u8]) -> Option<usize> {
 /// control character — or `None` when there is none (the event writer then copies the
 /// string as it is).
 ///
-/// Sixteen bytes are compared at a time as one vector (SSE2 on x86-64, NEON on ARM, through
-/// `wide`), and the first special byte is found from the comparison's bit mask. Every key
+/// Sixteen bytes are compared at a time as one vector (SSE2 on x86-64, through `wide`), and the first special byte is found from the comparison's bit mask. Every key
 /// and string value of every record passes here: eight bytes at a time in plain integers
 /// took 17 % of a file run's instructions. The last few bytes of the text go eight at a
 /// time, then one by one.
