@@ -8,7 +8,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use cordon_ingest::{CoreField, Event};
+use cordon_ingest::{CoreField, Event, FieldRef};
+use cordon_rules::eval::{has_value, Guard};
 use cordon_rules::{CompiledQuery, Rule, RuleSet, Verdict};
 use rustc_hash::FxHashMap;
 
@@ -45,14 +46,18 @@ pub struct RuleStats {
     pub excepted: u64,
 }
 
-/// Rules indexed by their guards (a field value each of their conditions requires): an event
-/// is tested only against the rules whose guard its values satisfy, plus the rules without a
-/// guard. A multi-event rule is indexed by the guards of all its steps: it is a candidate when
-/// the event may satisfy any of them, and unguarded when one of them has no guard.
+/// Rules indexed by their guards (a field value, or a field's presence, each of their
+/// conditions requires): an event is tested only against the rules whose guard it satisfies,
+/// plus the rules without a guard. A multi-event rule is indexed by the guards of all its
+/// steps: it is a candidate when the event may satisfy any of them, and unguarded when one of
+/// them has no guard.
 #[derive(Clone)]
 struct RuleIndex {
     unguarded: Vec<usize>,
     fields: Vec<FieldIndex>,
+    /// Rules guarded by a field having a value (baseline features, responses, optional
+    /// arguments, extra fields): one presence test per field, not per rule.
+    present: Vec<(FieldRef, Vec<usize>)>,
 }
 
 #[derive(Clone)]
@@ -62,11 +67,19 @@ struct FieldIndex {
     rules: FxHashMap<Box<str>, Vec<usize>>,
 }
 
+/// Adds `rule` to a list of rules in order, once.
+fn add_rule(list: &mut Vec<usize>, rule: usize) {
+    if list.last() != Some(&rule) {
+        list.push(rule);
+    }
+}
+
 impl RuleIndex {
     fn build(rules: &[Rule]) -> RuleIndex {
         let mut idx = RuleIndex {
             unguarded: Vec::new(),
             fields: Vec::new(),
+            present: Vec::new(),
         };
         for (i, r) in rules.iter().enumerate() {
             let guards: Option<Vec<Vec<_>>> =
@@ -76,6 +89,16 @@ impl RuleIndex {
                 continue;
             };
             for g in guards.into_iter().flatten() {
+                let g = match g {
+                    Guard::Value(g) => g,
+                    Guard::Present(f) => {
+                        match idx.present.iter_mut().find(|(p, _)| *p == f) {
+                            Some((_, list)) => add_rule(list, i),
+                            None => idx.present.push((f, vec![i])),
+                        }
+                        continue;
+                    }
+                };
                 let pos = match idx
                     .fields
                     .iter()
@@ -92,10 +115,7 @@ impl RuleIndex {
                     }
                 };
                 for v in g.values {
-                    let list = idx.fields[pos].rules.entry(v).or_default();
-                    if list.last() != Some(&i) {
-                        list.push(i);
-                    }
+                    add_rule(idx.fields[pos].rules.entry(v).or_default(), i);
                 }
             }
         }
@@ -114,6 +134,11 @@ impl RuleIndex {
                 f.rules.get(v)
             };
             if let Some(rules) = hit {
+                out.extend_from_slice(rules);
+            }
+        }
+        for (f, rules) in &self.present {
+            if has_value(ev, f) {
                 out.extend_from_slice(rules);
             }
         }
@@ -1101,7 +1126,18 @@ mod tests {
         let mut matched = 0;
         let mut stepped = 0;
         let mut skipped = 0;
+        // With the baseline features the engine sets before rules see an event: rules on
+        // them are guarded by their presence.
+        let mut profiles = Profiles::default();
+        let mut featured = 0;
         for ev in &g.events {
+            let mut ev = ev.clone();
+            profiles.annotate(&mut ev);
+            featured += usize::from(has_value(
+                &ev,
+                &FieldRef::Baseline(cordon_ingest::BaselineField::Rate),
+            ));
+            let ev = &ev;
             det.index.candidates(ev, &mut cands);
             for (i, r) in set.rules.iter().enumerate() {
                 let m = r.check(ev) != cordon_rules::Verdict::NoMatch;
@@ -1121,6 +1157,9 @@ mod tests {
         // Most multi-event rules are spared most events.
         assert!(skipped > g.events.len() * stateful / 2, "{skipped}");
         assert!(det.index.unguarded.len() < set.rules.len() / 2);
+        assert!(det.index.unguarded.len() < 2, "{:?}", det.index.unguarded);
+        assert!(det.index.present.len() > 5);
+        assert!(featured > g.events.len() / 4, "{featured}");
     }
 
     /// A multi-event rule the index keeps events from still completes: a sequence whose steps

@@ -486,12 +486,24 @@ fn compare(op: CmpOp, a: &Val<'_>, b: &Val<'_>) -> Option<bool> {
     })
 }
 
-/// A necessary condition of a predicate: it can only hold when the string core field
-/// `field` has one of `values` (lowercased when `insensitive`), or one of the other guards
-/// [`Pred::guards`] returned with it holds. Engines index rules by their guards so that an
-/// event is tested only against rules it could match.
+/// A necessary condition of a predicate: it can only hold when one of the guards
+/// [`Pred::guards`] returned holds. Engines index rules by their guards so that an event is
+/// tested only against rules it could match.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Guard {
+pub enum Guard {
+    /// The string core field has one of the values.
+    Value(ValueGuard),
+    /// The field has a value (it is neither absent nor JSON `null`). Every comparison, pattern,
+    /// `in` without `null` among its candidates, `!= null` and function call on a null value
+    /// is null, which does not match: `baseline.rate > 0.99`, `?x.url : "*"` or
+    /// `stringContains(?gen_ai.tool.description, "…")` can only hold for an event that has
+    /// the field, and most events do not.
+    Present(FieldRef),
+}
+
+/// A [`Guard`] on a string core field's value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValueGuard {
     /// The field.
     pub field: cordon_ingest::CoreField,
     /// The values it must take.
@@ -501,22 +513,57 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// How selective the guard's field usually is (lower is better).
+    /// How selective the guard usually is (lower is better). Having an optional field (a
+    /// baseline feature, a response, an argument, an extra field) ranks below any core
+    /// field's value but above the decision, which nearly every event has and nearly always
+    /// `allow`; having a core field ranks last, as most events have each of them.
     fn rank(&self) -> u8 {
         use cordon_ingest::CoreField as F;
-        match self.field {
-            F::ToolName => 0,
-            F::Target | F::ServerAddress => 1,
-            F::Method => 2,
-            F::DataClass => 3,
-            F::ErrorType => 4,
-            F::Decision => 6,
-            _ => 5,
+        match self {
+            Guard::Value(g) => match g.field {
+                F::ToolName => 0,
+                F::Target | F::ServerAddress => 1,
+                F::Method => 2,
+                F::DataClass => 3,
+                F::ErrorType => 4,
+                F::Decision => 7,
+                _ => 5,
+            },
+            Guard::Present(FieldRef::Core(_) | FieldRef::Category) => 8,
+            Guard::Present(_) => 6,
+        }
+    }
+
+    /// How many values an event is looked up against (for ranking equal guards).
+    fn width(&self) -> usize {
+        match self {
+            Guard::Value(g) => g.values.len(),
+            Guard::Present(_) => 1,
         }
     }
 }
 
+/// Whether `ev` has a value at `f`, as a [`Guard::Present`] asks: the predicates it guards
+/// see a missing field and a JSON `null` alike, as null.
+#[inline]
+pub fn has_value(ev: &Event, f: &FieldRef) -> bool {
+    !matches!(ev.field(f), FieldValue::Missing)
+}
+
 impl CExpr {
+    /// A field of this event whose absence makes the expression null: the field itself, and
+    /// through negation, arithmetic and function calls (every function returns null for a
+    /// null argument).
+    fn strict_field(&self) -> Option<&FieldRef> {
+        match self {
+            CExpr::Field(f) => Some(f),
+            CExpr::Neg(e) => e.strict_field(),
+            CExpr::Arith(_, a, b) => a.strict_field().or_else(|| b.strict_field()),
+            CExpr::Call(_, args) => args.iter().find_map(CExpr::strict_field),
+            CExpr::Const(_) | CExpr::StepField(..) | CExpr::Lineage(_) | CExpr::Pred(_) => None,
+        }
+    }
+
     /// Whether any field the expression reads satisfies `f`.
     pub fn reads_field(&self, f: &dyn Fn(&FieldRef) -> bool) -> bool {
         match self {
@@ -583,106 +630,114 @@ impl Pred {
         }
     }
 
-    /// The most selective necessary condition of this predicate, if it has one: guards on
-    /// string core fields (see [`Guard`]), at least one of which holds whenever the predicate
-    /// does. Alternatives come from `or` across fields: `is_egress` (a capability or a tool
-    /// name) guards a step as well as one field would, where a single-field guard would fall
-    /// back to `audit.decision`, which nearly every event satisfies.
+    /// The most selective necessary condition of this predicate, if it has one: guards (see
+    /// [`Guard`]), at least one of which holds whenever the predicate does. Alternatives come
+    /// from `or` across fields: `is_egress` (a capability or a tool name) guards a step as
+    /// well as one field would, where a single-field guard would fall back to
+    /// `audit.decision`, which nearly every event satisfies. A condition with no guard on a
+    /// field's value may still need the field to have a value ([`Guard::Present`]).
     pub fn guards(&self) -> Option<Vec<Guard>> {
         use cordon_ingest::FieldKind;
         let core_str = |e: &CExpr| match e {
             CExpr::Field(FieldRef::Core(f)) if f.kind() == FieldKind::Str => Some(*f),
             _ => None,
         };
+        let value = |field, values, insensitive| {
+            Some(vec![Guard::Value(ValueGuard {
+                field,
+                values,
+                insensitive,
+            })])
+        };
+        let present = |e: &CExpr| e.strict_field().map(|f| vec![Guard::Present(f.clone())]);
         match self {
             // The conjunct whose least selective alternative is the most selective.
             Pred::And(ps) => ps.iter().filter_map(Pred::guards).min_by_key(|gs| {
                 let worst = gs.iter().map(Guard::rank).max().unwrap_or(u8::MAX);
-                (worst, gs.iter().map(|g| g.values.len()).sum::<usize>())
+                (worst, gs.iter().map(Guard::width).sum::<usize>())
             }),
             Pred::Or(ps) => {
                 let mut acc: Vec<Guard> = Vec::new();
                 for p in ps.iter() {
                     for g in p.guards()? {
-                        match acc
-                            .iter_mut()
-                            .find(|a| a.field == g.field && a.insensitive == g.insensitive)
-                        {
-                            Some(a) => a.values.extend(g.values),
-                            None => acc.push(g),
+                        let same = acc.iter_mut().find(|a| match (&**a, &g) {
+                            (Guard::Value(a), Guard::Value(g)) => {
+                                a.field == g.field && a.insensitive == g.insensitive
+                            }
+                            (Guard::Present(a), Guard::Present(g)) => a == g,
+                            _ => false,
+                        });
+                        match (same, g) {
+                            (Some(Guard::Value(a)), Guard::Value(g)) => a.values.extend(g.values),
+                            (Some(_), _) => {}
+                            (None, g) => acc.push(g),
                         }
                     }
                 }
                 for a in &mut acc {
-                    a.values.sort();
-                    a.values.dedup();
+                    if let Guard::Value(a) = a {
+                        a.values.sort();
+                        a.values.dedup();
+                    }
                 }
                 (!acc.is_empty()).then_some(acc)
             }
-            Pred::Cmp {
-                op: CmpOp::Eq,
-                lhs,
-                rhs,
-            } => {
-                let (f, c) = match (core_str(lhs), core_str(rhs)) {
-                    (Some(f), None) => (f, rhs),
-                    (None, Some(f)) => (f, lhs),
-                    _ => return None,
-                };
-                match c {
-                    CExpr::Const(Val::Str(s)) => Some(vec![Guard {
-                        field: f,
-                        values: vec![s.as_ref().into()],
-                        insensitive: false,
-                    }]),
-                    _ => None,
+            Pred::Cmp { op, lhs, rhs } => {
+                if *op == CmpOp::Eq {
+                    let found = match (core_str(lhs), core_str(rhs)) {
+                        (Some(f), None) => Some((f, rhs)),
+                        (None, Some(f)) => Some((f, lhs)),
+                        _ => None,
+                    };
+                    if let Some((f, CExpr::Const(Val::Str(s)))) = found {
+                        return value(f, vec![s.as_ref().into()], false);
+                    }
                 }
+                present(lhs).or_else(|| present(rhs))
             }
             Pred::StrEq {
                 field,
-                value,
-                negate: false,
-            } => Some(vec![Guard {
-                field: *field,
-                values: vec![value.clone()],
-                insensitive: false,
-            }]),
-            Pred::In {
-                lhs,
-                set,
-                negated: false,
+                value: v,
+                negate,
             } => {
-                let f = core_str(lhs)?;
-                if set.null || !set.nums.is_empty() || !set.bools.is_empty() {
+                if *negate {
+                    Some(vec![Guard::Present(FieldRef::Core(*field))])
+                } else {
+                    value(*field, vec![v.clone()], false)
+                }
+            }
+            Pred::In { lhs, set, negated } => {
+                if set.null {
                     return None;
                 }
-                let mut values: Vec<Box<str>> = set.strs.iter().cloned().collect();
-                values.sort();
-                Some(vec![Guard {
-                    field: f,
-                    values,
-                    insensitive: set.insensitive,
-                }])
+                match core_str(lhs) {
+                    Some(f) if !negated && set.nums.is_empty() && set.bools.is_empty() => {
+                        let mut values: Vec<Box<str>> = set.strs.iter().cloned().collect();
+                        values.sort();
+                        value(f, values, set.insensitive)
+                    }
+                    _ => present(lhs),
+                }
             }
             Pred::Match { lhs, matchers } => {
-                let f = core_str(lhs)?;
-                let mut values = Vec::new();
-                let mut ci = None;
-                for m in matchers.iter() {
-                    let Matcher::Wild(w) = m else { return None };
-                    let (lit, insensitive) = w.exact()?;
-                    if *ci.get_or_insert(insensitive) != insensitive {
-                        return None;
+                let exact = || {
+                    let f = core_str(lhs)?;
+                    let mut values = Vec::new();
+                    let mut ci = None;
+                    for m in matchers.iter() {
+                        let Matcher::Wild(w) = m else { return None };
+                        let (lit, insensitive) = w.exact()?;
+                        if *ci.get_or_insert(insensitive) != insensitive {
+                            return None;
+                        }
+                        values.push(lit.into());
                     }
-                    values.push(lit.into());
-                }
-                Some(vec![Guard {
-                    field: f,
-                    values,
-                    insensitive: ci?,
-                }])
+                    value(f, values, ci?)
+                };
+                exact().or_else(|| present(lhs))
             }
-            _ => None,
+            Pred::IsNull { expr, negate: true } | Pred::Truthy(expr) => present(expr),
+            Pred::Const(_) | Pred::Not(_) | Pred::IsNull { negate: false, .. } => None,
         }
     }
 
@@ -814,11 +869,26 @@ mod tests {
             .guards()
     }
 
-    /// The guard of a condition with a single-field guard.
-    fn guard(src: &str) -> Option<Guard> {
-        guards(src)
-            .filter(|g| g.len() == 1)
-            .and_then(|mut g| g.pop())
+    /// The guard of a condition with a single guard on a field's value.
+    fn guard(src: &str) -> Option<ValueGuard> {
+        match guards(src).filter(|g| g.len() == 1)?.pop()? {
+            Guard::Value(g) => Some(g),
+            Guard::Present(_) => None,
+        }
+    }
+
+    /// The guards of a condition, each as a field's value or presence, sorted.
+    fn described(src: &str) -> Vec<String> {
+        let mut d: Vec<String> = guards(src)
+            .unwrap_or_default()
+            .iter()
+            .map(|g| match g {
+                Guard::Value(g) => format!("{:?}={}", g.field, g.values.join("|")),
+                Guard::Present(f) => format!("has {f:?}"),
+            })
+            .collect();
+        d.sort();
+        d
     }
 
     #[test]
@@ -842,10 +912,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(gs.len(), 2);
-        assert_eq!(gs[0].field, CoreField::Capability);
-        assert_eq!(gs[1].field, CoreField::ToolName);
+        let [Guard::Value(g0), Guard::Value(g1)] = &gs[..] else {
+            panic!("{gs:?}")
+        };
+        assert_eq!(g0.field, CoreField::Capability);
+        assert_eq!(g1.field, CoreField::ToolName);
         assert_eq!(
-            gs[1].values,
+            g1.values,
             vec!["a".into(), "b".into(), "c".into()] as Vec<Box<str>>
         );
         // A single selective field beats alternatives that include a weaker one.
@@ -853,8 +926,7 @@ mod tests {
             r#"(audit.tool.capability == "egress" or gen_ai.tool.name == "a") and audit.data_class == "secret""#,
         )
         .unwrap();
-        assert_eq!(gs.len(), 1);
-        assert_eq!(gs[0].field, CoreField::DataClass);
+        assert!(matches!(&gs[..], [Guard::Value(g)] if g.field == CoreField::DataClass));
     }
 
     #[test]
@@ -868,12 +940,130 @@ mod tests {
         assert_eq!(&*g.values[0], "send_email");
         assert!(guard(r#"gen_ai.tool.name : "send_*""#).is_none());
         assert!(guard(r#"gen_ai.tool.name == "a" or audit.decision == "deny""#).is_none());
-        assert!(guards(r#"gen_ai.tool.name == "a" or audit.decision != "deny""#).is_none());
-        assert!(guard(r#"not gen_ai.tool.name == "a""#).is_none());
-        assert!(guard(r#"gen_ai.tool.name not in ("a")"#).is_none());
+        // `!=` needs the decision to have a value, and nothing more.
+        assert_eq!(
+            described(r#"gen_ai.tool.name == "a" or audit.decision != "deny""#),
+            ["ToolName=a", "has Core(Decision)"]
+        );
+        assert!(guards(r#"not gen_ai.tool.name == "a""#).is_none());
+        assert_eq!(
+            described(r#"gen_ai.tool.name not in ("a")"#),
+            ["has Core(ToolName)"]
+        );
         assert_eq!(
             guard(r#""x" == audit.target"#).unwrap().field,
             CoreField::Target
         );
+    }
+
+    /// Conditions that hold only when a field has a value are guarded by its presence; a
+    /// value guard on a core field is preferred to it, and it to the decision.
+    #[test]
+    fn guards_by_presence() {
+        for (src, want) in [
+            ("baseline.rate > 0.99", vec!["has Baseline(Rate)"]),
+            ("-baseline.rate < 0", vec!["has Baseline(Rate)"]),
+            ("baseline.rate * 2 > 1", vec!["has Baseline(Rate)"]),
+            (
+                "baseline.first_server == true",
+                vec!["has Baseline(FirstServer)"],
+            ),
+            ("baseline.first_server", vec!["has Baseline(FirstServer)"]),
+            ("?x.url : \"https://*\"", vec!["has Extra(\"x.url\")"]),
+            (
+                "?gen_ai.tool.call.arguments.url regex \"h.*\"",
+                vec!["has CorePath(Arguments, [\"url\"])"],
+            ),
+            ("?x.y != null", vec!["has Extra(\"x.y\")"]),
+            ("?x.y not in (1, 2)", vec!["has Extra(\"x.y\")"]),
+            (
+                "stringContains~(?x.d, \"<important>\") or ?x.m != null",
+                vec!["has Extra(\"x.d\")", "has Extra(\"x.m\")"],
+            ),
+            (
+                "audit.decision == \"allow\" and (baseline.rate > 1 or baseline.volume > 1)",
+                vec!["has Baseline(Rate)", "has Baseline(Volume)"],
+            ),
+            (
+                "audit.tool.capability == \"egress\" and baseline.rate > 1",
+                vec!["Capability=egress"],
+            ),
+            (
+                "audit.decision == \"allow\" and audit.result_bytes > 5",
+                vec!["Decision=allow"],
+            ),
+            ("audit.result_bytes > 5", vec!["has Core(ResultBytes)"]),
+        ] {
+            assert_eq!(described(src), want, "{src}");
+        }
+        for src in [
+            "?x.y == null",
+            "not ?x.y : \"a*\"",
+            "?x.y in (\"a\", null)",
+            "baseline.rate > 1 or true",
+            "baseline.rate > 1 or not ?x.y : \"a\"",
+        ] {
+            assert!(guards(src).is_none(), "{src}: {:?}", guards(src));
+        }
+    }
+
+    /// A presence guard never hides a match: whenever one of these conditions holds on an
+    /// event, one of its guards holds too, over events with each field absent, null, or set
+    /// to values of every type.
+    #[test]
+    fn presence_guards_hold_whenever_the_condition_does() {
+        let conditions = [
+            "?x.a > 1",
+            "?x.a != null",
+            "?x.a : \"v*\" or ?x.b == 2",
+            "?x.a not in (\"v\")",
+            "stringContains(?x.a, \"v\") or ?x.b < 0",
+            "?x.a + ?x.b == 3",
+            "baseline.rate > 0.5",
+            "?x.a",
+        ];
+        let values = [
+            "",
+            r#","x.a":null"#,
+            r#","x.a":"v""#,
+            r#","x.a":1"#,
+            r#","x.a":true"#,
+            r#","x.a":["v",2]"#,
+            r#","x.a":{"k":1}"#,
+        ];
+        let bvalues = [
+            "",
+            r#","x.b":null"#,
+            r#","x.b":2"#,
+            r#","x.b":-1"#,
+            r#","x.b":"s""#,
+        ];
+        let mut holds = 0;
+        for src in conditions {
+            let e = parse_expr(src).unwrap();
+            let p = Compiler::new(&Library::default(), true)
+                .condition(&e)
+                .unwrap();
+            let gs = p.guards().unwrap_or_else(|| panic!("{src} has no guard"));
+            for a in values {
+                for b in bvalues {
+                    let ev = cordon_ingest::decode_native(
+                        format!(r#"{{"@timestamp":"2026-11-20T10:00:00Z"{a}{b}}}"#).as_bytes(),
+                    )
+                    .unwrap();
+                    if p.matches(&ev) {
+                        holds += 1;
+                        assert!(
+                            gs.iter().any(|g| match g {
+                                Guard::Present(f) => has_value(&ev, f),
+                                Guard::Value(_) => unreachable!(),
+                            }),
+                            "{src} holds on {ev} but no guard does"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(holds > 20, "{holds}");
     }
 }
