@@ -188,6 +188,20 @@ pub enum Matcher {
 }
 
 impl Matcher {
+    /// Whether `s` matches any of `matchers`.
+    fn any(matchers: &[Matcher], s: &str) -> bool {
+        fn wild(m: &Matcher) -> Option<&Wildcard> {
+            match m {
+                Matcher::Wild(w) if w.insensitive() => Some(w),
+                _ => None,
+            }
+        }
+        if matchers.len() > 1 && matchers.iter().all(|m| wild(m).is_some()) {
+            return Wildcard::matches_any_insensitive(matchers.iter().filter_map(wild), s);
+        }
+        matchers.iter().any(|m| m.matches(s))
+    }
+
     fn matches(&self, s: &str) -> bool {
         match self {
             Matcher::Wild(w) => w.matches(s),
@@ -800,12 +814,10 @@ impl Pred {
                 Some(null != *negate)
             }
             Pred::Match { lhs, matchers } => lhs.eval_in(ev, ctx).any(&mut |v| match v {
-                Val::Str(s) => Some(matchers.iter().any(|m| m.matches(s))),
+                Val::Str(s) => Some(Matcher::any(matchers, s)),
                 Val::Null => None,
                 // Patterns apply to strings; numbers are matched on their text.
-                other => other
-                    .to_text()
-                    .map(|s| matchers.iter().any(|m| m.matches(&s))),
+                other => other.to_text().map(|s| Matcher::any(matchers, &s)),
             }),
             Pred::In { lhs, set, negated } => {
                 let v = lhs.eval_in(ev, ctx);
