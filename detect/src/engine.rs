@@ -49,28 +49,44 @@ pub struct RuleStats {
 /// Rules indexed by their guards (a field value, or a field's presence, each of their
 /// conditions requires): an event is tested only against the rules whose guard it satisfies,
 /// plus the rules without a guard. A multi-event rule is indexed by the guards of all its
-/// steps: it is a candidate when the event may satisfy any of them, and unguarded when one of
-/// them has no guard.
+/// steps: it is a candidate when the event may satisfy any of them, and it learns which
+/// ([`Steps`]), so its detector tests only those steps. A step without a guard is always
+/// among them.
 #[derive(Clone)]
 struct RuleIndex {
-    unguarded: Vec<usize>,
+    /// Rules with a step that has no guard, with those steps.
+    unguarded: Vec<Candidate>,
     fields: Vec<FieldIndex>,
     /// Rules guarded by a field having a value (baseline features, responses, optional
     /// arguments, extra fields): one presence test per field, not per rule.
-    present: Vec<(FieldRef, Vec<usize>)>,
+    present: Vec<(FieldRef, Vec<Candidate>)>,
+}
+
+/// A rule that may match an event, and which of its single-event conditions
+/// ([`Rule::event_matchers`]) may.
+type Candidate = (usize, Steps);
+
+/// A set of a rule's single-event conditions, by position ([`Rule::event_matchers`]): bit `j`
+/// for condition `j`, the last bit for every condition from the 64th on.
+pub type Steps = u64;
+
+/// The bit of condition `j` in [`Steps`].
+pub fn step_bit(j: usize) -> Steps {
+    1 << j.min(63)
 }
 
 #[derive(Clone)]
 struct FieldIndex {
     field: CoreField,
     insensitive: bool,
-    rules: FxHashMap<Box<str>, Vec<usize>>,
+    rules: FxHashMap<Box<str>, Vec<Candidate>>,
 }
 
-/// Adds `rule` to a list of rules in order, once.
-fn add_rule(list: &mut Vec<usize>, rule: usize) {
-    if list.last() != Some(&rule) {
-        list.push(rule);
+/// Adds `steps` of `rule` to a list of candidates in rule order.
+fn add_rule(list: &mut Vec<Candidate>, rule: usize, steps: Steps) {
+    match list.last_mut() {
+        Some((r, s)) if *r == rule => *s |= steps,
+        _ => list.push((rule, steps)),
     }
 }
 
@@ -82,48 +98,53 @@ impl RuleIndex {
             present: Vec::new(),
         };
         for (i, r) in rules.iter().enumerate() {
-            let guards: Option<Vec<Vec<_>>> =
-                r.event_matchers().iter().map(|m| m.pred.guards()).collect();
-            let Some(guards) = guards.filter(|g| !g.is_empty()) else {
-                idx.unguarded.push(i);
-                continue;
-            };
-            for g in guards.into_iter().flatten() {
-                let g = match g {
-                    Guard::Value(g) => g,
-                    Guard::Present(f) => {
-                        match idx.present.iter_mut().find(|(p, _)| *p == f) {
-                            Some((_, list)) => add_rule(list, i),
-                            None => idx.present.push((f, vec![i])),
+            let mut open: Steps = 0;
+            for (j, m) in r.event_matchers().iter().enumerate() {
+                let bit = step_bit(j);
+                let Some(guards) = m.pred.guards() else {
+                    open |= bit;
+                    continue;
+                };
+                for g in guards {
+                    let g = match g {
+                        Guard::Value(g) => g,
+                        Guard::Present(f) => {
+                            match idx.present.iter_mut().find(|(p, _)| *p == f) {
+                                Some((_, list)) => add_rule(list, i, bit),
+                                None => idx.present.push((f, vec![(i, bit)])),
+                            }
+                            continue;
                         }
-                        continue;
+                    };
+                    let pos = match idx
+                        .fields
+                        .iter()
+                        .position(|f| f.field == g.field && f.insensitive == g.insensitive)
+                    {
+                        Some(p) => p,
+                        None => {
+                            idx.fields.push(FieldIndex {
+                                field: g.field,
+                                insensitive: g.insensitive,
+                                rules: FxHashMap::default(),
+                            });
+                            idx.fields.len() - 1
+                        }
+                    };
+                    for v in g.values {
+                        add_rule(idx.fields[pos].rules.entry(v).or_default(), i, bit);
                     }
-                };
-                let pos = match idx
-                    .fields
-                    .iter()
-                    .position(|f| f.field == g.field && f.insensitive == g.insensitive)
-                {
-                    Some(p) => p,
-                    None => {
-                        idx.fields.push(FieldIndex {
-                            field: g.field,
-                            insensitive: g.insensitive,
-                            rules: FxHashMap::default(),
-                        });
-                        idx.fields.len() - 1
-                    }
-                };
-                for v in g.values {
-                    add_rule(idx.fields[pos].rules.entry(v).or_default(), i);
                 }
+            }
+            if open != 0 {
+                idx.unguarded.push((i, open));
             }
         }
         idx
     }
 
-    /// The rules that may match `ev`, in rule order.
-    fn candidates(&self, ev: &Event, out: &mut Vec<usize>) {
+    /// The rules that may match `ev`, in rule order, each once with the conditions that may.
+    fn candidates(&self, ev: &Event, out: &mut Vec<Candidate>) {
         out.clear();
         out.extend_from_slice(&self.unguarded);
         for f in &self.fields {
@@ -142,8 +163,14 @@ impl RuleIndex {
                 out.extend_from_slice(rules);
             }
         }
-        out.sort_unstable();
-        out.dedup();
+        out.sort_unstable_by_key(|c| c.0);
+        out.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 |= later.1;
+            }
+            same
+        });
     }
 }
 
@@ -292,7 +319,7 @@ pub struct Engine {
     rules: Vec<Rule>,
     index: RuleIndex,
     /// The rules that may match the event being observed, sorted ([`RuleIndex::candidates`]).
-    candidates: Vec<usize>,
+    candidates: Vec<Candidate>,
     stateful: Vec<StatefulRule>,
     others: Vec<Box<dyn Detector + Send>>,
     rule_stats: Vec<RuleStats>,
@@ -959,7 +986,7 @@ impl Engine {
         // Filter rules.
         let mut candidates = std::mem::take(&mut self.candidates);
         self.index.candidates(ev, &mut candidates);
-        for &idx in &candidates {
+        for &(idx, _) in &candidates {
             if self.rules[idx].is_stateful() {
                 continue;
             }
@@ -989,8 +1016,9 @@ impl Engine {
                 s.detector.on_watermark(wm, &mut findings);
             }
             // A rule the index ruled out would ignore the event: none of its steps can match.
-            if self.candidates.binary_search(&s.rule).is_ok() {
-                s.detector.observe(ev, &mut findings);
+            if let Ok(c) = self.candidates.binary_search_by_key(&s.rule, |c| c.0) {
+                s.detector
+                    .observe_steps(ev, self.candidates[c].1, &mut findings);
             }
             let rule = s.rule;
             for f in findings.drain(..) {
@@ -1126,6 +1154,7 @@ mod tests {
         let mut matched = 0;
         let mut stepped = 0;
         let mut skipped = 0;
+        let (mut steps_told, mut steps_all) = (0, 0);
         // With the baseline features the engine sets before rules see an event: rules on
         // them are guarded by their presence.
         let mut profiles = Profiles::default();
@@ -1139,15 +1168,25 @@ mod tests {
             ));
             let ev = &ev;
             det.index.candidates(ev, &mut cands);
+            assert!(cands.windows(2).all(|w| w[0].0 < w[1].0), "{cands:?}");
             for (i, r) in set.rules.iter().enumerate() {
+                let steps = cands.iter().find(|c| c.0 == i).map(|c| c.1);
                 let m = r.check(ev) != cordon_rules::Verdict::NoMatch;
                 matched += usize::from(m);
-                assert!(!m || cands.contains(&i), "rule {} hidden from {}", r.id, ev);
+                assert!(!m || steps.is_some(), "rule {} hidden from {}", r.id, ev);
                 if r.is_stateful() {
-                    let m = r.event_matchers().iter().any(|m| m.matches(ev));
-                    stepped += usize::from(m);
-                    skipped += usize::from(!cands.contains(&i));
-                    assert!(!m || cands.contains(&i), "rule {} hidden from {}", r.id, ev);
+                    skipped += usize::from(steps.is_none());
+                    let mut told = 0;
+                    for (j, c) in r.event_matchers().iter().enumerate() {
+                        let may = steps.is_some_and(|s| s & step_bit(j) != 0);
+                        told += usize::from(may);
+                        if c.matches(ev) {
+                            stepped += 1;
+                            assert!(may, "step {j} of {} hidden from {}", r.id, ev);
+                        }
+                    }
+                    steps_told += told;
+                    steps_all += r.event_matchers().len();
                 }
             }
         }
@@ -1158,6 +1197,8 @@ mod tests {
         assert!(skipped > g.events.len() * stateful / 2, "{skipped}");
         assert!(det.index.unguarded.len() < set.rules.len() / 2);
         assert!(det.index.unguarded.len() < 2, "{:?}", det.index.unguarded);
+        // Of the rules an event reaches, few steps are to be tested.
+        assert!(steps_told * 4 < steps_all, "{steps_told} of {steps_all}");
         assert!(det.index.present.len() > 5);
         assert!(featured > g.events.len() / 4, "{featured}");
     }

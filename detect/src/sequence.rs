@@ -29,6 +29,7 @@ use cordon_rules::stateful::SequenceSpec;
 
 use std::sync::Arc;
 
+use crate::engine::{step_bit, Steps};
 use crate::keys::{join_keys, join_keys_into};
 use crate::stateful::{Finding, StateStats, Stateful};
 
@@ -364,16 +365,22 @@ impl SequenceDetector {
 
 impl Stateful for SequenceDetector {
     fn observe(&mut self, ev: &Event, out: &mut Vec<Finding>) {
+        self.observe_steps(ev, Steps::MAX, out);
+    }
+
+    fn observe_steps(&mut self, ev: &Event, steps: Steps, out: &mut Vec<Finding>) {
         let Some(t) = ev.timestamp_nanos() else {
             return;
         };
+        // Steps, then `until`, in the order of `Rule::event_matchers`.
+        let may = |j: usize| steps & step_bit(j) != 0;
         let mut any = false;
         for (i, st) in self.spec.steps.iter().enumerate() {
-            self.matched[i] = st.matches(ev);
+            self.matched[i] = may(i) && st.matches(ev);
             any |= self.matched[i];
         }
         if let Some(u) = &self.spec.until {
-            if u.matches(ev) {
+            if may(self.spec.steps.len()) && u.matches(ev) {
                 for key in join_keys(ev, &u.keys) {
                     self.close_key(&key);
                 }

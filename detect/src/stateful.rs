@@ -35,6 +35,12 @@ pub struct StateStats {
 pub trait Stateful: Send {
     /// Observes one event (events arrive in event-time order).
     fn observe(&mut self, ev: &Event, out: &mut Vec<Finding>);
+    /// Observes one event that can satisfy only the rule's single-event conditions in
+    /// `steps` ([`crate::engine::Steps`], by position in `Rule::event_matchers`): the engine's
+    /// index found the others' guards false, so a detector may skip testing them.
+    fn observe_steps(&mut self, ev: &Event, _steps: crate::engine::Steps, out: &mut Vec<Finding>) {
+        self.observe(ev, out);
+    }
     /// Event time has reached `wm`: spans that ended before it close.
     fn on_watermark(&mut self, wm: i64, out: &mut Vec<Finding>);
     /// End of input: every window closes.
