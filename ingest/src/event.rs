@@ -571,6 +571,114 @@ struct Fields {
     instance: OnceLock<u64>,
 }
 
+/// The setters a decoder uses, on the fields themselves: [`Event`]'s setters reach them
+/// through [`Event::m`], and [`EventBuilder`] directly.
+impl Fields {
+    fn set_str(&mut self, f: CoreField, v: &str) {
+        let Some(i) = f.str_slot() else { return };
+        let (Ok(start), Ok(len)) = (u32::try_from(self.text.len()), u32::try_from(v.len())) else {
+            return;
+        };
+        if len == u32::MAX {
+            return;
+        }
+        if f == CoreField::Method {
+            self.category = Category::from_method(v);
+        }
+        if self.text.capacity() == 0 {
+            self.text.reserve(256);
+        }
+        self.text.push_str(v);
+        self.slots[i] = Slot { start, len };
+    }
+
+    fn set_timestamp_text(&mut self, text: &str) -> Result<(), jiff::Error> {
+        let ts: jiff::Timestamp = text.parse()?;
+        self.ts_nanos = Some(ts.as_nanosecond() as i64);
+        self.set_str(CoreField::Timestamp, text);
+        Ok(())
+    }
+
+    fn set_arguments(&mut self, v: Json) {
+        self.arguments_bytes = u32::try_from(json_size(&v)).unwrap_or(u32::MAX);
+        self.arguments = Some(v);
+    }
+
+    fn set_fingerprints_from(&mut self, f: CoreField, fps: &mut [u64]) {
+        fps.sort_unstable();
+        let mut n = 0;
+        for i in 0..fps.len() {
+            if n == 0 || fps[i] != fps[n - 1] {
+                fps[n] = fps[i];
+                n += 1;
+            }
+        }
+        self.put_fingerprints(f, Box::from(&fps[..n]));
+    }
+
+    fn put_fingerprints(&mut self, f: CoreField, v: Box<[u64]>) {
+        match f {
+            CoreField::ResultFp => self.result_fp = Some(v),
+            CoreField::ArgsFp => self.args_fp = Some(v),
+            _ => {}
+        }
+    }
+
+    fn set_extra(&mut self, name: Box<str>, v: Json) {
+        if let Some(slot) = self.extra.iter_mut().find(|(k, _)| *k == name) {
+            slot.1 = v;
+        } else {
+            self.extra.push((name, v));
+        }
+    }
+}
+
+/// An event being decoded: its fields are written in place, and become an [`Event`] once
+/// complete. Each of [`Event`]'s setters first makes sure the fields are not shared (an
+/// atomic compare-and-swap and a check of the value's id, about thirty instructions); a
+/// decoder sets twenty-odd fields per record, on fields no one else can see yet.
+#[derive(Default)]
+pub(crate) struct EventBuilder(Fields);
+
+impl EventBuilder {
+    /// The event, complete.
+    pub(crate) fn finish(self) -> Event {
+        Event(Arc::new(self.0))
+    }
+    /// [`Event::set_str`].
+    pub(crate) fn set_str(&mut self, f: CoreField, v: &str) {
+        self.0.set_str(f, v);
+    }
+    /// [`Event::set_timestamp_text`].
+    pub(crate) fn set_timestamp_text(&mut self, text: &str) -> Result<(), jiff::Error> {
+        self.0.set_timestamp_text(text)
+    }
+    /// [`Event::set_result_bytes`].
+    pub(crate) fn set_result_bytes(&mut self, v: i64) {
+        self.0.result_bytes = Some(v);
+    }
+    /// [`Event::set_duration_ms`].
+    pub(crate) fn set_duration_ms(&mut self, v: f64) {
+        self.0.duration_ms = Some(v);
+    }
+    /// [`Event::set_arguments`].
+    pub(crate) fn set_arguments(&mut self, v: Json) {
+        self.0.set_arguments(v);
+    }
+    /// [`Event::set_tool_description_sha256_shared`].
+    pub(crate) fn set_tool_description_sha256_shared(&mut self, v: Arc<Json>) {
+        self.0.tool_description_sha256 = Some(v);
+    }
+    /// [`Event::set_fingerprints_from`].
+    pub(crate) fn set_fingerprints_from(&mut self, f: CoreField, fps: &mut [u64]) {
+        self.0.set_fingerprints_from(f, fps);
+    }
+    /// [`Event::set_extra`].
+    pub(crate) fn set_extra(&mut self, name: &str, v: Json) {
+        self.0.set_extra(name.into(), v);
+    }
+}
+
 impl Event {
     /// An empty event.
     pub fn new() -> Event {
@@ -614,25 +722,9 @@ impl Event {
     /// Sets a string-typed core field; setting the method also sets the category.
     /// Does nothing for fields of other types, or for a value over 4 GiB.
     pub fn set_str(&mut self, f: CoreField, v: impl AsRef<str>) {
-        let v = v.as_ref();
-        let Some(i) = f.str_slot() else { return };
-        // Once: each `m` checks whether the fields are shared (a decoder sets a dozen fields
-        // per event).
-        let m = self.m();
-        let (Ok(start), Ok(len)) = (u32::try_from(m.text.len()), u32::try_from(v.len())) else {
-            return;
-        };
-        if len == u32::MAX {
-            return;
+        if f.str_slot().is_some() {
+            self.m().set_str(f, v.as_ref());
         }
-        if f == CoreField::Method {
-            m.category = Category::from_method(v);
-        }
-        if m.text.capacity() == 0 {
-            m.text.reserve(256);
-        }
-        m.text.push_str(v);
-        m.slots[i] = Slot { start, len };
     }
 
     /// Clears a core field.
@@ -685,10 +777,7 @@ impl Event {
 
     /// Sets `@timestamp` from RFC 3339 text, keeping the text as given.
     pub fn set_timestamp_text(&mut self, text: &str) -> Result<(), jiff::Error> {
-        let ts: jiff::Timestamp = text.parse()?;
-        self.m().ts_nanos = Some(ts.as_nanosecond() as i64);
-        self.set_str(CoreField::Timestamp, text);
-        Ok(())
+        self.m().set_timestamp_text(text)
     }
 
     /// `audit.result_bytes`.
@@ -713,9 +802,7 @@ impl Event {
     }
     /// Sets `gen_ai.tool.call.arguments`.
     pub fn set_arguments(&mut self, v: Json) {
-        let m = self.m();
-        m.arguments_bytes = u32::try_from(json_size(&v)).unwrap_or(u32::MAX);
-        m.arguments = Some(v);
+        self.m().set_arguments(v);
     }
 
     /// The size of the arguments as compact JSON text (0 without arguments).
@@ -747,29 +834,15 @@ impl Event {
     pub fn set_fingerprints(&mut self, f: CoreField, mut fps: Vec<u64>) {
         fps.sort_unstable();
         fps.dedup();
-        self.put_fingerprints(f, fps.into_boxed_slice());
+        if matches!(f, CoreField::ResultFp | CoreField::ArgsFp) {
+            self.m().put_fingerprints(f, fps.into_boxed_slice());
+        }
     }
 
     /// [`Event::set_fingerprints`] from a scratch slice (sorted and deduplicated in place),
     /// copied into one allocation of the exact size.
     pub fn set_fingerprints_from(&mut self, f: CoreField, fps: &mut [u64]) {
-        fps.sort_unstable();
-        let mut n = 0;
-        for i in 0..fps.len() {
-            if n == 0 || fps[i] != fps[n - 1] {
-                fps[n] = fps[i];
-                n += 1;
-            }
-        }
-        self.put_fingerprints(f, Box::from(&fps[..n]));
-    }
-
-    fn put_fingerprints(&mut self, f: CoreField, v: Box<[u64]>) {
-        match f {
-            CoreField::ResultFp => self.m().result_fp = Some(v),
-            CoreField::ArgsFp => self.m().args_fp = Some(v),
-            _ => {}
-        }
+        self.m().set_fingerprints_from(f, fps);
     }
 
     /// Sets one flag feature, creating the feature set if the event has none.
@@ -810,12 +883,7 @@ impl Event {
 
     /// Sets a non-core field (replacing an earlier value of the same name).
     pub fn set_extra(&mut self, name: impl Into<Box<str>>, v: Json) {
-        let name = name.into();
-        if let Some(slot) = self.m().extra.iter_mut().find(|(k, _)| *k == name) {
-            slot.1 = v;
-        } else {
-            self.m().extra.push((name, v));
-        }
+        self.m().set_extra(name.into(), v);
     }
 
     /// Removes a non-core field.

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde_json::Value as Json;
 
-use crate::event::{CoreField, Event, FieldKind};
+use crate::event::{CoreField, Event, EventBuilder, FieldKind};
 use crate::fingerprint::{parse_hex, parse_hex_bytes};
 
 /// Nesting the fast path follows, in objects and again inside a free-form value, before it
@@ -45,21 +45,21 @@ pub(super) fn decode(text: &str) -> Option<Event> {
         text,
         b: text.as_bytes(),
         i: 0,
-        ev: Event::new(),
+        ev: EventBuilder::default(),
         path: String::new(),
         fps: Vec::new(),
     };
     s.ws();
     s.object(0)?;
     s.ws();
-    (s.i == s.b.len()).then_some(s.ev)
+    (s.i == s.b.len()).then(|| s.ev.finish())
 }
 
 struct Scan<'a> {
     text: &'a str,
     b: &'a [u8],
     i: usize,
-    ev: Event,
+    ev: EventBuilder,
     /// The dotted prefix of nested keys (empty at the top level).
     path: String,
     /// Scratch for one fingerprint array.
