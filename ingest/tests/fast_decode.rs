@@ -260,3 +260,33 @@ fn recurring_description_maps_are_shared() {
     .unwrap();
     assert_eq!(spaced.tool_description_sha256(), Some(ma));
 }
+
+/// The decoder predicts each top-level key from the order of the keys it saw before. A
+/// record whose key only resembles the predicted one (longer, shorter, escaped, spaced, cut
+/// off) must decode exactly as the full decoder decodes it, whatever the prediction.
+#[test]
+fn predicted_keys_are_checked_whole() {
+    let ts = r#""@timestamp":"2026-11-20T10:00:00Z""#;
+    let trained = format!(r#"{{{ts},"gen_ai.agent.id":"a","mcp.method.name":"tools/call"}}"#);
+    for text in [
+        format!(r#"{{{ts},"gen_ai.agent.idx":"a","mcp.method.name":"tools/call"}}"#),
+        format!(r#"{{{ts},"gen_ai.agent.i":"a","mcp.method.name":"tools/call"}}"#),
+        format!(r#"{{{ts},"gen_ai.agent.i\u0064":"a","mcp.method.name":"tools/call"}}"#),
+        format!(r#"{{{ts},"gen_ai.agent.id" :"a", "mcp.method.name":"tools/call"}}"#),
+        format!(r#"{{{ts}, "gen_ai.agent.id":"a","mcp.method.name" : "tools/list"}}"#),
+        format!(r#"{{{ts},"x":1,"gen_ai.agent.id":"a","mcp.method.name":"tools/call"}}"#),
+        format!(r#"{{{ts},"mcp.method.name":"tools/call","gen_ai.agent.id":"a"}}"#),
+        format!(r#"{{{ts},"gen_ai.agent.id""a"}}"#),
+        format!(r#"{{{ts},"gen_ai.agent.id"#),
+        format!(
+            r#"{{{ts},"gen_ai.agent.id":"a","mcp.method.name":"tools/call","gen_ai.agent.id":"b"}}"#
+        ),
+        format!(r#"{{"gen_ai.agent.id":"a",{ts}}}"#),
+        trained.clone(),
+    ] {
+        same(&trained).unwrap();
+        same(&trained).unwrap();
+        same(&text).unwrap_or_else(|e| panic!("{e}"));
+        same(&text).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
