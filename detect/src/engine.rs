@@ -1009,6 +1009,9 @@ impl Engine {
         if sweep {
             self.last_sweep = self.processed;
         }
+        // Both lists are in rule order: one walk pairs each detector with its candidacy.
+        debug_assert!(self.stateful.windows(2).all(|w| w[0].rule < w[1].rule));
+        let mut next = 0;
         for i in 0..self.stateful.len() {
             let wm = self.processed;
             let s = &mut self.stateful[i];
@@ -1016,13 +1019,17 @@ impl Engine {
                 s.detector.on_watermark(wm, &mut findings);
             }
             // A rule the index ruled out would ignore the event: none of its steps can match.
-            if let Ok(c) = self.candidates.binary_search_by_key(&s.rule, |c| c.0) {
-                s.detector
-                    .observe_steps(ev, self.candidates[c].1, &mut findings);
+            while self.candidates.get(next).is_some_and(|c| c.0 < s.rule) {
+                next += 1;
             }
-            let rule = s.rule;
-            for f in findings.drain(..) {
-                self.finding(rule, f, out);
+            if let Some(&(_, steps)) = self.candidates.get(next).filter(|c| c.0 == s.rule) {
+                s.detector.observe_steps(ev, steps, &mut findings);
+            }
+            if !findings.is_empty() {
+                let rule = s.rule;
+                for f in findings.drain(..) {
+                    self.finding(rule, f, out);
+                }
             }
         }
         self.findings = findings;
