@@ -49,6 +49,9 @@ const UNKNOWN: u8 = u8::MAX;
 thread_local! {
     static SHARED: RefCell<FxHashMap<Box<[u8]>, Arc<Json>>> = RefCell::default();
     static NEXT_KEY: Cell<[u8; KEY_SLOTS]> = const { Cell::new([UNKNOWN; KEY_SLOTS]) };
+    /// The fingerprint scratch, kept from record to record: a new one grew three times per
+    /// record (two arrays of a dozen fingerprints).
+    static FPS: Cell<Vec<u64>> = const { Cell::new(Vec::new()) };
 }
 
 /// Decodes a native record of the common shape, or returns `None` for the full decoder.
@@ -59,13 +62,14 @@ pub(super) fn decode(text: &str) -> Option<Event> {
         i: 0,
         ev: EventBuilder::default(),
         path: String::new(),
-        fps: Vec::new(),
+        fps: FPS.take(),
         next_key: NEXT_KEY.with(Cell::get),
         prev_key: AT_START,
     };
     s.ws();
     let done = s.object(0);
     NEXT_KEY.with(|c| c.set(s.next_key));
+    FPS.set(std::mem::take(&mut s.fps));
     done?;
     s.ws();
     (s.i == s.b.len()).then(|| s.ev.finish())
@@ -105,6 +109,11 @@ impl<'a> Scan<'a> {
     }
 
     fn peek(&mut self) -> Option<u8> {
+        // Records are mostly compact: the next byte is nearly always the token itself.
+        let c = *self.b.get(self.i)?;
+        if c > b' ' {
+            return Some(c);
+        }
         self.ws();
         self.b.get(self.i).copied()
     }
