@@ -131,19 +131,10 @@ impl Wildcard {
         if !s.is_ascii() {
             return run(&s.to_lowercase());
         }
-        if !s.bytes().any(|b| b.is_ascii_uppercase()) {
-            return run(s);
-        }
-        let mut buf = [0u8; 512];
-        if s.len() <= buf.len() {
-            let lower = &mut buf[..s.len()];
-            lower.copy_from_slice(s.as_bytes());
-            lower.make_ascii_lowercase();
-            // ASCII lowercased stays ASCII.
+        // ASCII lowercased stays ASCII.
+        with_ascii_lowercase(s.as_bytes(), |lower| {
             run(std::str::from_utf8(lower).unwrap_or_default())
-        } else {
-            run(&s.to_ascii_lowercase())
-        }
+        })
     }
 
     /// Matches an input already lowercased (an insensitive pattern is stored lowercased).
@@ -168,19 +159,29 @@ fn eq(a: &[u8], b: &[u8], ci: bool) -> bool {
 }
 
 /// Substring search; for case-insensitive patterns (stored lowercased) the ASCII input is
-/// lowercased into a stack buffer first, so the search stays one SIMD `memmem` pass.
+/// lowercased first, so the search stays one SIMD `memmem` pass.
 fn contains(hay: &[u8], finder: &memchr::memmem::Finder<'_>, ci: bool) -> bool {
     if !ci {
         return finder.find(hay).is_some();
     }
+    with_ascii_lowercase(hay, |lower| finder.find(lower).is_some())
+}
+
+/// `f` of `bytes` with ASCII letters lowercased: the bytes as they are when they hold no
+/// capital, else a copy in a stack buffer (on the heap past 512 bytes), without allocating
+/// for the short values rules test.
+fn with_ascii_lowercase<R>(bytes: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    if !bytes.iter().any(u8::is_ascii_uppercase) {
+        return f(bytes);
+    }
     let mut buf = [0u8; 512];
-    if hay.len() <= buf.len() {
-        let lower = &mut buf[..hay.len()];
-        lower.copy_from_slice(hay);
-        lower.make_ascii_lowercase();
-        finder.find(lower).is_some()
-    } else {
-        finder.find(&hay.to_ascii_lowercase()).is_some()
+    match buf.get_mut(..bytes.len()) {
+        Some(lower) => {
+            lower.copy_from_slice(bytes);
+            lower.make_ascii_lowercase();
+            f(lower)
+        }
+        None => f(&bytes.to_ascii_lowercase()),
     }
 }
 
