@@ -553,10 +553,11 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 /// control character — or `None` when there is none (the event writer then copies the
 /// string as it is).
 ///
-/// Sixteen bytes are compared at a time as one vector (SSE2 on x86-64, through `wide`), and the first special byte is found from the comparison's bit mask. Every key
-/// and string value of every record passes here: eight bytes at a time in plain integers
-/// took 17 % of a file run's instructions. The last few bytes of the text go eight at a
-/// time, then one by one.
+/// Sixteen bytes are compared at a time as one vector (SSE2 on x86-64, through `wide`), and
+/// the first special byte is found from the comparison's bit mask. Every key and string
+/// value of every record passes here: eight bytes at a time in plain integers took 17 % of a
+/// file run's instructions. The last few bytes of the text go eight at a time, then one by
+/// one.
 pub(crate) fn first_special(s: &[u8]) -> Option<usize> {
     use wide::u8x16;
     const ONES: u64 = 0x0101_0101_0101_0101;
