@@ -1123,6 +1123,8 @@ struct Lane {
     scheduled: bool,
     /// Without a state store: (offset, event time) of the events run since the last cut.
     held: Vec<(i64, i64)>,
+    /// The engine thread that ran the lane's last job.
+    last: Option<usize>,
 }
 
 impl Lanes {
@@ -1155,17 +1157,34 @@ impl Lanes {
         self.changed.notify_all();
     }
 
-    /// The next lane's next job (waiting for one); `None` once closed.
-    fn next(&self) -> Option<Job> {
+    /// The next job for engine thread `worker` (waiting for one); `None` once closed.
+    ///
+    /// A thread takes the first ready lane it ran last time, or a lane no thread has run,
+    /// and only otherwise the first ready lane. A partition's state (its windows, open
+    /// matches and baselines, megabytes) then stays in the cache of the core that last
+    /// worked on it, and the events it holds are freed by the thread that allocated them;
+    /// taking lanes strictly in turn moved each partition between the threads at nearly
+    /// every job.
+    fn next(&self, worker: usize) -> Option<Job> {
         let mut st = self.lock();
         loop {
-            while let Some(key) = st.ready.pop_front() {
-                if let Some(lane) = st.lanes.get_mut(&key) {
+            let st_ = &mut *st;
+            let own = st_.ready.iter().position(|k| {
+                st_.lanes
+                    .get(k)
+                    .is_none_or(|l| l.last.is_none_or(|w| w == worker))
+            });
+            if let Some(key) = st_.ready.remove(own.unwrap_or(0)) {
+                if let Some(lane) = st_.lanes.get_mut(&key) {
                     match lane.queue.pop_front() {
-                        Some(job) => return Some(job),
+                        Some(job) => {
+                            lane.last = Some(worker);
+                            return Some(job);
+                        }
                         None => lane.scheduled = false,
                     }
                 }
+                continue;
             }
             if st.closed {
                 return None;
@@ -1284,6 +1303,26 @@ impl Cut {
     }
 }
 
+/// Waits until every record produced so far is delivered (or failed), at most `timeout`.
+///
+/// `BaseProducer::flush` waits for an event in slices of 100 ms, and the poll loop serves
+/// the same producer's events between batches: when it took the last delivery report, the
+/// flush slept out its slice, and a commit took 100 ms longer. Short slices bound that.
+fn wait_for_deliveries(p: &BaseProducer<Deliveries>, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while p.in_flight_count() > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            anyhow::bail!(
+                "[kafka]: waiting for deliveries: {} records still in flight after {timeout:?}",
+                p.in_flight_count()
+            );
+        }
+        p.poll(left.min(Duration::from_millis(2)));
+    }
+    Ok(())
+}
+
 /// Completes cuts: makes the sinks durable, waits for deliveries, writes the checkpoints,
 /// commits. The poll loop hands it a cut and reads on while it works (so a commit's disk
 /// and network waits do not stall detection); a revocation or shutdown completes one on
@@ -1330,8 +1369,7 @@ impl Committer {
         }
         let sinks_us = t0.elapsed().as_micros() as u64;
         if let Some(p) = &self.producer {
-            p.flush(self.flush_timeout)
-                .context("[kafka]: waiting for deliveries")?;
+            wait_for_deliveries(p, self.flush_timeout)?;
             let failed = p.context().failed.swap(0, Ordering::Relaxed);
             if failed > 0 {
                 anyhow::bail!(
@@ -2221,7 +2259,7 @@ impl KafkaInput {
                     std::thread::Builder::new()
                         .name(format!("cordon-engine-{i}"))
                         .spawn_scoped(scope, move || {
-                            while let Some(job) = self.lanes.next() {
+                            while let Some(job) = self.lanes.next(i) {
                                 let r = self
                                     .run_job(&job, on_alert, progress)
                                     .map_err(|e| format!("{e:#}"));
@@ -2644,9 +2682,10 @@ mod tests {
         let ran = Mutex::new(Vec::new());
         let busy = Mutex::new(HashSet::new());
         std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|| {
-                    while let Some(j) = lanes.next() {
+            for w in 0..threads {
+                let (lanes, ran, busy) = (&lanes, &ran, &busy);
+                s.spawn(move || {
+                    while let Some(j) = lanes.next(w) {
                         assert!(
                             busy.lock().unwrap().insert(j.key.clone()),
                             "lane {} on two threads at once",
@@ -2703,18 +2742,44 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_keeps_to_the_lanes_it_ran_and_takes_others_when_idle() {
+        let lanes = Lanes::new(Arc::default());
+        lanes.push(job("a", 0));
+        lanes.push(job("b", 0));
+        // No lane has run yet: each thread takes the first ready one.
+        let a = lanes.next(0).unwrap();
+        let b = lanes.next(1).unwrap();
+        assert_eq!((a.key.as_str(), b.key.as_str()), ("a", "b"));
+        lanes.finished(&a, Ok(Vec::new()));
+        lanes.finished(&b, Ok(Vec::new()));
+        lanes.push(job("a", 1));
+        lanes.push(job("b", 1));
+        // a is first in turn, but thread 1 ran b last.
+        let b = lanes.next(1).unwrap();
+        assert_eq!((b.key.as_str(), b.records[0].0), ("b", 1));
+        lanes.finished(&b, Ok(Vec::new()));
+        // Thread 1 has no lane of its own ready: it takes a rather than wait.
+        let a = lanes.next(1).unwrap();
+        assert_eq!((a.key.as_str(), a.records[0].0), ("a", 1));
+        lanes.finished(&a, Ok(Vec::new()));
+        lanes.push(job("a", 2));
+        assert_eq!(lanes.next(1).unwrap().key, "a", "a is now thread 1's");
+        assert_eq!(lanes.in_flight(), job("a", 2).bytes.capacity());
+    }
+
+    #[test]
     fn a_failed_job_drops_its_lane_and_stops_the_run() {
         let lanes = Lanes::new(Arc::default());
         for o in 0..3 {
             lanes.push(job("a", o));
         }
-        let first = lanes.next().unwrap();
+        let first = lanes.next(0).unwrap();
         lanes.finished(&first, Err("the alerts file is full".into()));
         assert_eq!(lanes.fatal().as_deref(), Some("the alerts file is full"));
         assert_eq!(lanes.in_flight(), 0, "queued jobs are dropped, not run");
         lanes.settle(Some("a"));
         lanes.close();
-        assert!(lanes.next().is_none());
+        assert!(lanes.next(0).is_none());
     }
 
     #[test]
