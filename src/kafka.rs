@@ -49,7 +49,8 @@
 //! each record against its partition's offset, copies it into a job for the partition's lane
 //! and goes back to fetching. Engine threads (`workers`, default one per core) run the lanes:
 //! a lane runs on one thread at a time, its jobs in order, so a partition's records reach its
-//! engine in offset order; lanes with work take turns a job at a time. Each engine has its
+//! engine in offset order; lanes with work take turns a job at a time, a thread preferring
+//! the lanes it ran last (their state is still in its core's cache). Each engine has its
 //! own lock, so partitions share nothing while they run. A job's thread writes its dead
 //! letters and alerts itself. Whenever a partition's state and offset must agree — a
 //! checkpoint, a revocation, the stop — the loop first waits for that partition's lane to
@@ -2252,7 +2253,8 @@ impl KafkaInput {
                 })
                 .context("starting the committer thread")?
             };
-            // The engine threads: each runs one lane's job at a time, lanes taking turns.
+            // The engine threads: each runs one lane's job at a time, lanes taking turns
+            // (each thread preferring its own, `Lanes::next`).
             let engines: Vec<_> = (0..self.workers)
                 .map(|i| {
                     let on_alert = &on_alert;
