@@ -325,6 +325,17 @@ fn cpu_seconds(pid: &str) -> f64 {
     f.iter().sum::<f64>() / 100.0
 }
 
+/// Minor page faults a process has taken so far (`/proc/<pid>/stat`). Each is a page the
+/// kernel mapped and zeroed: memory an allocator gave back and took again shows here.
+fn page_faults(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    rest.split_whitespace()
+        .nth(7)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// CPU time per event of one side of a throughput phase and of the broker beside it.
 #[derive(Clone, Copy, Default)]
 struct Cpu {
@@ -332,19 +343,22 @@ struct Cpu {
     consumer: f64,
     /// The broker's, µs per event.
     broker: f64,
+    /// The consumer's minor page faults per 1 000 events.
+    faults: f64,
 }
 
 /// Measures the CPU `pid` and the broker use while `f` runs, per event of `n`.
 fn cpu_of<T>(pid: &str, broker: &str, n: usize, f: impl FnOnce() -> T) -> (T, Cpu) {
-    let (c0, b0) = (cpu_seconds(pid), cpu_seconds(broker));
+    let (c0, b0, f0) = (cpu_seconds(pid), cpu_seconds(broker), page_faults(pid));
     let out = f();
-    let (c1, b1) = (cpu_seconds(pid), cpu_seconds(broker));
+    let (c1, b1, f1) = (cpu_seconds(pid), cpu_seconds(broker), page_faults(pid));
     let per = |s: f64| s * 1e6 / n as f64;
     (
         out,
         Cpu {
             consumer: per(c1 - c0),
             broker: per(b1 - b0),
+            faults: (f1 - f0) * 1e3 / n as f64,
         },
     )
 }
@@ -481,8 +495,16 @@ fn main() {
                 rate / raw
             );
             println!(
-                "  CPU per event: raw loop {:.2} / {:.2} µs, its broker {:.2} / {:.2} µs; Cordon {:.2} µs, its broker {:.2} µs",
-                cpu1.consumer, cpu2.consumer, cpu1.broker, cpu2.broker, cpu.consumer, cpu.broker
+                "  CPU per event: raw loop {:.2} / {:.2} µs, its broker {:.2} / {:.2} µs; Cordon {:.2} µs, its broker {:.2} µs; page faults per 1 000 events: raw loop {:.1} / {:.1}, Cordon {:.1}",
+                cpu1.consumer,
+                cpu2.consumer,
+                cpu1.broker,
+                cpu2.broker,
+                cpu.consumer,
+                cpu.broker,
+                cpu1.faults,
+                cpu2.faults,
+                cpu.faults
             );
         }
     }
@@ -515,9 +537,10 @@ fn main() {
     for ((name, _), cpus) in contenders.iter().zip(&cordon_cpu) {
         let own = median(cpus.iter().map(|c| c.consumer).collect());
         let all = median(cpus.iter().map(|c| c.consumer + c.broker).collect());
+        let faults = median(cpus.iter().map(|c| c.faults).collect());
         let ceiling = cores / all * 1e6;
         println!(
-            "{name}: {own:.2} µs of CPU per event, {all:.2} µs with its broker's (medians); all {cores} cores busy would run {:.0} k events/s, {:.2} of the raw rate; 0.70 of it would take {:.1} cores for Cordon alone",
+            "{name}: {own:.2} µs of CPU per event, {all:.2} µs with its broker's, {faults:.1} page faults per 1 000 events (medians); all {cores} cores busy would run {:.0} k events/s, {:.2} of the raw rate; 0.70 of it would take {:.1} cores for Cordon alone",
             ceiling / 1e3,
             ceiling / raw_median,
             own * 0.70 * raw_median / 1e6
@@ -811,12 +834,14 @@ fn latency(
         broker_pid.to_owned(),
         "self".to_owned(),
     ];
-    let mut cpu0 = [0.0; 3];
+    let (mut cpu0, mut faults0) = ([0.0; 3], 0.0);
     let (start, total, achieved) = send_paced(addr, topic, events, rate, 20.0, &sent, || {
         cpu0 = pids.each_ref().map(|p| cpu_seconds(p));
+        faults0 = page_faults(&pids[0]);
     });
     let wall = start.elapsed().as_secs_f64();
     let cpu = [0, 1, 2].map(|i| cpu_seconds(&pids[i]) - cpu0[i]);
+    let faults = (page_faults(&pids[0]) - faults0) * 1e3 / total as f64;
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, std::sync::atomic::Ordering::Release);
     reader.join().unwrap();
@@ -831,13 +856,19 @@ fn latency(
         c.metric(key, "cordon_kafka_delivery_wait_seconds_total") * 1000.0 / commits.max(1.0);
     let (delay50, delay99) = c.delay_quantiles(key, "cordon_kafka_record_delay_seconds");
     let (run50, run99) = c.delay_quantiles(key, "cordon_kafka_run_delay_seconds");
+    let buffers = [
+        "cordon_kafka_job_buffers_made_total",
+        "cordon_kafka_job_buffer_bytes_made_total",
+        "cordon_kafka_job_buffers_freed_total",
+    ]
+    .map(|m| c.metric(key, m));
     let ckpt_kb = c.metric(key, "cordon_kafka_checkpoint_bytes_total")
         / c.metric(key, "cordon_kafka_checkpoints_total").max(1.0)
         / 1024.0;
     c.stop();
     let per = |s: f64| s * 1e6 / total as f64;
     println!(
-        "  while live: CPU per event (cores busy) Cordon {:.2} µs ({:.2}), the broker {:.2} µs ({:.2}), this bench's producer and readers {:.2} µs ({:.2})",
+        "  while live: CPU per event (cores busy) Cordon {:.2} µs ({:.2}; {faults:.1} page faults per 1 000 events), the broker {:.2} µs ({:.2}), this bench's producer and readers {:.2} µs ({:.2})",
         per(cpu[0]),
         cpu[0] / wall,
         per(cpu[1]),
@@ -847,6 +878,12 @@ fn latency(
     );
     println!("  while live: records run within {delay50} ms of their Kafka timestamp (half of them) and {delay99} ms (99 %), and within {run50} / {run99} ms of being fetched (histogram bounds)");
     println!("  while live: {commits} commits averaging {commit_ms:.1} ms beside the poll loop ({sinks_ms:.1} ms sinks, {wait_ms:.1} ms deliveries, {ckpt_ms:.1} ms writing checkpoints of {ckpt_kb:.0} KB per partition); {snap_ms:.1} ms per commit copying engines");
+    println!(
+        "  while live: {} job buffers made ({:.1} MB), {} kept ones freed",
+        buffers[0],
+        buffers[1] / 1e6,
+        buffers[2]
+    );
     if !hops.is_empty() {
         println!(
             "  baseline (the broker alone, just before, same rate): a raw consumer got each record in {}",

@@ -323,6 +323,12 @@ pub struct KafkaStats {
     pub action_results_produced: AtomicU64,
     /// Records the broker did not take (the commit that would cover them is refused).
     pub delivery_failures: AtomicU64,
+    /// Job buffers made because no kept one was large enough ([`Spare`]).
+    pub job_buffers_made: AtomicU64,
+    /// Bytes of the job buffers made.
+    pub job_buffer_bytes_made: AtomicU64,
+    /// Kept job buffers freed (each too small for a job that came).
+    pub job_buffers_freed: AtomicU64,
     /// Whether every assigned partition's state is restored.
     pub ready: AtomicBool,
     /// Consumer lag by `topic/partition`, as librdkafka last reported it.
@@ -517,6 +523,24 @@ impl KafkaStats {
             "cordon_kafka_delivery_failures_total",
             "Records the broker did not take",
             &self.delivery_failures,
+        );
+        c(
+            out,
+            "cordon_kafka_job_buffers_made_total",
+            "Buffers made to copy fetched records into for the engine threads, because no kept one was large enough",
+            &self.job_buffers_made,
+        );
+        c(
+            out,
+            "cordon_kafka_job_buffer_bytes_made_total",
+            "Bytes of the job buffers made",
+            &self.job_buffer_bytes_made,
+        );
+        c(
+            out,
+            "cordon_kafka_job_buffers_freed_total",
+            "Kept job buffers freed because a larger job came",
+            &self.job_buffers_freed,
         );
         out.gauge(
             "cordon_kafka_ready",
@@ -995,7 +1019,7 @@ struct Spare(Mutex<Vec<Buffers>>);
 
 impl Spare {
     /// Empty buffers for a job of `records` records of `bytes` bytes.
-    fn take(&self, bytes: usize, records: usize) -> Buffers {
+    fn take(&self, bytes: usize, records: usize, stats: &KafkaStats) -> Buffers {
         let mut b = {
             let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
             let fit = spare
@@ -1007,6 +1031,9 @@ impl Spare {
             match fit {
                 Some(i) => spare.swap_remove(i),
                 None => {
+                    stats
+                        .job_buffers_freed
+                        .fetch_add(spare.len() as u64, Ordering::Relaxed);
                     spare.clear();
                     Buffers::default()
                 }
@@ -1014,6 +1041,10 @@ impl Spare {
         };
         if b.bytes.capacity() < bytes {
             b.bytes = Vec::with_capacity(bytes.next_power_of_two());
+            stats.job_buffers_made.fetch_add(1, Ordering::Relaxed);
+            stats
+                .job_buffer_bytes_made
+                .fetch_add(b.bytes.capacity() as u64, Ordering::Relaxed);
         }
         if b.records.capacity() < records {
             b.records = Vec::with_capacity(records.next_power_of_two());
@@ -2513,8 +2544,11 @@ impl KafkaInput {
                                         .iter()
                                         .find(|(t, p, _, _)| *p == partition && *t == topic)
                                         .map_or((0, 0), |s| (s.2, s.3));
-                                    let mut job =
-                                        Job::new(&key, msg, self.spare.take(bytes, records));
+                                    let mut job = Job::new(
+                                        &key,
+                                        msg,
+                                        self.spare.take(bytes, records, &self.stats),
+                                    );
                                     job.push(msg);
                                     work.insert(key.clone(), job);
                                 }
@@ -2622,27 +2656,34 @@ mod tests {
 
     #[test]
     fn kept_buffers_are_reused_and_only_outgrown_ones_freed() {
-        let spare = Spare::default();
-        let a = spare.take(3_000_000, 3_000);
+        let (spare, stats) = (Spare::default(), KafkaStats::default());
+        let a = spare.take(3_000_000, 3_000, &stats);
         assert_eq!(a.bytes.capacity(), 4 << 20, "rounded up to a power of two");
         assert!(a.records.capacity() >= 3_000 && a.times.capacity() >= 3_000);
-        let b = spare.take(100_000, 100);
+        let b = spare.take(100_000, 100, &stats);
         let (a_at, b_at) = (a.bytes.as_ptr(), b.bytes.as_ptr());
         spare.keep(a);
         spare.keep(b);
         // The smallest that fits, the very same memory.
-        let small = spare.take(50_000, 50);
+        let small = spare.take(50_000, 50, &stats);
         assert_eq!(small.bytes.as_ptr(), b_at);
-        let big = spare.take(2_000_000, 2_000);
+        let big = spare.take(2_000_000, 2_000, &stats);
         assert_eq!(big.bytes.as_ptr(), a_at);
         assert_eq!(spare.held(), 0);
+        assert_eq!(stats.job_buffers_made.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            stats.job_buffer_bytes_made.load(Ordering::Relaxed),
+            (4 << 20) + (128 << 10)
+        );
         spare.keep(small);
         spare.keep(big);
         // Nothing fits: every kept buffer is too small and is freed, so the total never
         // passes what was queued at once.
-        let bigger = spare.take(5_000_000, 10);
+        let bigger = spare.take(5_000_000, 10, &stats);
         assert_eq!(bigger.bytes.capacity(), 8 << 20);
         assert_eq!(spare.held(), 0);
+        assert_eq!(stats.job_buffers_freed.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.job_buffers_made.load(Ordering::Relaxed), 3);
         spare.keep(Buffers::default());
         assert_eq!(spare.held(), 0, "empty buffers are not kept");
     }
