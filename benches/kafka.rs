@@ -310,30 +310,27 @@ fn latency_props() -> Vec<(String, String)> {
     env_props("KAFKA_BENCH_LATENCY_PROPS")
 }
 
-/// CPU seconds a process has used so far, all its threads, user and system
-/// (`/proc/<pid>/stat`, in the kernel's clock ticks of 1/100 s on Linux).
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    f.iter().sum::<f64>() / 100.0
-}
-
-/// Minor page faults a process has taken so far (`/proc/<pid>/stat`). Each is a page the
-/// kernel mapped and zeroed: memory an allocator gave back and took again shows here.
-fn page_faults(pid: &str) -> f64 {
+/// The numeric fields of `/proc/<pid>/stat` after the command name (which is in parentheses
+/// and may hold spaces): index 0 is the state, 7 `minflt`, 11 and 12 `utime` and `stime`.
+/// Empty once the process is gone.
+fn stat_fields(pid: &str) -> Vec<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     rest.split_whitespace()
-        .nth(7)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect()
+}
+
+/// CPU seconds a process has used so far, all its threads, user and system (in the
+/// kernel's clock ticks of 1/100 s on Linux).
+fn cpu_seconds(pid: &str) -> f64 {
+    stat_fields(pid).iter().skip(11).take(2).sum::<f64>() / 100.0
+}
+
+/// Minor page faults a process has taken so far. Each is a page the kernel mapped and
+/// zeroed: memory an allocator gave back and took again shows here.
+fn page_faults(pid: &str) -> f64 {
+    stat_fields(pid).get(7).copied().unwrap_or(0.0)
 }
 
 /// CPU time per event of one side of a throughput phase and of the broker beside it.
