@@ -2387,6 +2387,15 @@ impl KafkaInput {
                     Err(e) => Outcome::Undecodable(e.to_string()),
                 });
             }
+            drop(engine);
+            // An alert leaves as soon as the chunk that raised it has run, not when the
+            // whole job has: under a backlog a job holds thousands of records, tens of
+            // milliseconds of the engine's time. The commit still waits for the job.
+            for a in alerts.drain(..) {
+                progress.alerts.fetch_add(1, Ordering::Relaxed);
+                self.publish(&a)?;
+                on_alert(a)?;
+            }
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -2430,11 +2439,6 @@ impl KafkaInput {
             }
         }
         progress.events.fetch_add(events, Ordering::Relaxed);
-        for a in alerts {
-            progress.alerts.fetch_add(1, Ordering::Relaxed);
-            self.publish(&a)?;
-            on_alert(a)?;
-        }
         Ok(held)
     }
 
