@@ -15,13 +15,12 @@
 //!   alert's last evidence event to receiving the alert. p50 and p99. Goal: p99 ≤ 50 ms. Then
 //!   again at a quarter and an eighth of the rate, to tell the pipeline's own latency from the
 //!   queueing of a machine whose cores are saturated (`KAFKA_BENCH_RATE` sets the first
-//!   rate). The
-//!   baseline, measured just before each latency phase at the same rate: the broker alone,
-//!   with a raw consumer (own group, Cordon's consumer properties) timing each record's one
-//!   hop from send to poll. An alert needs two such hops (events in, alert out), so its
-//!   latency is also printed as a ratio to twice the hop's. The
-//!   engine runs with `--allowed-lateness 0s` here: with lateness L, an event waits in the
-//!   reorder buffer until the stream is L past it, which adds L to every alert by design.
+//!   rate). The baseline, measured just before each latency phase at the same rate: the
+//!   broker alone, with a raw consumer (own group, Cordon's consumer properties) timing each
+//!   record's one hop from send to poll. An alert needs two such hops (events in, alert
+//!   out), so its latency is also printed as a ratio to twice the hop's. The engine runs with
+//!   `--allowed-lateness 0s` here: with lateness L, an event waits in the reorder buffer until
+//!   the stream is L past it, which adds L to every alert by design.
 //!
 //! `cargo bench --bench kafka` (`KAFKA_BENCH_EVENTS` sets the size, default 500 000;
 //! `KAFKA_BENCH_PROPS` / `KAFKA_BENCH_LATENCY_PROPS` add librdkafka properties (`k=v,…`) to
