@@ -52,7 +52,8 @@
 //! engine in offset order; lanes with work take turns a job at a time, a thread preferring
 //! the lanes it ran last (their state is still in its core's cache). Each engine has its
 //! own lock, so partitions share nothing while they run. A job's thread writes its dead
-//! letters and alerts itself. Whenever a partition's state and offset must agree — a
+//! letters and alerts itself, each alert as soon as the chunk of records that raised it has
+//! run rather than at the end of the job. Whenever a partition's state and offset must agree — a
 //! checkpoint, a revocation, the stop — the loop first waits for that partition's lane to
 //! run everything handed to it, so the state reflects exactly the records before the offset
 //! and their alerts are written. A librdkafka consumer queue gives a partition's records in
