@@ -53,10 +53,10 @@
 //! the lanes it ran last (their state is still in its core's cache). Each engine has its
 //! own lock, so partitions share nothing while they run. A job's thread writes its dead
 //! letters and alerts itself, each alert as soon as the chunk of records that raised it has
-//! run rather than at the end of the job. Whenever a partition's state and offset must agree — a
-//! checkpoint, a revocation, the stop — the loop first waits for that partition's lane to
-//! run everything handed to it, so the state reflects exactly the records before the offset
-//! and their alerts are written. A librdkafka consumer queue gives a partition's records in
+//! run rather than at the end of the job. Whenever a partition's state and offset must
+//! agree — a checkpoint, a revocation, the stop — the loop first waits for that partition's
+//! lane to run everything handed to it, so the state reflects exactly the records before the
+//! offset and their alerts are written. A librdkafka consumer queue gives a partition's records in
 //! runs of thousands, so the lanes hold several runs' worth for every thread to have work.
 //!
 //! **Backpressure.** Records are fetched only as fast as the engines and sinks take them:
@@ -2392,11 +2392,7 @@ impl KafkaInput {
             // An alert leaves as soon as the chunk that raised it has run, not when the
             // whole job has: under a backlog a job holds thousands of records, tens of
             // milliseconds of the engine's time. The commit still waits for the job.
-            for a in alerts.drain(..) {
-                progress.alerts.fetch_add(1, Ordering::Relaxed);
-                self.publish(&a)?;
-                on_alert(a)?;
-            }
+            self.emit(&mut alerts, progress, on_alert)?;
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -2441,6 +2437,22 @@ impl KafkaInput {
         }
         progress.events.fetch_add(events, Ordering::Relaxed);
         Ok(held)
+    }
+
+    /// Counts `alerts`, produces them to the alerts topic and hands them to the sinks, in
+    /// order, leaving the vector empty.
+    fn emit(
+        &self,
+        alerts: &mut Vec<Alert>,
+        progress: &Progress,
+        on_alert: &(impl Fn(Alert) -> Result<()> + Sync),
+    ) -> Result<()> {
+        for a in alerts.drain(..) {
+            progress.alerts.fetch_add(1, Ordering::Relaxed);
+            self.publish(&a)?;
+            on_alert(a)?;
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -2614,11 +2626,7 @@ impl KafkaInput {
                 e.finish(&mut alerts);
             }
             drop(engines);
-            for a in alerts.drain(..) {
-                progress.alerts.fetch_add(1, Ordering::Relaxed);
-                self.publish(&a)?;
-                on_alert(a)?;
-            }
+            self.emit(&mut alerts, progress, on_alert)?;
         }
         {
             let mut run = self.lock();
