@@ -1910,6 +1910,7 @@ impl ConsumerContext for Ctx {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                tracing::info!(partitions = %partition_list(tpl), cooperative, "partitions assigned");
                 self.stats.ready.store(false, Ordering::Release);
                 self.lock().assign(tpl, &self.stats);
                 let r = if cooperative {
@@ -1924,6 +1925,7 @@ impl ConsumerContext for Ctx {
                 self.stats.ready.store(ok, Ordering::Release);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(partitions = %partition_list(tpl), cooperative, "partitions revoked");
                 self.lock().revoke(consumer, tpl, &self.stats);
                 let r = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -1937,6 +1939,19 @@ impl ConsumerContext for Ctx {
             other => tracing::error!(error = ?other, "rebalance failed"),
         }
     }
+}
+
+/// `topic/partition` of each element, comma-separated, for the rebalance log lines (an
+/// operator reading why a partition moved, or why an instance reads nothing, starts there).
+fn partition_list(tpl: &TopicPartitionList) -> String {
+    let mut out = String::new();
+    for e in tpl.elements() {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&format!("{}/{}", e.topic(), e.partition()));
+    }
+    out
 }
 
 /// A running Kafka input.

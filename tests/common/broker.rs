@@ -62,6 +62,20 @@ pub fn broker_with(topics: &[(&str, u32)]) -> Broker {
     broker_advertising(topics, None)
 }
 
+/// Where the broker's output goes: nowhere, or with `CORDON_TANSU_LOG=DIR` appended to
+/// `DIR/tansu.log` (with `RUST_LOG`, e.g. `tansu_broker::coordinator=debug`, to see how a
+/// consumer group formed when a test waited on it).
+fn log() -> Stdio {
+    let Some(dir) = std::env::var_os("CORDON_TANSU_LOG") else {
+        return Stdio::null();
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(Path::new(&dir).join("tansu.log"))
+        .map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -91,8 +105,8 @@ pub fn broker_advertising(topics: &[(&str, u32)], advertised: Option<u16>) -> Br
             "--storage-engine",
             "memory://tansu/",
         ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log())
+        .stderr(log())
         .spawn()
         .expect("tansu: run .ci/tansu.sh (or set CORDON_TANSU)");
     let b = Broker {
