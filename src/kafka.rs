@@ -1944,14 +1944,12 @@ impl ConsumerContext for Ctx {
 /// `topic/partition` of each element, comma-separated, for the rebalance log lines (an
 /// operator reading why a partition moved, or why an instance reads nothing, starts there).
 fn partition_list(tpl: &TopicPartitionList) -> String {
-    let mut out = String::new();
-    for e in tpl.elements() {
-        if !out.is_empty() {
-            out.push(',');
-        }
-        out.push_str(&format!("{}/{}", e.topic(), e.partition()));
-    }
-    out
+    let names: Vec<String> = tpl
+        .elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect();
+    names.join(",")
 }
 
 /// A running Kafka input.

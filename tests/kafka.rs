@@ -326,8 +326,9 @@ fn kafka_input_gives_the_file_runs_alerts() {
     let keys = d.join("keys.json");
     let key = api_key(&keys, "viewer");
     // A short session timeout: the killed consumer's partitions go to the next run in seconds
-    // instead of librdkafka's default 45 s. Three engine threads for four partitions: lanes
-    // move between threads as they take turns.
+    // instead of librdkafka's default 45 s; `debug = "cgrp"` puts the group protocol's steps
+    // in the instance's log (printed if a run reads nothing). Three engine threads for four
+    // partitions: lanes move between threads as they take turns.
     let config = d.join("cordon.toml");
     std::fs::write(
         &config,
@@ -339,9 +340,9 @@ fn kafka_input_gives_the_file_runs_alerts() {
         ),
     )
     .unwrap();
-    // Partitions are read side by side, not in time order: hold events long enough that the
-    // engine sees each agent's calls in order.
     let store = d.join("store");
+    // Partitions are read side by side, not in time order: events are held long enough that
+    // the engine sees each agent's calls in order.
     let run = |alerts: &Path| {
         Running::spawn_with(
             &config,
@@ -352,9 +353,9 @@ fn kafka_input_gives_the_file_runs_alerts() {
         )
     };
     let records = |r: &Running| -> u64 { r.metric(&key, "cordon_records_total") as u64 };
-    // At most two minutes: a killed member's partitions move once the broker has seen its
-    // session time out and the group has re-formed, which on a loaded CI machine has taken
-    // longer than a minute. On failure, the instance's own log says where it stood.
+    // The group forms within seconds; two minutes leave room for a loaded machine. On
+    // failure the instance's log, with librdkafka's group debugging (`cgrp`), shows what
+    // the broker answered it.
     let consume_all = |r: &Running| {
         let mut seen = 0;
         for _ in 0..1200 {
