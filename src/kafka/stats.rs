@@ -164,6 +164,10 @@ impl KafkaStats {
         let c = |out: &mut Exposition, name: &str, help: &str, v: &AtomicU64| {
             out.counter(name, help, &[], v.load(Ordering::Relaxed) as f64)
         };
+        // Times are kept in µs and exposed in seconds.
+        let secs = |out: &mut Exposition, name: &str, help: &str, v: &AtomicU64| {
+            out.counter(name, help, &[], v.load(Ordering::Relaxed) as f64 / 1e6)
+        };
         c(
             out,
             "cordon_kafka_rebalances_total",
@@ -210,11 +214,11 @@ impl KafkaStats {
             "Periodic commits skipped because a revocation committed a later state first",
             &self.stale_cuts,
         );
-        out.counter(
+        secs(
+            out,
             "cordon_kafka_commit_seconds_total",
             "Time spent committing: sinks made durable, state checkpointed, offsets committed",
-            &[],
-            self.commit_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            &self.commit_micros,
         );
         out.gauge(
             "cordon_kafka_last_commit_seconds",
@@ -264,29 +268,29 @@ impl KafkaStats {
             "Files of finished checkpoint chains that could not be deleted (left behind)",
             &self.checkpoint_delete_failures,
         );
-        out.counter(
+        secs(
+            out,
             "cordon_kafka_checkpoint_seconds_total",
             "Time spent compressing and writing partition checkpoints (beside the poll loop)",
-            &[],
-            self.checkpoint_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            &self.checkpoint_micros,
         );
-        out.counter(
+        secs(
+            out,
             "cordon_kafka_snapshot_seconds_total",
             "Time spent copying engines for checkpoints (by the engine threads for periodic commits, by the poll loop for revocations and the stop)",
-            &[],
-            self.snapshot_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            &self.snapshot_micros,
         );
-        out.counter(
+        secs(
+            out,
             "cordon_kafka_durable_seconds_total",
             "Time spent making the sinks durable before commits (alerts file, store)",
-            &[],
-            self.durable_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            &self.durable_micros,
         );
-        out.counter(
+        secs(
+            out,
             "cordon_kafka_delivery_wait_seconds_total",
             "Time spent waiting for the broker to confirm deliveries before commits",
-            &[],
-            self.delivery_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            &self.delivery_micros,
         );
         c(
             out,
