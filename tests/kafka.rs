@@ -450,10 +450,19 @@ fn kafka_input_gives_the_file_runs_alerts() {
             "cordon.reason"
         ]
     );
-    // 3. Committed: a third run in the group reads nothing and raises nothing.
+    // 3. Committed: a third run in the group reads nothing and raises nothing — once it holds
+    // every partition (before that, reading nothing would prove nothing).
     let again = run(&d.join("again.jsonl"));
+    wait_until(
+        120,
+        "the third run to hold every partition",
+        &[&again],
+        || again.metric(&key, "cordon_kafka_assigned_partitions") == 4.0,
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(records(&again), 0);
+    let lags = again.lags(&key);
+    assert!(lags.iter().all(|(_, l)| *l == 0.0), "{lags:?}");
     again.terminate();
     assert!(alert_ids(&d.join("again.jsonl")).is_empty());
 }
