@@ -745,7 +745,7 @@ fn hop_reader(
         .set("group.id", format!("hop-{}", ulid::Ulid::new()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        // Cordon's own defaults (src/kafka.rs).
+        // Cordon's own defaults (kafka/src/lib.rs).
         .set("fetch.queue.backoff.ms", "10")
         .set("queued.min.messages", "10000");
     for (k, v) in props().into_iter().chain(latency_props()) {

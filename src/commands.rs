@@ -115,12 +115,12 @@ pub fn load_rules(paths: &[PathBuf]) -> Result<RuleSet, Failure> {
 /// `cordon run`.
 pub fn run(a: RunArgs) -> Result<(), Failure> {
     let set = load_rules(&a.rules)?;
-    let template = crate::engines::Template {
+    let template = cordon_detect::engines::Template {
         lateness: a.allowed_lateness,
         peer_field: a.peer_field.clone(),
         idle_after: a.idle_after,
     };
-    let engines = std::sync::Arc::new(crate::engines::Engines::new(set, template.clone()));
+    let engines = std::sync::Arc::new(cordon_detect::engines::Engines::new(set, template.clone()));
     if !a.kafka {
         // A file run has one engine; its baselines may start from a profile snapshot.
         let mut inner = engines.lock();
@@ -145,7 +145,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             "--state: a Kafka run keeps each partition's state (baselines included) in [kafka] state_store",
         ));
     }
-    let progress = std::sync::Arc::new(crate::pipeline::Progress::default());
+    let progress = std::sync::Arc::new(cordon_detect::engines::Progress::default());
     let mut dead =
         DeadLetterSink::new(a.dead_letter.as_deref()).map_err(|e| Failure::input(e.to_string()))?;
     let sink = if a.alerts.as_os_str() == "-" {
@@ -206,7 +206,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             .and_then(|c| c.kafka.as_ref())
             .ok_or_else(|| Failure::input("--kafka: the configuration has no [kafka] section"))?;
         let input =
-            crate::kafka::KafkaInput::open(cfg, engines.clone(), services.handle().clone())?;
+            cordon_kafka::KafkaInput::open(cfg, engines.clone(), services.handle().clone())?;
         if input.wants_action_results() {
             input.action_results(results_rx);
         }
@@ -265,7 +265,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
     // Appends and flushes take `&self` (the store locks inside): the committer's flush does
     // not stall the pipeline thread's appends.
     let store = std::sync::Arc::new(store);
-    let before_event = |engines: &mut crate::engines::Inner| {
+    let before_event = |engines: &mut cordon_detect::engines::Inner| {
         while let Ok(e) = enforce_rx.try_recv() {
             engines.enforce(e);
         }
@@ -293,7 +293,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             crate::sqlcmd::interrupted().await;
             flag.store(true, std::sync::atomic::Ordering::Release);
         });
-        let hooks = crate::kafka::Hooks {
+        let hooks = cordon_kafka::Hooks {
             durable: Box::new({
                 let (sink, store) = (sink.clone(), store.clone());
                 move || {
@@ -740,9 +740,9 @@ pub fn eval(a: EvalArgs) -> Result<(), Failure> {
             a.labels.display()
         ))
     })?;
-    let engines = crate::engines::Engines::new(
+    let engines = cordon_detect::engines::Engines::new(
         set,
-        crate::engines::Template {
+        cordon_detect::engines::Template {
             lateness: std::time::Duration::from_secs(10),
             ..Default::default()
         },
@@ -757,7 +757,7 @@ pub fn eval(a: EvalArgs) -> Result<(), Failure> {
             lateness: std::time::Duration::from_secs(10),
         },
         &engines,
-        &crate::pipeline::Progress::default(),
+        &cordon_detect::engines::Progress::default(),
         &mut dead,
         |_| {},
         |al| {

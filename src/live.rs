@@ -10,8 +10,8 @@ use cordon_query::api::Live;
 use cordon_query::metrics::Exposition;
 use serde_json::{json, Value};
 
-use crate::engines::{Engines, Inner};
-use crate::pipeline::Progress;
+use cordon_detect::engines::Progress;
+use cordon_detect::engines::{Engines, Inner};
 
 /// An agent's profile as JSON (`cordon baseline show --json` and `GET /api/v1/agents/{id}`).
 pub fn profile_json(agent: &str, p: &cordon_detect::profile::Profile) -> Value {
@@ -134,7 +134,7 @@ pub struct MetricsSources {
     /// The engines.
     pub engines: Arc<Engines>,
     /// Kafka input counters.
-    pub kafka: Option<Arc<crate::kafka::KafkaStats>>,
+    pub kafka: Option<Arc<cordon_kafka::KafkaStats>>,
     /// The store's counters.
     pub store: Option<cordon_query::store::StatsHandle>,
     /// The responder.

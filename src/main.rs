@@ -4,11 +4,8 @@
 
 mod commands;
 mod demo;
-mod engines;
 mod hunt;
-mod kafka;
 mod live;
-mod oauthbearer;
 mod pipeline;
 mod respond;
 mod score;

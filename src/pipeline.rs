@@ -2,47 +2,13 @@
 //! every rejected record dead-lettered and counted.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 use cordon_detect::Alert;
 
-use crate::engines::{Engines, Inner};
+use cordon_detect::engines::{Engines, Inner, PipelineStats, Progress};
 use cordon_ingest::{DeadLetterSink, DecodeError, Format, LineReader};
-
-/// Counters of one pipeline run.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct PipelineStats {
-    /// Records read.
-    pub records: u64,
-    /// Records decoded into events.
-    pub events: u64,
-    /// Records dead-lettered.
-    pub dead_lettered: u64,
-    /// Alerts raised.
-    pub alerts: u64,
-    /// Events older than an event seen before them.
-    pub out_of_order: u64,
-    /// Events behind the watermark (dead-lettered; counted in `dead_lettered` too).
-    pub late: u64,
-    /// Events that arrived out of order within the allowed lateness and were reordered.
-    pub reordered: u64,
-}
-
-/// Counters a running pipeline updates as it goes, readable from other threads (metrics).
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Records read.
-    pub records: AtomicU64,
-    /// Records decoded into events.
-    pub events: AtomicU64,
-    /// Records dead-lettered (undecodable, too long or late).
-    pub dead_lettered: AtomicU64,
-    /// Late events.
-    pub late: AtomicU64,
-    /// Alerts raised.
-    pub alerts: AtomicU64,
-}
 
 /// What to read and how.
 pub struct Input<'a> {

@@ -22,7 +22,7 @@ pub struct Config {
     pub siem: Option<cordon_respond::siem::SiemConfig>,
     /// Kafka input and alerts topic (`cordon run --kafka`).
     #[serde(default)]
-    pub kafka: Option<crate::kafka::KafkaConfig>,
+    pub kafka: Option<cordon_kafka::KafkaConfig>,
 }
 
 impl Config {

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod dedupe;
 pub mod enforce;
 pub mod engine;
+pub mod engines;
 pub mod keys;
 pub mod profile;
 pub mod sample;

@@ -6,16 +6,18 @@
 //! Agents are the Kafka key, so one agent's events — and every chain, window and baseline keyed
 //! by it — live in one partition's engine. The API sees the engines as one: an agent's profile
 //! is looked up in each, counters are summed, a rule reload applies to all of them and to
-//! engines created later.
+//! engines created later. The counters a run updates as it goes ([`Progress`]) and reports at
+//! its end ([`PipelineStats`]) are here too, shared by the file pipeline and the Kafka input.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use cordon_detect::engine::{EngineStats, Reload, RuleStats};
-use cordon_detect::profile::{Profile, ProfileStats, Profiles};
-use cordon_detect::stateful::StateStats;
-use cordon_detect::Engine;
+use crate::engine::{EngineStats, Reload, RuleStats};
+use crate::profile::{Profile, ProfileStats, Profiles};
+use crate::stateful::StateStats;
+use crate::Engine;
 use cordon_rules::{Rule, RuleSet};
 
 /// How new engines are built.
@@ -173,7 +175,7 @@ impl Inner {
 
     /// Records an enforcement in every engine (a revoked token or an isolated server concerns
     /// every partition's agents).
-    pub fn enforce(&mut self, e: cordon_detect::enforce::Enforcement) {
+    pub fn enforce(&mut self, e: crate::enforce::Enforcement) {
         for (_, mut engine) in self.each() {
             engine.enforce(e.clone());
         }
@@ -320,4 +322,38 @@ mod tests {
             before.iter().map(|s| s.matched).sum::<u64>()
         );
     }
+}
+
+/// Counters of one pipeline run.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PipelineStats {
+    /// Records read.
+    pub records: u64,
+    /// Records decoded into events.
+    pub events: u64,
+    /// Records dead-lettered.
+    pub dead_lettered: u64,
+    /// Alerts raised.
+    pub alerts: u64,
+    /// Events older than an event seen before them.
+    pub out_of_order: u64,
+    /// Events behind the watermark (dead-lettered; counted in `dead_lettered` too).
+    pub late: u64,
+    /// Events that arrived out of order within the allowed lateness and were reordered.
+    pub reordered: u64,
+}
+
+/// Counters a running pipeline updates as it goes, readable from other threads (metrics).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Records read.
+    pub records: AtomicU64,
+    /// Records decoded into events.
+    pub events: AtomicU64,
+    /// Records dead-lettered (undecodable, too long or late).
+    pub dead_lettered: AtomicU64,
+    /// Late events.
+    pub late: AtomicU64,
+    /// Alerts raised.
+    pub alerts: AtomicU64,
 }

@@ -18,7 +18,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::commit::{Committer, Cut, CutPart, Settled};
 use super::lanes::{Job, Lanes, Slot};
 use super::{oauth_token, KafkaStats};
-use crate::engines::Engines;
+use cordon_detect::engines::Engines;
 
 /// One assigned partition.
 pub(super) struct Part {

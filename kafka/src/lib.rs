@@ -1,3 +1,5 @@
+//! # cordon-kafka
+//!
 //! Kafka as the input of `cordon run`: a consumer in a consumer group reads the gateways'
 //! audit events, one engine per assigned partition runs them, and offsets are committed only
 //! once everything the consumed events caused is durable — alerts in the store and on the
@@ -68,10 +70,13 @@
 //! to the dead-letter topic with where they came from and why in headers. SIGTERM or SIGINT
 //! stops fetching, makes everything durable, checkpoints, commits and exits 0.
 //!
-//! Here are the input itself (opening the clients, the poll loop, the engine threads' work
+//! This file holds the input itself (opening the clients, the poll loop, the engine threads' work
 //! and the sinks it feeds); beside it, `config` (`[kafka]`), `stats` (its metrics), `lanes`
 //! (the engine threads' queues), `group` (assigned partitions, rebalances, cuts), `commit`
-//! (completing a cut) and `checkpoint` (the partition state store).
+//! (completing a cut), `checkpoint` (the partition state store) and `oauthbearer` (SASL
+//! OAUTHBEARER tokens from an OAuth 2.0 token endpoint).
+
+#![deny(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -88,14 +93,15 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
 
-use crate::engines::{Engines, Inner};
-use crate::pipeline::{PipelineStats, Progress};
+use cordon_detect::engines::{Engines, Inner};
+use cordon_detect::engines::{PipelineStats, Progress};
 
 mod checkpoint;
 mod commit;
 mod config;
 mod group;
 mod lanes;
+pub mod oauthbearer;
 mod stats;
 
 use checkpoint::CheckpointStore;
