@@ -10,8 +10,7 @@ use cordon_query::api::Live;
 use cordon_query::metrics::Exposition;
 use serde_json::{json, Value};
 
-use cordon_detect::engines::Progress;
-use cordon_detect::engines::{Engines, Inner};
+use cordon_detect::engines::{Engines, Inner, Progress};
 
 /// An agent's profile as JSON (`cordon baseline show --json` and `GET /api/v1/agents/{id}`).
 pub fn profile_json(agent: &str, p: &cordon_detect::profile::Profile) -> Value {
