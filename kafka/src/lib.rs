@@ -90,7 +90,7 @@ use cordon_ingest::Format;
 use cordon_query::store::Location;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
 use cordon_detect::engines::{Engines, Inner};
@@ -113,9 +113,18 @@ use lanes::{Job, Lanes, Spare, DECODE_CHUNK};
 pub use stats::KafkaStats;
 
 /// Counts failed deliveries, so a commit never covers an alert the broker did not take.
+///
+/// A failed delivery stops the run. librdkafka has already retried the record for
+/// `message.timeout.ms` (5 minutes by default) or met an error retrying cannot mend, and
+/// the record itself is gone; a later commit would cover the events that caused it, so
+/// nothing more is committed, and the next run reads those events again and makes the
+/// record anew (Kafka Streams' default for a failed send is the same).
 struct Deliveries {
     stats: Arc<KafkaStats>,
+    /// Never reset: once a record is lost, no later cut may commit.
     failed: AtomicU64,
+    /// The first failure: the topic and librdkafka's error.
+    first: Mutex<Option<String>>,
     tokens: Option<Arc<crate::oauthbearer::TokenSource>>,
 }
 
@@ -127,6 +136,20 @@ impl ClientContext for Deliveries {
         _: Option<&str>,
     ) -> std::result::Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
         oauth_token(self.tokens.as_deref())
+    }
+}
+
+impl Deliveries {
+    /// Why the run must stop, once a record was not delivered.
+    fn lost(&self) -> Option<String> {
+        let n = self.failed.load(Ordering::Relaxed);
+        (n > 0).then(|| {
+            let first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+            format!(
+                "[kafka]: {n} alert, dead-letter or action records were not delivered (first: {}); stopping without committing the events that caused them, which the next run reads again",
+                first.as_deref().unwrap_or("unknown")
+            )
+        })
     }
 }
 
@@ -143,8 +166,16 @@ fn oauth_token(
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            tracing::error!(error = %e, "a record was not delivered");
+        if let Err((e, m)) = result {
+            // The first is logged as an error; the run stops on it, and the records in
+            // flight with it (as many as were queued) fail the same way.
+            let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+            if first.is_none() {
+                tracing::error!(error = %e, topic = m.topic(), "a record was not delivered; the run stops");
+                *first = Some(format!("to {}: {e}", m.topic()));
+            } else {
+                tracing::debug!(error = %e, topic = m.topic(), "a record was not delivered");
+            }
             self.failed.fetch_add(1, Ordering::Relaxed);
             self.stats.delivery_failures.fetch_add(1, Ordering::Relaxed);
         }
@@ -192,6 +223,35 @@ pub struct KafkaInput {
     stateful: bool,
     /// Buffers of finished jobs, reused by the next ones.
     spare: Spare,
+    /// The largest record the producer takes ([`record_max`]).
+    record_max: usize,
+}
+
+/// librdkafka's default `message.max.bytes`.
+const MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Room kept in a produced record for its framing (lengths, offsets, timestamps, attributes)
+/// beside key, value and headers: librdkafka refuses a record whose wire size passes
+/// `message.max.bytes`, and the framing is a few dozen bytes.
+const FRAMING: usize = 512;
+
+/// The largest record (key, value and headers) the producer takes: `message.max.bytes`
+/// from `[kafka.properties]`, or librdkafka's default.
+///
+/// Why it matters: a record the producer refuses stops the run, and the run that restarts
+/// reads the same record and stops again. A dead letter carries the whole bad record and
+/// an alert its evidence events, either of which can be as large as the largest record the
+/// events topic takes (a tool call's arguments are the caller's to choose), so both are cut
+/// to fit instead.
+fn record_max(config: &KafkaConfig) -> Result<usize> {
+    match config.properties.get("message.max.bytes") {
+        None => Ok(MESSAGE_MAX_BYTES),
+        Some(v) => v.trim().parse().map_err(|_| {
+            anyhow::anyhow!(
+                "[kafka.properties]: message.max.bytes: {v:?} (expected a number of bytes)"
+            )
+        }),
+    }
 }
 
 impl KafkaInput {
@@ -272,6 +332,7 @@ impl KafkaInput {
                 p.create_with_context(Deliveries {
                     stats: stats.clone(),
                     failed: AtomicU64::new(0),
+                    first: Mutex::new(None),
                     tokens: tokens.clone(),
                 })
                 .context("[kafka]: producer")?,
@@ -356,6 +417,7 @@ impl KafkaInput {
             lanes,
             stateful,
             spare: Spare::default(),
+            record_max: record_max(config)?,
         })
     }
 
@@ -423,18 +485,36 @@ impl KafkaInput {
         }
     }
 
-    /// Produces an alert to the alerts topic, if there is one (key = agent id).
+    /// Produces an alert to the alerts topic, if there is one (key = agent id). An alert
+    /// too large for a record goes without its evidences' data (the alert store and the
+    /// alerts file keep it whole), with header `cordon.evidences_omitted` giving the size
+    /// of the whole alert.
     fn publish(&self, a: &Alert) -> Result<()> {
         let Some(t) = &self.config.alerts_topic else {
             return Ok(());
         };
-        let body = a.render_ocsf().json;
-        self.send(
-            t,
-            a.agent_id().unwrap_or(""),
-            body.as_bytes(),
-            OwnedHeaders::new(),
-        )?;
+        let text = a.render_ocsf();
+        let key = a.agent_id().unwrap_or("");
+        let room = self.record_max.saturating_sub(key.len() + FRAMING + 64);
+        if text.json.len() <= room {
+            self.send(t, key, text.json.as_bytes(), OwnedHeaders::new())?;
+        } else {
+            let whole = text.json.len().to_string();
+            let short = text.without_evidences();
+            tracing::warn!(alert = %a.id, rule = %a.rule_id, bytes = text.json.len(), max = self.record_max, "alert too large for the alerts topic: produced without its evidences' data");
+            self.send(
+                t,
+                key,
+                short.as_bytes(),
+                OwnedHeaders::new().insert(Header {
+                    key: "cordon.evidences_omitted",
+                    value: Some(&whole),
+                }),
+            )?;
+            self.stats
+                .alerts_without_evidences
+                .fetch_add(1, Ordering::Relaxed);
+        }
         self.stats.alerts_produced.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -472,6 +552,27 @@ impl KafkaInput {
                 value: Some(reason),
             });
         let key = String::from_utf8_lossy(key);
+        // The headers above and the one below take a few hundred bytes at most (a decode
+        // error's reason is one line).
+        let room = self
+            .record_max
+            .saturating_sub(key.len() + reason.len() + FRAMING + 256);
+        let (payload, headers) = if payload.len() > room {
+            let whole = payload.len().to_string();
+            tracing::warn!(topic = %job.topic, partition = job.partition, %offset, bytes = payload.len(), max = self.record_max, "dead letter cut to fit message.max.bytes");
+            self.stats
+                .dead_letters_truncated
+                .fetch_add(1, Ordering::Relaxed);
+            (
+                &payload[..room],
+                headers.insert(Header {
+                    key: "cordon.truncated",
+                    value: Some(&whole),
+                }),
+            )
+        } else {
+            (payload, headers)
+        };
         self.send(t, &key, payload, headers)?;
         self.stats
             .dead_letter_records
@@ -722,6 +823,9 @@ impl KafkaInput {
         while !stop.load(Ordering::Acquire) {
             if let Some(fatal) = self.lanes.fatal() {
                 anyhow::bail!("{fatal}");
+            }
+            if let Some(lost) = self.producer.as_ref().and_then(|p| p.context().lost()) {
+                anyhow::bail!("{lost}");
             }
             if self.lanes.in_flight() >= limit {
                 // The engine threads are behind: fetch nothing more until they catch up

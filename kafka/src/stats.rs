@@ -133,8 +133,14 @@ pub struct KafkaStats {
     pub alerts_produced: AtomicU64,
     /// Action results produced to the actions topic.
     pub action_results_produced: AtomicU64,
-    /// Records the broker did not take (the commit that would cover them is refused).
+    /// Records the broker did not take (the run stops; nothing after the last commit is
+    /// committed).
     pub delivery_failures: AtomicU64,
+    /// Dead letters whose record was cut to fit `message.max.bytes`.
+    pub dead_letters_truncated: AtomicU64,
+    /// Alerts put on the alerts topic without their evidences' data, which did not fit
+    /// `message.max.bytes` (the alert store and the alerts file have it whole).
+    pub alerts_without_evidences: AtomicU64,
     /// Job buffers made because no kept one was large enough ([`Spare`]).
     pub job_buffers_made: AtomicU64,
     /// Bytes of the job buffers made.
@@ -337,8 +343,20 @@ impl KafkaStats {
         c(
             out,
             "cordon_kafka_delivery_failures_total",
-            "Records the broker did not take",
+            "Records the broker did not take (the run stops)",
             &self.delivery_failures,
+        );
+        c(
+            out,
+            "cordon_kafka_dead_letters_truncated_total",
+            "Dead letters whose record was cut to fit message.max.bytes",
+            &self.dead_letters_truncated,
+        );
+        c(
+            out,
+            "cordon_kafka_alerts_without_evidences_total",
+            "Alerts put on the alerts topic without their evidences' data (too large for message.max.bytes)",
+            &self.alerts_without_evidences,
         );
         c(
             out,
