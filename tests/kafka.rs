@@ -12,7 +12,10 @@
 //!
 //! Records too large for the producer (a 1.5 MB bad record, an alert carrying 1 MB of tool
 //! arguments) are cut to fit rather than stop the stream; an alert the broker never takes
-//! stops the run uncommitted, and the next run puts every alert on the topic.
+//! stops the run uncommitted, and the next run puts every alert on the topic. The broker
+//! unreachable for longer than the group session (a relay that closes and refuses every
+//! connection): the run keeps going, gets its partitions back with their state, and gives
+//! the file run's alerts.
 //!
 //! Needs `tansu` (`cargo install tansu --locked --features dynostore`; `.ci/run` installs it).
 
@@ -268,6 +271,11 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether the instance is still running.
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     fn kill9(mut self) {
@@ -1606,4 +1614,67 @@ fn an_undelivered_alert_stops_the_run_uncommitted() {
         .collect();
     assert_eq!(on_topic, reference, "{log}");
     let _ = sent;
+}
+
+/// The broker unreachable for longer than the group session (every connection closed and
+/// refused for 10 s, by a relay the broker advertises): the run keeps going, its partitions
+/// are lost and come back with their checkpointed state, and once the broker is back it
+/// reads the rest. Its alerts, in the file and on the alerts topic, are the file run's.
+#[test]
+fn a_broker_outage_is_ridden_out() {
+    let front = common::broker::free_port();
+    let b = common::broker::broker_advertising(&[("events", 4), ("alerts", 1)], Some(front));
+    let relay = common::broker::Relay::start(front, &b.addr);
+    let addr = format!("127.0.0.1:{front}");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = generated(d, &["--seed", "4", "--agents", "10", "--duration", "2h"]);
+    let reference = file_run(d, &events, &[]);
+    let text = std::fs::read_to_string(&events).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let half = lines.len() / 2;
+    produce(&client(&addr), &lines[..half], &[]);
+    let keys = d.join("keys.json");
+    let api = api_key(&keys, "viewer");
+    let config = d.join("cordon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{addr}\"\ngroup_id = \"cordon-outage\"\ntopics = [\"events\"]\n\
+             alerts_topic = \"alerts\"\nstate_store = \"{}\"\ncommit_interval = \"200ms\"\n\
+             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"debug\" = \"cgrp\"\n",
+            d.join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut run = Running::spawn(&config, &d.join("alerts.jsonl"), &d.join("store"), &keys);
+    let caught_up = |r: &Running| {
+        let lags = r.lags(&api);
+        lags.len() == 4 && lags.iter().all(|(_, l)| *l == 0.0)
+    };
+    wait_until(120, "the first half read and committed", &[&run], || {
+        run.metric(&api, "cordon_records_total") >= half as f64 && caught_up(&run)
+    });
+    let rebalances = run.metric(&api, "cordon_kafka_rebalances_total");
+    relay.cut();
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(run.alive(), "{}", run.log.lock().unwrap());
+    relay.restore();
+    produce(&client(&addr), &lines[half..], &[]);
+    wait_until(180, "the rest read after the outage", &[&run], || {
+        run.metric(&api, "cordon_kafka_rebalances_total") > rebalances
+            && run.metric(&api, "cordon_records_total") >= lines.len() as f64
+            && caught_up(&run)
+    });
+    let log = run.terminate();
+    assert!(relay.refused() > 0);
+    assert_eq!(alert_ids(&d.join("alerts.jsonl")), reference, "{log}");
+    let on_topic: BTreeSet<String> = drain(&client(&addr), "alerts", reference.len())
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            v["finding_info"]["uid"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(on_topic, reference, "{log}");
 }

@@ -137,3 +137,93 @@ pub fn broker_advertising(topics: &[(&str, u32)], advertised: Option<u16>) -> Br
     }
     panic!("tansu did not listen on {port}");
 }
+
+/// A TCP relay on loopback in front of a broker that advertises the relay's port, so every
+/// connection a client makes goes through it; [`Relay::cut`] closes them all and refuses new
+/// ones until [`Relay::restore`] — the broker unreachable, as in a network partition.
+pub struct Relay {
+    state: std::sync::Arc<RelayState>,
+}
+
+#[derive(Default)]
+struct RelayState {
+    cut: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+    open: std::sync::Mutex<Vec<std::net::TcpStream>>,
+    /// Connections closed or refused while cut.
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl Relay {
+    /// Listens on `port` and relays each connection to `upstream`.
+    pub fn start(port: u16, upstream: &str) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let state = std::sync::Arc::new(RelayState::default());
+        let s = state.clone();
+        let upstream = upstream.to_owned();
+        std::thread::spawn(move || {
+            while !s.stop.load(Ordering::Relaxed) {
+                let Ok((down, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                if s.cut.load(Ordering::Relaxed) {
+                    s.refused.fetch_add(1, Ordering::Relaxed);
+                    drop(down);
+                    continue;
+                }
+                let _ = down.set_nonblocking(false);
+                let Ok(up) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let mut open = s.open.lock().unwrap();
+                for (from, to) in [(&down, &up), (&up, &down)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                open.push(down);
+                open.push(up);
+            }
+        });
+        Relay { state }
+    }
+
+    /// Closes every relayed connection and refuses new ones.
+    pub fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.state.cut.store(true, Ordering::Relaxed);
+        for c in self.state.open.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+            self.state.refused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Relays again.
+    pub fn restore(&self) {
+        self.state
+            .cut
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Connections closed by [`Relay::cut`] or refused while cut.
+    pub fn refused(&self) -> u64 {
+        self.state
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
