@@ -1455,15 +1455,26 @@ fn oversized_records_and_alerts_are_cut_to_fit() {
         "gen_ai.tool.call.arguments": {"to": "drop@evil.example", "body": "A".repeat(1_010_000)},
     })
     .to_string();
+    // And one whose agent id is a megabyte: its alert is too large even without evidences.
+    let mut huge: serde_json::Value = serde_json::from_str(&leak).unwrap();
+    huge["event.id"] = "01KHUGEAGENT000000000000000".into();
+    huge["gen_ai.agent.id"] = "g".repeat(1_000_000).into();
+    huge["gen_ai.tool.call.arguments"] = serde_json::json!({"to": "drop@evil.example"});
+    let huge = huge.to_string();
     let producer: BaseProducer = client(&b.addr)
         .set("message.max.bytes", "4000000")
         .create()
         .unwrap();
-    for (p, payload) in [(0, &big), (1, &leak)] {
+    let long_key = "k".repeat(5000);
+    for (p, key, payload) in [
+        (0, &long_key, &big),
+        (1, &"big".to_owned(), &leak),
+        (2, &long_key, &huge),
+    ] {
         producer
             .send(
                 BaseRecord::to("events")
-                    .key("big")
+                    .key(key.as_str())
                     .payload(payload.as_str())
                     .partition(p),
             )
@@ -1512,6 +1523,7 @@ fn oversized_records_and_alerts_are_cut_to_fit() {
     );
     let payload = dead[0].payload().unwrap();
     assert!(payload.len() < 1_000_000, "{}", payload.len());
+    assert_eq!(dead[0].key(), Some(&long_key.as_bytes()[..1024]));
     assert!(big.as_bytes().starts_with(payload));
     // The leak's alert: whole in the file, without evidences on the topic.
     let whole: Vec<serde_json::Value> = std::fs::read_to_string(d.join("alerts.jsonl"))
@@ -1523,7 +1535,13 @@ fn oversized_records_and_alerts_are_cut_to_fit() {
     assert_eq!(whole.len(), 1, "{log}");
     let uid = whole[0]["finding_info"]["uid"].as_str().unwrap();
     assert_eq!(whole[0]["evidences"].as_array().unwrap().len(), 1);
-    let on_topic: Vec<_> = drain(&client(&b.addr), "alerts", 1)
+    let topic = drain(&client(&b.addr), "alerts", 1);
+    // The huge agent's alert is not there (its key would start with its id).
+    assert!(!topic.is_empty());
+    assert!(topic
+        .iter()
+        .all(|m| m.key().is_none_or(|k| !k.starts_with(b"ggg"))));
+    let on_topic: Vec<_> = topic
         .into_iter()
         .filter(|m| m.key() == Some(b"agent-big".as_slice()))
         .collect();
@@ -1541,8 +1559,15 @@ fn oversized_records_and_alerts_are_cut_to_fit() {
         .unwrap();
     assert!(omitted > 1_000_000, "{omitted}");
     assert!(
-        log.contains("alert too large for the alerts topic")
+        log.contains("alert too large for the alerts topic: produced without")
             && log.contains("dead letter cut to fit"),
+        "{log}"
+    );
+    // The huge agent's alert: in the file, said in the log.
+    let file = std::fs::read_to_string(d.join("alerts.jsonl")).unwrap();
+    assert!(file.contains("01KHUGEAGENT000000000000000"));
+    assert!(
+        log.contains("too large for the alerts topic even without its evidences' data"),
         "{log}"
     );
 }

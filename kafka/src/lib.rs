@@ -235,6 +235,23 @@ const MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// `message.max.bytes`, and the framing is a few dozen bytes.
 const FRAMING: usize = 512;
 
+/// Longest key Cordon produces: keys only place records in partitions, and an agent id or
+/// a bad record's key can be as long as a record.
+const KEY_MAX: usize = 1024;
+
+/// `key`, cut to [`KEY_MAX`] bytes at a character boundary (the same long key is always cut
+/// the same way, so it still picks one partition).
+fn capped_key(key: &str) -> &str {
+    if key.len() <= KEY_MAX {
+        return key;
+    }
+    let mut end = KEY_MAX;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    &key[..end]
+}
+
 /// The largest record (key, value and headers) the producer takes: `message.max.bytes`
 /// from `[kafka.properties]`, or librdkafka's default.
 ///
@@ -494,13 +511,22 @@ impl KafkaInput {
             return Ok(());
         };
         let text = a.render_ocsf();
-        let key = a.agent_id().unwrap_or("");
+        let key = capped_key(a.agent_id().unwrap_or(""));
         let room = self.record_max.saturating_sub(key.len() + FRAMING + 64);
         if text.json.len() <= room {
             self.send(t, key, text.json.as_bytes(), OwnedHeaders::new())?;
         } else {
             let whole = text.json.len().to_string();
             let short = text.without_evidences();
+            if short.len() > room {
+                // Even without its evidences (an agent id or a rule text as large as a
+                // record): left to the store and the alerts file, counted.
+                tracing::error!(alert = %a.id, rule = %a.rule_id, bytes = short.len(), max = self.record_max, "alert too large for the alerts topic even without its evidences' data: not produced (the alert store and the alerts file have it)");
+                self.stats
+                    .alerts_not_produced
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
             tracing::warn!(alert = %a.id, rule = %a.rule_id, bytes = text.json.len(), max = self.record_max, "alert too large for the alerts topic: produced without its evidences' data");
             self.send(
                 t,
@@ -552,6 +578,7 @@ impl KafkaInput {
                 value: Some(reason),
             });
         let key = String::from_utf8_lossy(key);
+        let key = capped_key(&key);
         // The headers above and the one below take a few hundred bytes at most (a decode
         // error's reason is one line).
         let room = self

@@ -141,6 +141,9 @@ pub struct KafkaStats {
     /// Alerts put on the alerts topic without their evidences' data, which did not fit
     /// `message.max.bytes` (the alert store and the alerts file have it whole).
     pub alerts_without_evidences: AtomicU64,
+    /// Alerts too large for `message.max.bytes` even without their evidences' data, not put
+    /// on the alerts topic (the alert store and the alerts file have them).
+    pub alerts_not_produced: AtomicU64,
     /// Job buffers made because no kept one was large enough ([`Spare`]).
     pub job_buffers_made: AtomicU64,
     /// Bytes of the job buffers made.
@@ -357,6 +360,12 @@ impl KafkaStats {
             "cordon_kafka_alerts_without_evidences_total",
             "Alerts put on the alerts topic without their evidences' data (too large for message.max.bytes)",
             &self.alerts_without_evidences,
+        );
+        c(
+            out,
+            "cordon_kafka_alerts_not_produced_total",
+            "Alerts too large for message.max.bytes even without their evidences' data, not put on the alerts topic",
+            &self.alerts_not_produced,
         );
         c(
             out,
