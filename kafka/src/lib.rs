@@ -600,7 +600,7 @@ impl KafkaInput {
         } else {
             (payload, headers)
         };
-        self.send(t, &key, payload, headers)?;
+        self.send(t, key, payload, headers)?;
         self.stats
             .dead_letter_records
             .fetch_add(1, Ordering::Relaxed);
