@@ -15,7 +15,7 @@
 //! stops the run uncommitted, and the next run puts every alert on the topic. The broker
 //! unreachable for longer than the group session (a relay that closes and refuses every
 //! connection): the run keeps going, gets its partitions back with their state, and gives
-//! the file run's alerts.
+//! the file run's alerts; SIGTERM while it is away exits 1 within `shutdown_timeout`.
 //!
 //! Needs `tansu` (`cargo install tansu --locked --features dynostore`; `.ci/run` installs it).
 
@@ -1702,4 +1702,65 @@ fn a_broker_outage_is_ridden_out() {
         })
         .collect();
     assert_eq!(on_topic, reference, "{log}");
+}
+
+/// SIGTERM while the broker is unreachable: the run cannot put the alerts its held events
+/// raise on the topic, so it commits nothing, says why and exits 1 — within
+/// `shutdown_timeout`, though
+/// the commit in progress, the revocation's and the last one each wait for deliveries (they
+/// share one deadline; each used to wait the whole timeout, three times it in all).
+#[test]
+fn sigterm_while_the_broker_is_away_exits_within_the_timeout() {
+    let front = common::broker::free_port();
+    let b = common::broker::broker_advertising(&[("events", 4), ("alerts", 1)], Some(front));
+    let relay = common::broker::Relay::start(front, &b.addr);
+    let addr = format!("127.0.0.1:{front}");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = generated(d, &["--seed", "4", "--agents", "10", "--duration", "2h"]);
+    let text = std::fs::read_to_string(&events).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    produce(&client(&addr), &lines, &[]);
+    let keys = d.join("keys.json");
+    let api = api_key(&keys, "viewer");
+    let config = d.join("cordon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{addr}\"\ngroup_id = \"cordon-away\"\ntopics = [\"events\"]\n\
+             alerts_topic = \"alerts\"\ncommit_interval = \"200ms\"\n\
+             shutdown_timeout = \"4s\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n"
+        ),
+    )
+    .unwrap();
+    // Without a state store, events held for the allowed lateness are run at the stop: the
+    // alerts they raise are made only once the broker is away.
+    let run = Running::spawn_with(
+        &config,
+        &d.join("alerts.jsonl"),
+        &d.join("store"),
+        &keys,
+        &["--allowed-lateness", "24h"],
+    );
+    wait_until(120, "every record read", &[&run], || {
+        run.metric(&api, "cordon_records_total") >= lines.len() as f64
+    });
+    assert_eq!(run.metric(&api, "cordon_alerts_total"), 0.0);
+    relay.cut();
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = run.child.id().to_string();
+    let t = std::time::Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (status, log) = run.exit_within(60);
+    let took = t.elapsed();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("waiting for deliveries"), "{log}");
+    assert!(
+        took < Duration::from_secs(8),
+        "exited {took:?} after SIGTERM, with shutdown_timeout = 4s:\n{log}"
+    );
 }

@@ -44,19 +44,33 @@ impl Cut {
     }
 }
 
-/// Waits until every record produced so far is delivered (or failed), at most `timeout`.
+/// Waits until every record produced so far is delivered (or failed), at most `timeout`,
+/// and never past `stop_by` once the run is stopping.
 ///
 /// `BaseProducer::flush` waits for an event in slices of 100 ms, and the poll loop serves
 /// the same producer's events between batches: when it took the last delivery report, the
 /// flush slept out its slice, and a commit took 100 ms longer. Short slices bound that.
-fn wait_for_deliveries(p: &BaseProducer<Deliveries>, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+///
+/// Why `stop_by`: stopping with the broker unreachable, the periodic commit in progress, a
+/// revocation's commit and the final one each waited their own `shutdown_timeout`, and the
+/// process exited after three times the time it was given.
+fn wait_for_deliveries(
+    p: &BaseProducer<Deliveries>,
+    timeout: Duration,
+    stop_by: &Mutex<Option<Instant>>,
+) -> Result<()> {
+    let start = Instant::now();
     while p.in_flight_count() > 0 {
+        let mut deadline = start + timeout;
+        if let Some(s) = *stop_by.lock().unwrap_or_else(|p| p.into_inner()) {
+            deadline = deadline.min(s);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             anyhow::bail!(
-                "[kafka]: waiting for deliveries: {} records still in flight after {timeout:?}",
-                p.in_flight_count()
+                "[kafka]: waiting for deliveries: {} records still in flight after {:?}",
+                p.in_flight_count(),
+                start.elapsed()
             );
         }
         p.poll(left.min(Duration::from_millis(2)));
@@ -73,6 +87,9 @@ pub(super) struct Committer {
     pub(super) producer: Option<Arc<BaseProducer<Deliveries>>>,
     pub(super) checkpoints: Option<CheckpointStore>,
     pub(super) flush_timeout: Duration,
+    /// When the run must be done waiting for deliveries: set when it starts to stop, to
+    /// `flush_timeout` from then, for every commit still to come.
+    pub(super) stop_by: Mutex<Option<Instant>>,
     pub(super) stats: Arc<KafkaStats>,
     /// Held while a cut completes; holds the number of the last cut completed.
     pub(super) lock: Mutex<u64>,
@@ -110,7 +127,7 @@ impl Committer {
         }
         let sinks_us = t0.elapsed().as_micros() as u64;
         if let Some(p) = &self.producer {
-            wait_for_deliveries(p, self.flush_timeout)?;
+            wait_for_deliveries(p, self.flush_timeout, &self.stop_by)?;
             if let Some(lost) = p.context().lost() {
                 anyhow::bail!("{lost}");
             }

@@ -49,7 +49,8 @@ pub struct KafkaConfig {
     /// Longest between two commits (and checkpoints); default 1s.
     #[serde(default)]
     pub commit_interval: Option<String>,
-    /// Longest to wait at shutdown for deliveries to the broker (default 30s).
+    /// Longest to wait for deliveries to the broker at a commit, and after SIGTERM for all
+    /// the commits still to come together (default 30s).
     #[serde(default)]
     pub shutdown_timeout: Option<String>,
     /// Bytes librdkafka may prefetch (default 64 MiB), and bytes of records handed to the

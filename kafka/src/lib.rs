@@ -363,6 +363,7 @@ impl KafkaInput {
             producer: producer.clone(),
             checkpoints,
             flush_timeout,
+            stop_by: Mutex::new(None),
             stats: stats.clone(),
             lock: Mutex::new(0),
         });
@@ -976,6 +977,13 @@ impl KafkaInput {
                     "the loop's work between batches took long"
                 );
             }
+        }
+        // Stopping: every wait for deliveries from here on (the commit in progress, a
+        // revocation's, the last) ends within one `shutdown_timeout`.
+        {
+            let committer = self.lock().committer.clone();
+            *committer.stop_by.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Instant::now() + committer.flush_timeout);
         }
         // Stopping: nothing more is fetched. With a state store, everything read goes into
         // the checkpoints (events waiting for the watermark too) and the next owner carries

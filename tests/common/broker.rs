@@ -178,7 +178,13 @@ impl Relay {
                 let Ok(up) = std::net::TcpStream::connect(&upstream) else {
                     continue;
                 };
+                // Checked again under the lock `cut` takes: a connection accepted while
+                // the relay was being cut must not outlive the cut.
                 let mut open = s.open.lock().unwrap();
+                if s.cut.load(Ordering::Relaxed) {
+                    s.refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 for (from, to) in [(&down, &up), (&up, &down)] {
                     let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
                     std::thread::spawn(move || {
@@ -197,8 +203,9 @@ impl Relay {
     /// Closes every relayed connection and refuses new ones.
     pub fn cut(&self) {
         use std::sync::atomic::Ordering;
+        let mut open = self.state.open.lock().unwrap();
         self.state.cut.store(true, Ordering::Relaxed);
-        for c in self.state.open.lock().unwrap().drain(..) {
+        for c in open.drain(..) {
             let _ = c.shutdown(std::net::Shutdown::Both);
             self.state.refused.fetch_add(1, Ordering::Relaxed);
         }
