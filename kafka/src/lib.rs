@@ -1036,3 +1036,35 @@ impl KafkaInput {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_cut_at_a_character_boundary() {
+        assert_eq!(capped_key("agent-1"), "agent-1");
+        let long = "é".repeat(KEY_MAX);
+        let cut = capped_key(&long);
+        assert!(cut.len() <= KEY_MAX && cut.len() >= KEY_MAX - 1);
+        assert!(long.starts_with(cut));
+        // The same key is always cut the same way (it picks one partition).
+        assert_eq!(capped_key(&long), cut);
+    }
+
+    #[test]
+    fn the_record_limit_comes_from_the_properties() {
+        let mut c: KafkaConfig = serde_json::from_str(
+            r#"{"brokers": "127.0.0.1:9092", "group_id": "g", "topics": ["events"]}"#,
+        )
+        .unwrap();
+        assert_eq!(record_max(&c).unwrap(), MESSAGE_MAX_BYTES);
+        c.properties
+            .insert("message.max.bytes".into(), "2000000".into());
+        assert_eq!(record_max(&c).unwrap(), 2_000_000);
+        c.properties
+            .insert("message.max.bytes".into(), "2 MB".into());
+        let e = record_max(&c).unwrap_err().to_string();
+        assert!(e.contains("message.max.bytes") && e.contains("2 MB"), "{e}");
+    }
+}
