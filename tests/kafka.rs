@@ -1681,8 +1681,15 @@ fn a_broker_outage_is_ridden_out() {
         run.metric(&api, "cordon_records_total") >= half as f64 && caught_up(&run)
     });
     let rebalances = run.metric(&api, "cordon_kafka_rebalances_total");
+    wait_until(30, "the broker up in the metrics", &[&run], || {
+        run.metric(&api, "cordon_kafka_brokers_up") == 1.0
+    });
+    let cut = std::time::Instant::now();
     relay.cut();
-    std::thread::sleep(Duration::from_secs(10));
+    wait_until(9, "the outage in the metrics", &[&run], || {
+        run.metric(&api, "cordon_kafka_brokers_up") == 0.0
+    });
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed()));
     assert!(run.alive(), "{}", run.log.lock().unwrap());
     relay.restore();
     produce(&client(&addr), &lines[half..], &[]);
@@ -1691,8 +1698,14 @@ fn a_broker_outage_is_ridden_out() {
             && run.metric(&api, "cordon_records_total") >= lines.len() as f64
             && caught_up(&run)
     });
+    wait_until(30, "the broker up in the metrics", &[&run], || {
+        run.metric(&api, "cordon_kafka_brokers_up") == 1.0
+    });
     let log = run.terminate();
     assert!(relay.refused() > 0);
+    // Said once per client and kind, not at every reconnection attempt.
+    let down = log.matches("AllBrokersDown").count();
+    assert!((1..=4).contains(&down), "{down} lines:\n{log}");
     assert_eq!(alert_ids(&d.join("alerts.jsonl")), reference, "{log}");
     let on_topic: BTreeSet<String> = drain(&client(&addr), "alerts", reference.len())
         .iter()

@@ -440,6 +440,38 @@ pub(super) struct Ctx {
     /// `isolation.level` is `read_committed` (librdkafka's default): a partition's end is
     /// then its last stable offset, not its high watermark.
     pub(super) read_committed: bool,
+    /// librdkafka's client-wide errors, logged once per kind and interval.
+    pub(super) errors: Repeats,
+}
+
+/// Logs a recurring error once, then again only when it changes or a minute has passed,
+/// with how many times it came in between: with the brokers unreachable, librdkafka reports
+/// "all broker connections are down" at every reconnection attempt, and a five-minute outage
+/// filled the log.
+#[derive(Default)]
+pub(super) struct Repeats {
+    last: Mutex<Option<(String, Instant, u64)>>,
+}
+
+impl Repeats {
+    /// Whether to log `what` now; `Some(n)`: yes, with `n` repeats left unlogged since.
+    pub(super) fn log(&self, what: &str) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.as_mut() {
+            Some((w, at, n)) if w == what && at.elapsed() < Duration::from_secs(60) => {
+                *n += 1;
+                None
+            }
+            _ => {
+                let skipped = last
+                    .as_ref()
+                    .filter(|(w, _, _)| w == what)
+                    .map_or(0, |l| l.2);
+                *last = Some((what.to_owned(), Instant::now(), 0));
+                Some(skipped)
+            }
+        }
+    }
 }
 
 impl Ctx {
@@ -458,7 +490,20 @@ impl ClientContext for Ctx {
         oauth_token(self.tokens.as_deref())
     }
 
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // By kind: the reason counts the brokers down, and changes as they go.
+        if let Some(repeats) = self.errors.log(&error.to_string()) {
+            tracing::error!(error = %error, %reason, repeats, "librdkafka");
+        }
+    }
+
     fn stats(&self, s: Statistics) {
+        // Brokers by node id; the bootstrap and coordinator connections have none of
+        // their own (-1) and are the same brokers again.
+        let brokers = s.brokers.values().filter(|b| b.nodeid >= 0);
+        let (known, up) = brokers.fold((0, 0), |(k, u), b| (k + 1, u + i64::from(b.state == "UP")));
+        self.stats.brokers_known.store(known, Ordering::Relaxed);
+        self.stats.brokers_up.store(up, Ordering::Relaxed);
         let assigned = self.lock();
         let mut lag = self.stats.lag.lock().unwrap_or_else(|p| p.into_inner());
         for (topic, t) in &s.topics {

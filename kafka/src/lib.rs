@@ -125,11 +125,19 @@ struct Deliveries {
     failed: AtomicU64,
     /// The first failure: the topic and librdkafka's error.
     first: Mutex<Option<String>>,
+    /// librdkafka's client-wide errors, logged once per kind and interval.
+    errors: group::Repeats,
     tokens: Option<Arc<crate::oauthbearer::TokenSource>>,
 }
 
 impl ClientContext for Deliveries {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if let Some(repeats) = self.errors.log(&error.to_string()) {
+            tracing::error!(error = %error, %reason, repeats, "librdkafka (producer)");
+        }
+    }
 
     fn generate_oauth_token(
         &self,
@@ -350,6 +358,7 @@ impl KafkaInput {
                     stats: stats.clone(),
                     failed: AtomicU64::new(0),
                     first: Mutex::new(None),
+                    errors: group::Repeats::default(),
                     tokens: tokens.clone(),
                 })
                 .context("[kafka]: producer")?,
@@ -412,6 +421,7 @@ impl KafkaInput {
                 stats: stats.clone(),
                 tokens,
                 read_committed,
+                errors: group::Repeats::default(),
             })
             .context("[kafka]: consumer")?;
         let workers = match config.workers {
@@ -848,6 +858,7 @@ impl KafkaInput {
         let mut last_commit = Instant::now();
         let mut key = String::new();
         let mut msgs = Vec::with_capacity(batch);
+        let consumer_errors = group::Repeats::default();
         while !stop.load(Ordering::Acquire) {
             if let Some(fatal) = self.lanes.fatal() {
                 anyhow::bail!("{fatal}");
@@ -873,7 +884,9 @@ impl KafkaInput {
                     match msg {
                         Ok(m) => msgs.push(m),
                         Err(e) => {
-                            tracing::warn!(error = %e, "consumer");
+                            if let Some(repeats) = consumer_errors.log(&e.to_string()) {
+                                tracing::warn!(error = %e, repeats, "consumer");
+                            }
                             break;
                         }
                     }

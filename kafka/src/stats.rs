@@ -152,6 +152,10 @@ pub struct KafkaStats {
     pub job_buffers_freed: AtomicU64,
     /// Whether every assigned partition's state is restored.
     pub ready: AtomicBool,
+    /// Brokers the consumer is connected to, as librdkafka last reported them.
+    pub brokers_up: std::sync::atomic::AtomicI64,
+    /// Brokers the consumer knows (bootstrap and coordinator connections aside).
+    pub brokers_known: std::sync::atomic::AtomicI64,
     /// Consumer lag by `topic/partition`, as librdkafka last reported it.
     pub lag: Mutex<BTreeMap<String, i64>>,
     /// OAUTHBEARER token requests, when configured.
@@ -403,6 +407,22 @@ impl KafkaStats {
                 "cordon_kafka_oauth_token_failures_total",
                 "OAUTHBEARER token requests that failed (librdkafka retries them)",
                 &t.failures,
+            );
+        }
+        let up = self.brokers_up.load(Ordering::Relaxed);
+        // Shown from librdkafka's first report that names a broker on.
+        if self.brokers_known.load(Ordering::Relaxed) > 0 {
+            out.gauge(
+                "cordon_kafka_brokers_up",
+                "Brokers the consumer is connected to (0 while Kafka is unreachable), as of librdkafka's last report",
+                &[],
+                up as f64,
+            );
+            out.gauge(
+                "cordon_kafka_brokers_known",
+                "Brokers the consumer knows of, as of librdkafka's last report",
+                &[],
+                self.brokers_known.load(Ordering::Relaxed) as f64,
             );
         }
         let lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
