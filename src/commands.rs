@@ -200,7 +200,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         .map(|s| cordon_respond::siem::SiemSink::start(s, services.handle()))
         .transpose()
         .map_err(Failure::input)?;
-    let kafka = if a.kafka {
+    let mut kafka = if a.kafka {
         let cfg = config
             .as_ref()
             .and_then(|c| c.kafka.as_ref())
@@ -323,7 +323,11 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
                 }
             }),
         };
-        input.run(&progress, &stop, before_event, on_alert, hooks)?
+        let r = input.run(&progress, &stop, before_event, on_alert, hooks);
+        if let Some(k) = kafka.take() {
+            k.close();
+        }
+        r?
     } else {
         run_files(
             Input {

@@ -80,6 +80,17 @@ fn drain(client: &ClientConfig, topic: &str, want: usize) -> Vec<rdkafka::messag
     out
 }
 
+/// The ids of the alerts on the `alerts` topic (read as [`drain`] does, `want` expected).
+fn topic_alert_ids(client: &ClientConfig, want: usize) -> BTreeSet<String> {
+    drain(client, "alerts", want)
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            v["finding_info"]["uid"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
 /// Counts the records of `topic` from the start: until `want` came and a second passed
 /// quietly (so extras are seen too), at most two minutes.
 fn count(client: &ClientConfig, topic: &str, want: usize) -> usize {
@@ -843,13 +854,7 @@ fn partitions_and_their_state_move_between_instances() {
         "one row per alert after compaction"
     );
     // The alerts topic (at least once): every alert.
-    let on_topic: BTreeSet<String> = drain(&client(&b.addr), "alerts", reference.len())
-        .iter()
-        .map(|m| {
-            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-            v["finding_info"]["uid"].as_str().unwrap().to_owned()
-        })
-        .collect();
+    let on_topic = topic_alert_ids(&client(&b.addr), reference.len());
     assert_eq!(on_topic, reference);
 }
 
@@ -1630,13 +1635,7 @@ fn an_undelivered_alert_stops_the_run_uncommitted() {
         second.lags(&api).len() == 4 && second.lags(&api).iter().all(|(_, l)| *l == 0.0)
     });
     let log = second.terminate();
-    let on_topic: BTreeSet<String> = drain(&client(&b.addr), "alerts", reference.len())
-        .iter()
-        .map(|m| {
-            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-            v["finding_info"]["uid"].as_str().unwrap().to_owned()
-        })
-        .collect();
+    let on_topic = topic_alert_ids(&client(&b.addr), reference.len());
     assert_eq!(on_topic, reference, "{log}");
     let _ = sent;
 }
@@ -1707,13 +1706,7 @@ fn a_broker_outage_is_ridden_out() {
     let down = log.matches("AllBrokersDown").count();
     assert!((1..=4).contains(&down), "{down} lines:\n{log}");
     assert_eq!(alert_ids(&d.join("alerts.jsonl")), reference, "{log}");
-    let on_topic: BTreeSet<String> = drain(&client(&addr), "alerts", reference.len())
-        .iter()
-        .map(|m| {
-            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-            v["finding_info"]["uid"].as_str().unwrap().to_owned()
-        })
-        .collect();
+    let on_topic = topic_alert_ids(&client(&addr), reference.len());
     assert_eq!(on_topic, reference, "{log}");
 }
 

@@ -449,6 +449,44 @@ impl KafkaInput {
         })
     }
 
+    /// Leaves the consumer group and closes the clients, waiting at most until the stop's
+    /// deadline (`shutdown_timeout` after the stop began; `shutdown_timeout` from now if the
+    /// run did not stop).
+    ///
+    /// Why bounded: closing a consumer leaves its group, and librdkafka waits for that with
+    /// no limit of its own but its request timeout. With the broker unreachable, and the
+    /// group session just expired (the consumer rejoining), the process hung for a minute
+    /// after SIGTERM in that close. Past the deadline the close is left running on its own
+    /// thread and the process exits: the broker ends the member's session by itself.
+    pub fn close(self) {
+        let deadline = {
+            let committer = self.lock().committer.clone();
+            let stop_by = *committer.stop_by.lock().unwrap_or_else(|p| p.into_inner());
+            stop_by.unwrap_or_else(|| Instant::now() + committer.flush_timeout)
+        };
+        let (done, closed) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("cordon-close".into())
+            .spawn(move || {
+                drop(self);
+                let _ = done.send(());
+            });
+        if spawned.is_err() {
+            tracing::warn!(
+                "no thread to close the Kafka clients on; exiting without leaving the group"
+            );
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        // A second at least: a reachable broker answers a LeaveGroup in milliseconds.
+        if closed
+            .recv_timeout(left.max(Duration::from_secs(1)))
+            .is_err()
+        {
+            tracing::warn!("the consumer did not leave its group within shutdown_timeout (is the broker reachable?); exiting without waiting: the broker ends its session");
+        }
+    }
+
     /// Whether action results have somewhere to go.
     pub fn wants_action_results(&self) -> bool {
         self.config.actions_topic.is_some()
