@@ -1622,6 +1622,11 @@ fn an_undelivered_alert_stops_the_run_uncommitted() {
         log.contains("were not delivered") && log.contains("to no-such-topic"),
         "{log}"
     );
+    // Said at the start, before any alert: the topic is not on the broker.
+    assert!(
+        log.contains("alerts_topic \"no-such-topic\": UnknownTopicOrPartition"),
+        "{log}"
+    );
     assert!(!alert_ids(&d.join("first.jsonl")).is_empty(), "{log}");
     // Its session is over before the next run joins (see `kafka_input_gives_the_file_runs_alerts`).
     std::thread::sleep(Duration::from_secs(7));

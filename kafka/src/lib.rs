@@ -260,6 +260,30 @@ fn capped_key(key: &str) -> &str {
     &key[..end]
 }
 
+/// Warns of an output topic the broker does not have. A record for it waits for the topic
+/// until `message.timeout.ms` (5 minutes by default) and then stops the run, so a misspelt
+/// `alerts_topic` would otherwise show only then. Run on its own thread: with the broker
+/// unreachable the question waits, and the run need not. A broker that creates topics on
+/// first use creates it here, and nothing is said.
+fn check_outputs(p: &BaseProducer<Deliveries>, outputs: &[(&str, String)]) {
+    for (key, topic) in outputs {
+        match p
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+        {
+            Ok(md) => {
+                if let Some(e) = md.topics().iter().find_map(|t| t.error()) {
+                    tracing::warn!(
+                        "[kafka]: {key} {topic:?}: {}; records for it will fail after message.timeout.ms and stop the run",
+                        rdkafka::types::RDKafkaErrorCode::from(e)
+                    );
+                }
+            }
+            Err(e) => tracing::debug!(%key, %topic, error = %e, "output topic not checked"),
+        }
+    }
+}
+
 /// The largest record (key, value and headers) the producer takes: `message.max.bytes`
 /// from `[kafka.properties]`, or librdkafka's default.
 ///
@@ -431,6 +455,23 @@ impl KafkaInput {
         };
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).context("[kafka]: subscribe")?;
+        if let Some(p) = &producer {
+            let outputs: Vec<(&'static str, String)> = [
+                ("alerts_topic", &config.alerts_topic),
+                ("dead_letter_topic", &config.dead_letter_topic),
+                ("actions_topic", &config.actions_topic),
+            ]
+            .into_iter()
+            .filter_map(|(k, t)| Some((k, t.clone()?)))
+            .collect();
+            let p = p.clone();
+            let checked = std::thread::Builder::new()
+                .name("cordon-topics".into())
+                .spawn(move || check_outputs(&p, &outputs));
+            if let Err(e) = checked {
+                tracing::debug!(error = %e, "output topics not checked");
+            }
+        }
         Ok(KafkaInput {
             consumer,
             results: Mutex::new(None),
