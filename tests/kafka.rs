@@ -488,8 +488,13 @@ fn kafka_input_gives_the_file_runs_alerts() {
             "cordon.source.topic",
             "cordon.source.partition",
             "cordon.source.offset",
-            "cordon.reason"
+            "cordon.reason",
+            "cordon.format"
         ]
+    );
+    assert_eq!(
+        dead[0].headers().unwrap().get(4).value,
+        Some(&b"native"[..])
     );
     // 3. Committed: a third run in the group reads nothing and raises nothing — once it holds
     // every partition (before that, reading nothing would prove nothing).
@@ -1429,6 +1434,100 @@ fn action_results_reach_their_topic() {
         // The same record the action log has.
         assert!(logged.contains(v["action"]["id"].as_str().unwrap()));
     }
+}
+
+/// Gateways of three kinds in one group: native events on `events`, agentgateway's access
+/// log and Docker's audit events on topics a pattern subscribes to, each read in the format
+/// `[kafka.formats]` gives its topic. The alerts are those of the three file runs, each in its
+/// own format; a native record on the Docker topic is dead-lettered saying it was read as
+/// `docker`.
+#[test]
+fn each_topic_is_read_in_its_own_format() {
+    let b = common::broker::broker_with(&[
+        ("events", 4),
+        ("gw-agentgateway", 1),
+        ("gw-docker", 1),
+        ("alerts", 1),
+        ("dead", 1),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (events, mut reference) = small_traffic(d);
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let mut sent = 0;
+    for (format, topic) in [("agentgateway", "gw-agentgateway"), ("docker", "gw-docker")] {
+        let file = data.join(format!("{format}.jsonl"));
+        let theirs = file_run(d, &file, &["--format", format]);
+        assert!(!theirs.is_empty(), "{format}: no alerts to compare");
+        reference.extend(theirs);
+        let producer: BaseProducer = client(&b.addr).create().unwrap();
+        for line in std::fs::read_to_string(&file).unwrap().lines() {
+            producer
+                .send(BaseRecord::to(topic).key("gw").payload(line))
+                .unwrap();
+            sent += 1;
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+    let text = std::fs::read_to_string(&events).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    produce(&client(&b.addr), &lines, &[]);
+    sent += lines.len();
+    // A native event on the Docker gateway's topic: not a Docker audit event.
+    let stray = lines[0];
+    let producer: BaseProducer = client(&b.addr).create().unwrap();
+    producer
+        .send(BaseRecord::to("gw-docker").key("stray").payload(stray))
+        .unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+    sent += 1;
+    let keys = d.join("keys.json");
+    let api = api_key(&keys, "viewer");
+    let config = d.join("cordon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"cordon-formats\"\n\
+             topics = [\"events\", \"^gw-.*\"]\nformat = \"native\"\n\
+             alerts_topic = \"alerts\"\ndead_letter_topic = \"dead\"\ncommit_interval = \"200ms\"\n\
+             [kafka.formats]\n\"gw-agentgateway\" = \"agentgateway\"\n\"gw-docker\" = \"docker\"\n\
+             [kafka.properties]\n\"topic.metadata.refresh.interval.ms\" = \"1000\"\n",
+            b.addr
+        ),
+    )
+    .unwrap();
+    let run = Running::spawn_with(
+        &config,
+        &d.join("alerts.jsonl"),
+        &d.join("store"),
+        &keys,
+        &["--allowed-lateness", "24h"],
+    );
+    wait_until(
+        120,
+        "every record of the three topics read",
+        &[&run],
+        || {
+            let lags = run.lags(&api);
+            run.metric(&api, "cordon_records_total") >= sent as f64
+                && lags.len() == 6
+                && lags.iter().all(|(_, l)| *l == 0.0)
+        },
+    );
+    let dead = drain(&client(&b.addr), "dead", 1);
+    let log = run.terminate();
+    assert_eq!(alert_ids(&d.join("alerts.jsonl")), reference, "{log}");
+    assert_eq!(dead.len(), 1, "{log}");
+    assert_eq!(dead[0].payload(), Some(stray.as_bytes()));
+    let h = dead[0].headers().unwrap();
+    let header = |name: &str| {
+        h.iter()
+            .find(|x| x.key == name)
+            .and_then(|x| x.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(header("cordon.source.topic").as_deref(), Some("gw-docker"));
+    assert_eq!(header("cordon.format").as_deref(), Some("docker"));
 }
 
 /// Records too large for the producer (the client's `message.max.bytes`) do not stop the

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use cordon_ingest::Format;
 use rdkafka::config::ClientConfig;
 
 /// librdkafka's prefetch, and the records queued for the engine threads, by default.
@@ -24,6 +25,11 @@ pub struct KafkaConfig {
     /// Their format (`native`, `agentgateway`, `docker`; default native).
     #[serde(default)]
     pub format: Option<String>,
+    /// The format of particular topics, overriding `format` for them (`[kafka.formats]`,
+    /// `"gateway-a" = "agentgateway"`): one group can read gateways of several kinds, each
+    /// writing to its own topic.
+    #[serde(default)]
+    pub formats: BTreeMap<String, String>,
     /// Alerts (OCSF JSON, key = agent id) are produced here, delivery confirmed before commit.
     #[serde(default)]
     pub alerts_topic: Option<String>,
@@ -83,7 +89,54 @@ pub(super) fn duration(field: &str, v: &Option<String>, default: Duration) -> Re
     }
 }
 
+/// The format of each topic's records: `format`, unless `[kafka.formats]` names the topic.
+#[derive(Clone, Debug)]
+pub(super) struct TopicFormats {
+    default: Format,
+    topics: Vec<(String, Format)>,
+}
+
+impl TopicFormats {
+    /// The format of `topic`'s records (looked up once per job, not per record).
+    pub(super) fn of(&self, topic: &str) -> Format {
+        self.topics
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map_or(self.default, |(_, f)| *f)
+    }
+}
+
 impl KafkaConfig {
+    /// `format` and `[kafka.formats]`, checked: every format name known, and every topic
+    /// given a format one the input reads. A name that is in no subscription would never
+    /// apply, most likely a misspelling that would dead-letter the topic's records, so it is
+    /// refused; with a pattern among `topics` (`^…`, which librdkafka matches against the
+    /// broker's topics) any name is accepted, since it may match.
+    pub(super) fn formats(&self) -> Result<TopicFormats> {
+        let default: Format = self
+            .format
+            .as_deref()
+            .unwrap_or("native")
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("[kafka]: format: {e}"))?;
+        let patterns = self.topics.iter().any(|t| t.starts_with('^'));
+        let mut topics = Vec::with_capacity(self.formats.len());
+        for (topic, name) in &self.formats {
+            let f: Format = name
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("[kafka.formats]: {topic:?}: {e}"))?;
+            if !patterns && !self.topics.contains(topic) {
+                anyhow::bail!(
+                    "[kafka.formats]: {topic:?} is not one of topics {:?}; a format applies \
+                     only to a topic the input reads",
+                    self.topics
+                );
+            }
+            topics.push((topic.clone(), f));
+        }
+        Ok(TopicFormats { default, topics })
+    }
+
     /// The librdkafka properties common to the consumer and the producer, secrets resolved.
     pub(super) fn client(&self) -> Result<ClientConfig> {
         let mut c = ClientConfig::new();

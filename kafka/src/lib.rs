@@ -86,7 +86,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use cordon_detect::Alert;
-use cordon_ingest::Format;
 use cordon_query::store::Location;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -223,7 +222,7 @@ pub struct KafkaInput {
     engines: Arc<Engines>,
     producer: Option<Arc<BaseProducer<Deliveries>>>,
     config: KafkaConfig,
-    format: Format,
+    formats: config::TopicFormats,
     commit_every: Duration,
     /// Engine threads: each partition's lane runs on one of them at a time.
     workers: usize,
@@ -312,15 +311,10 @@ impl KafkaInput {
         engines: Arc<Engines>,
         rt: tokio::runtime::Handle,
     ) -> Result<KafkaInput> {
-        let format: Format = config
-            .format
-            .as_deref()
-            .unwrap_or("native")
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("[kafka]: format: {e}"))?;
         if config.topics.is_empty() {
             anyhow::bail!("[kafka]: topics: expected at least one topic");
         }
+        let formats = config.formats()?;
         let commit_every = duration(
             "commit_interval",
             &config.commit_interval,
@@ -480,7 +474,7 @@ impl KafkaInput {
             engines,
             producer,
             config: config.clone(),
-            format,
+            formats,
             commit_every,
             workers,
             lanes,
@@ -666,6 +660,12 @@ impl KafkaInput {
             .insert(Header {
                 key: "cordon.reason",
                 value: Some(reason),
+            })
+            // What the record was read as: with several formats in one group, a record
+            // on the wrong topic, or a topic given the wrong format, shows here.
+            .insert(Header {
+                key: "cordon.format",
+                value: Some(self.formats.of(&job.topic).name()),
             });
         let key = String::from_utf8_lossy(key);
         let key = capped_key(&key);
@@ -821,11 +821,12 @@ impl KafkaInput {
         // fetch its event from memory again.
         let mut outcomes = Vec::with_capacity(job.records.len());
         let mut decoded = Vec::with_capacity(DECODE_CHUNK);
+        let format = self.formats.of(&job.topic);
         for chunk in job.records.chunks(DECODE_CHUNK) {
             decoded.extend(
                 chunk
                     .iter()
-                    .map(|(_, _, payload)| self.format.decode(&job.bytes[payload.clone()])),
+                    .map(|(_, _, payload)| format.decode(&job.bytes[payload.clone()])),
             );
             let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
             for d in decoded.drain(..) {
@@ -1158,5 +1159,53 @@ mod tests {
             .insert("message.max.bytes".into(), "2 MB".into());
         let e = record_max(&c).unwrap_err().to_string();
         assert!(e.contains("message.max.bytes") && e.contains("2 MB"), "{e}");
+    }
+
+    #[test]
+    fn each_topic_gets_its_format() {
+        let parse = |extra: &str| -> KafkaConfig {
+            serde_json::from_str(&format!(
+                r#"{{"brokers": "b:9092", "group_id": "g", "topics": ["events", "agw", "dock"]{extra}}}"#
+            ))
+            .unwrap()
+        };
+        let c = parse(r#", "formats": {"agw": "agentgateway", "dock": "docker"}"#);
+        let f = c.formats().unwrap();
+        assert_eq!(f.of("events"), cordon_ingest::Format::Native);
+        assert_eq!(f.of("agw"), cordon_ingest::Format::Agentgateway);
+        assert_eq!(f.of("dock"), cordon_ingest::Format::Docker);
+        // `format` sets the rest.
+        let c = parse(r#", "format": "docker", "formats": {"events": "native"}"#);
+        let f = c.formats().unwrap();
+        assert_eq!(f.of("events"), cordon_ingest::Format::Native);
+        assert_eq!(f.of("agw"), cordon_ingest::Format::Docker);
+        // Errors name the table, the topic and what was expected.
+        let e = parse(r#", "formats": {"agw": "nginx"}"#)
+            .formats()
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("[kafka.formats]") && e.contains("\"agw\"") && e.contains("expected native"),
+            "{e}"
+        );
+        let e = parse(r#", "formats": {"agws": "agentgateway"}"#)
+            .formats()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"agws\" is not one of topics"), "{e}");
+        let e = parse(r#", "format": "json""#)
+            .formats()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[kafka]: format"), "{e}");
+        // With a pattern subscription any topic may be named.
+        let c: KafkaConfig = serde_json::from_str(
+            r#"{"brokers": "b", "group_id": "g", "topics": ["^gw-.*"], "formats": {"gw-a": "docker"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.formats().unwrap().of("gw-a"),
+            cordon_ingest::Format::Docker
+        );
     }
 }
