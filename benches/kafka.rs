@@ -79,19 +79,6 @@ fn producer(addr: &str) -> BaseProducer {
         .unwrap()
 }
 
-fn send(p: &BaseProducer, topic: &str, key: &str, payload: &str) {
-    let mut rec = BaseRecord::to(topic).key(key).payload(payload);
-    loop {
-        match p.send(rec) {
-            Ok(()) => return,
-            Err((_, r)) => {
-                p.poll(Duration::from_millis(5));
-                rec = r;
-            }
-        }
-    }
-}
-
 fn agent(line: &str) -> String {
     serde_json::from_str::<serde_json::Value>(line)
         .ok()
@@ -448,7 +435,12 @@ fn main() {
     let broker_pid = b.pid().to_string();
     let ((), cpu) = cpu_of("self", &broker_pid, n, || {
         for (key, l) in &keyed {
-            send(&p, "events", key, l);
+            broker::send(
+                &p,
+                BaseRecord::to("events")
+                    .key(key.as_str())
+                    .payload(l.as_str()),
+            );
         }
         p.flush(Duration::from_secs(120)).unwrap();
     });
@@ -705,7 +697,12 @@ fn send_paced(
             line
         };
         sent.lock().unwrap().insert(id.clone(), Instant::now());
-        send(&p, topic, agent, line);
+        broker::send(
+            &p,
+            BaseRecord::to(topic)
+                .key(agent.as_str())
+                .payload(line.as_str()),
+        );
         if i % 64 == 63 {
             p.poll(Duration::ZERO);
         }

@@ -17,6 +17,10 @@
 //! connection): the run keeps going, gets its partitions back with their state, and gives
 //! the file run's alerts; SIGTERM while it is away exits 1 within `shutdown_timeout`.
 //!
+//! Gateways of several kinds in one group are each read in their topic's format
+//! (`[kafka.formats]`), and a backlog fifty-five times `prefetch_bytes` waits in the broker
+//! while a slow run works through it, not in the run's memory.
+//!
 //! Needs `tansu` (`cargo install tansu --locked --features dynostore`; `.ci/run` installs it).
 
 #![allow(clippy::unwrap_used)]
@@ -306,24 +310,19 @@ fn produce(client: &ClientConfig, lines: &[&str], partitioned: &[(i32, String)])
         .set("enable.idempotence", "true")
         .create()
         .unwrap();
-    let send = |mut rec: BaseRecord<'_, str, str>| loop {
-        match producer.send(rec) {
-            Ok(()) => break,
-            Err((_, r)) => {
-                producer.poll(Duration::from_millis(20));
-                rec = r;
-            }
-        }
-    };
     for line in lines {
         let key = serde_json::from_str::<serde_json::Value>(line)
             .ok()
             .and_then(|v| v["gen_ai.agent.id"].as_str().map(str::to_owned))
             .unwrap_or_default();
-        send(BaseRecord::to("events").key(key.as_str()).payload(*line));
+        common::broker::send(
+            &producer,
+            BaseRecord::to("events").key(key.as_str()).payload(*line),
+        );
     }
     for (p, line) in partitioned {
-        send(
+        common::broker::send(
+            &producer,
             BaseRecord::to("events")
                 .key("sentinel")
                 .payload(line.as_str())
@@ -1595,18 +1594,12 @@ fn a_backlog_waits_in_the_broker_not_in_memory() {
             .unwrap()
             .to_owned();
         let padded = format!("{},\"x.pad\":\"{i}{pad}\"}}", &line[..line.len() - 1]);
-        let mut rec = BaseRecord::to("events")
-            .key(key.as_str())
-            .payload(padded.as_str());
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    producer.poll(Duration::from_millis(20));
-                    rec = r;
-                }
-            }
-        }
+        common::broker::send(
+            &producer,
+            BaseRecord::to("events")
+                .key(key.as_str())
+                .payload(padded.as_str()),
+        );
         sent += 1;
         bytes += padded.len();
     }

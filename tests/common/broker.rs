@@ -234,3 +234,18 @@ impl Drop for Relay {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// Sends one record, waiting while the producer's queue is full (serving its delivery
+/// reports meanwhile) rather than failing.
+pub fn send(p: &rdkafka::producer::BaseProducer, rec: rdkafka::producer::BaseRecord<'_, str, str>) {
+    let mut rec = rec;
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                p.poll(Duration::from_millis(5));
+                rec = r;
+            }
+        }
+    }
+}
