@@ -669,11 +669,11 @@ impl KafkaInput {
             });
         let key = String::from_utf8_lossy(key);
         let key = capped_key(&key);
-        // The headers above and the one below take a few hundred bytes at most (a decode
-        // error's reason is one line).
+        // Besides the key, the reason (one line, bounded) and the source topic's name (up to
+        // 249 bytes), the headers above and the one below take under 256 bytes.
         let room = self
             .record_max
-            .saturating_sub(key.len() + reason.len() + FRAMING + 256);
+            .saturating_sub(key.len() + reason.len() + job.topic.len() + FRAMING + 256);
         let (payload, headers) = if payload.len() > room {
             let whole = payload.len().to_string();
             tracing::warn!(topic = %job.topic, partition = job.partition, %offset, bytes = payload.len(), max = self.record_max, "dead letter cut to fit message.max.bytes");
