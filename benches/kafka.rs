@@ -236,6 +236,28 @@ impl Cordon {
         (at(0.5), at(0.99))
     }
 
+    /// The upper bound of the highest non-empty bucket of a histogram, in ms.
+    fn delay_max(&self, key: &str, name: &str) -> f64 {
+        let text = http::get(&self.metrics, key);
+        let prefix = format!("{name}_bucket{{le=\"");
+        let mut last = (0.0, f64::NAN);
+        for l in text.lines().filter_map(|l| l.strip_prefix(prefix.as_str())) {
+            let Some((le, n)) = l.split_once("\"} ") else {
+                continue;
+            };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse::<f64>().unwrap_or(f64::NAN) * 1000.0
+            };
+            let n: f64 = n.parse().unwrap_or(0.0);
+            if n > last.0 {
+                last = (n, le);
+            }
+        }
+        last.1
+    }
+
     fn ready(&self) -> bool {
         http::get(&format!("{}/readyz", self.api), "").starts_with("HTTP/1.1 200")
     }
@@ -877,6 +899,8 @@ fn latency(
         c.metric(key, "cordon_kafka_delivery_wait_seconds_total") * 1000.0 / commits.max(1.0);
     let (delay50, delay99) = c.delay_quantiles(key, "cordon_kafka_record_delay_seconds");
     let (run50, run99) = c.delay_quantiles(key, "cordon_kafka_run_delay_seconds");
+    let (ack50, ack99) = c.delay_quantiles(key, "cordon_kafka_produce_ack_seconds");
+    let ack_max = c.delay_max(key, "cordon_kafka_produce_ack_seconds");
     let buffers = [
         "cordon_kafka_job_buffers_made_total",
         "cordon_kafka_job_buffer_bytes_made_total",
@@ -898,6 +922,7 @@ fn latency(
         cpu[2] / wall
     );
     println!("  while live: records run within {delay50} ms of their Kafka timestamp (half of them) and {delay99} ms (99 %), and within {run50} / {run99} ms of being fetched (histogram bounds)");
+    println!("  while live: alerts acknowledged by the broker within {ack50} ms of being produced (half of them), {ack99} ms (99 %), all within {ack_max} ms (histogram bounds)");
     println!("  while live: {commits} commits averaging {commit_ms:.1} ms beside the poll loop ({sinks_ms:.1} ms sinks, {wait_ms:.1} ms deliveries, {ckpt_ms:.1} ms writing checkpoints of {ckpt_kb:.0} KB per partition); {snap_ms:.1} ms per commit copying engines");
     println!(
         "  while live: {} job buffers made ({:.1} MB), {} kept ones freed",

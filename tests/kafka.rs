@@ -1929,6 +1929,11 @@ fn a_broker_outage_is_ridden_out() {
     wait_until(30, "the broker up in the metrics", &[&run], || {
         run.metric(&api, "cordon_kafka_brokers_up") == 1.0
     });
+    // Every alert produced so far was acknowledged and timed.
+    wait_until(30, "the alerts' acknowledgements timed", &[&run], || {
+        let produced = run.metric(&api, "cordon_kafka_alerts_produced_total");
+        produced > 0.0 && run.metric(&api, "cordon_kafka_produce_ack_seconds_count") == produced
+    });
     let log = run.terminate();
     assert!(relay.refused() > 0);
     // Said once per client and kind, not at every reconnection attempt.

@@ -171,8 +171,14 @@ fn oauth_token(
 }
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    /// When the record was handed to the producer.
+    type DeliveryOpaque = Box<Instant>;
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Instant>) {
+        if result.is_ok() {
+            self.stats
+                .acks
+                .observe_n(sent.elapsed().as_micros() as u64, 1);
+        }
         if let Err((e, m)) = result {
             // The first is logged as an error; the run stops on it, and the records in
             // flight with it (as many as were queued) fail the same way.
@@ -356,7 +362,7 @@ impl KafkaInput {
         if let Some(t) = &tokens {
             let _ = stats.oauth.set(t.stats.clone());
         }
-        let producer = if config.alerts_topic.is_some()
+        let producer: Option<Arc<BaseProducer<Deliveries>>> = if config.alerts_topic.is_some()
             || config.dead_letter_topic.is_some()
             || config.actions_topic.is_some()
         {
@@ -384,6 +390,23 @@ impl KafkaInput {
         } else {
             None
         };
+        if let Some(p) = &producer {
+            // Delivery reports are served as they arrive, not only when the poll loop next
+            // turns (a turn drains a batch, tens of milliseconds under a backlog): so
+            // `cordon_kafka_produce_ack_seconds` times the broker, not the loop, and a lost
+            // delivery stops the run sooner. The thread ends with the producer.
+            let weak = Arc::downgrade(p);
+            let spawned = std::thread::Builder::new()
+                .name("cordon-deliveries".into())
+                .spawn(move || {
+                    while let Some(p) = weak.upgrade() {
+                        p.poll(Duration::from_millis(20));
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "no thread for delivery reports; the poll loop serves them");
+            }
+        }
         let stateful = checkpoints.is_some();
         let committer = Arc::new(Committer {
             hooks: Mutex::new(None),
@@ -564,7 +587,7 @@ impl KafkaInput {
         let Some(p) = &self.producer else {
             return Ok(());
         };
-        let mut record = BaseRecord::to(topic)
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(Instant::now()))
             .key(key)
             .payload(payload)
             .headers(headers);

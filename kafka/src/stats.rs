@@ -75,6 +75,9 @@ pub struct KafkaStats {
     pub delays: Delays,
     /// Records' delay from being fetched to being run.
     pub run_delays: Delays,
+    /// Records Cordon produced (alerts, dead letters, action results): from handing each to
+    /// the producer to the broker's acknowledgement, as the poll loop next sees it.
+    pub acks: Delays,
     /// Rebalances (assignments and revocations) seen.
     pub rebalances: AtomicU64,
     /// Partitions assigned now.
@@ -202,6 +205,11 @@ impl KafkaStats {
             out,
             "cordon_kafka_run_delay_seconds",
             "From the poll loop receiving a record to its engine having run it (lanes, decode, rules)",
+        );
+        self.acks.render(
+            out,
+            "cordon_kafka_produce_ack_seconds",
+            "From handing a record (alert, dead letter, action result) to the producer to the broker acknowledging it, seen at the poll loop's next turn",
         );
         out.gauge(
             "cordon_kafka_queued_bytes",
