@@ -210,11 +210,11 @@ impl Cordon {
 
     /// The bucket bounds (ms) under which half and 99 % of a delay histogram's records fall
     /// (`cordon_kafka_record_delay_seconds`, `cordon_kafka_run_delay_seconds`).
-    fn delay_quantiles(&self, key: &str, name: &str) -> (f64, f64) {
+    /// A histogram's cumulative buckets: (upper bound in ms, count).
+    fn buckets(&self, key: &str, name: &str) -> Vec<(f64, f64)> {
         let text = http::get(&self.metrics, key);
         let prefix = format!("{name}_bucket{{le=\"");
-        let buckets: Vec<(f64, f64)> = text
-            .lines()
+        text.lines()
             .filter_map(|l| l.strip_prefix(prefix.as_str()))
             .filter_map(|l| {
                 let (le, n) = l.split_once("\"} ")?;
@@ -225,7 +225,11 @@ impl Cordon {
                 };
                 Some((le * 1000.0, n.parse().ok()?))
             })
-            .collect();
+            .collect()
+    }
+
+    fn delay_quantiles(&self, key: &str, name: &str) -> (f64, f64) {
+        let buckets = self.buckets(key, name);
         let total = buckets.last().map_or(0.0, |b| b.1);
         let at = |q: f64| {
             buckets
@@ -236,26 +240,14 @@ impl Cordon {
         (at(0.5), at(0.99))
     }
 
-    /// The upper bound of the highest non-empty bucket of a histogram, in ms.
+    /// The upper bound of the lowest bucket that holds every observation, in ms.
     fn delay_max(&self, key: &str, name: &str) -> f64 {
-        let text = http::get(&self.metrics, key);
-        let prefix = format!("{name}_bucket{{le=\"");
-        let mut last = (0.0, f64::NAN);
-        for l in text.lines().filter_map(|l| l.strip_prefix(prefix.as_str())) {
-            let Some((le, n)) = l.split_once("\"} ") else {
-                continue;
-            };
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse::<f64>().unwrap_or(f64::NAN) * 1000.0
-            };
-            let n: f64 = n.parse().unwrap_or(0.0);
-            if n > last.0 {
-                last = (n, le);
-            }
-        }
-        last.1
+        let buckets = self.buckets(key, name);
+        let total = buckets.last().map_or(0.0, |b| b.1);
+        buckets
+            .iter()
+            .find(|(_, n)| *n >= total)
+            .map_or(f64::NAN, |b| b.0)
     }
 
     fn ready(&self) -> bool {
