@@ -47,9 +47,10 @@ impl Cut {
 /// Waits until every record produced so far is delivered (or failed), at most `timeout`,
 /// and never past `stop_by` once the run is stopping.
 ///
-/// `BaseProducer::flush` waits for an event in slices of 100 ms, and the poll loop serves
-/// the same producer's events between batches: when it took the last delivery report, the
-/// flush slept out its slice, and a commit took 100 ms longer. Short slices bound that.
+/// `BaseProducer::flush` waits for an event in slices of 100 ms, and another thread serves
+/// the same producer's events (the delivery-report thread, or the poll loop without one):
+/// when it took the last delivery report, the flush slept out its slice, and a commit took
+/// 100 ms longer. Short slices bound that.
 ///
 /// Why `stop_by`: stopping with the broker unreachable, the periodic commit in progress, a
 /// revocation's commit and the final one each waited their own `shutdown_timeout`, and the

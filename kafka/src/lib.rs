@@ -229,6 +229,9 @@ pub struct KafkaInput {
     producer: Option<Arc<BaseProducer<Deliveries>>>,
     config: KafkaConfig,
     formats: config::TopicFormats,
+    /// Whether a thread of its own serves the producer's delivery reports (else the poll
+    /// loop does, once a turn).
+    reports_served: bool,
     commit_every: Duration,
     /// Engine threads: each partition's lane runs on one of them at a time.
     workers: usize,
@@ -390,6 +393,7 @@ impl KafkaInput {
         } else {
             None
         };
+        let mut reports_served = false;
         if let Some(p) = &producer {
             // Delivery reports are served as they arrive, not only when the poll loop next
             // turns (a turn drains a batch, tens of milliseconds under a backlog): so
@@ -403,8 +407,11 @@ impl KafkaInput {
                         p.poll(Duration::from_millis(20));
                     }
                 });
-            if let Err(e) = spawned {
-                tracing::warn!(error = %e, "no thread for delivery reports; the poll loop serves them");
+            match spawned {
+                Ok(_) => reports_served = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no thread for delivery reports; the poll loop serves them")
+                }
             }
         }
         let stateful = checkpoints.is_some();
@@ -498,6 +505,7 @@ impl KafkaInput {
             producer,
             config: config.clone(),
             formats,
+            reports_served,
             commit_every,
             workers,
             lanes,
@@ -1071,7 +1079,7 @@ impl KafkaInput {
                 );
             }
             self.publish_action_results()?;
-            if let Some(p) = &self.producer {
+            if let Some(p) = self.producer.as_ref().filter(|_| !self.reports_served) {
                 p.poll(Duration::ZERO);
             }
             while let Ok(d) = done.try_recv() {
