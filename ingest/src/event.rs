@@ -593,8 +593,7 @@ impl Fields {
     }
 
     fn set_timestamp_text(&mut self, text: &str) -> Result<(), jiff::Error> {
-        let ts: jiff::Timestamp = text.parse()?;
-        self.ts_nanos = Some(ts.as_nanosecond() as i64);
+        self.ts_nanos = Some(crate::timestamp::parse_nanos(text)?);
         self.set_str(CoreField::Timestamp, text);
         Ok(())
     }
