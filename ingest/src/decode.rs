@@ -485,6 +485,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("@timestamp"), "{err}");
+        // A time past 2262 used to wrap around to one in 1677.
+        let err = decode_native(br#"{"@timestamp":"2300-01-01T00:00:00Z"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("field `@timestamp`") && err.contains("2262-04-11T23:47:16Z"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -18,6 +18,8 @@ use std::sync::{Arc, OnceLock};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value as Json;
 
+pub use crate::timestamp::TimestampError;
+
 /// How a core field is typed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldKind {
@@ -592,7 +594,7 @@ impl Fields {
         self.slots[i] = Slot { start, len };
     }
 
-    fn set_timestamp_text(&mut self, text: &str) -> Result<(), jiff::Error> {
+    fn set_timestamp_text(&mut self, text: &str) -> Result<(), TimestampError> {
         self.ts_nanos = Some(crate::timestamp::parse_nanos(text)?);
         self.set_str(CoreField::Timestamp, text);
         Ok(())
@@ -649,7 +651,7 @@ impl EventBuilder {
         self.0.set_str(f, v);
     }
     /// [`Event::set_timestamp_text`].
-    pub(crate) fn set_timestamp_text(&mut self, text: &str) -> Result<(), jiff::Error> {
+    pub(crate) fn set_timestamp_text(&mut self, text: &str) -> Result<(), TimestampError> {
         self.0.set_timestamp_text(text)
     }
     /// [`Event::set_result_bytes`].
@@ -775,7 +777,7 @@ impl Event {
     }
 
     /// Sets `@timestamp` from RFC 3339 text, keeping the text as given.
-    pub fn set_timestamp_text(&mut self, text: &str) -> Result<(), jiff::Error> {
+    pub fn set_timestamp_text(&mut self, text: &str) -> Result<(), TimestampError> {
         self.m().set_timestamp_text(text)
     }
 

@@ -19,7 +19,7 @@ pub mod fingerprint;
 pub mod formats;
 pub mod generate;
 pub mod sources;
-mod timestamp;
+pub mod timestamp;
 
 pub use deadletter::DeadLetterSink;
 pub use decode::{decode_native, decode_reference, decode_with, full_decodes, Schema};

@@ -27,16 +27,25 @@ thread_local! {
     static LAST_DAY: Cell<Option<Day>> = const { Cell::new(None) };
 }
 
+/// Why a timestamp's text was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TimestampError {
+    /// Not RFC 3339 (jiff's reason).
+    #[error("{0}")]
+    Syntax(#[from] jiff::Error),
+    /// A valid time that nanoseconds since 1970 in 64 bits cannot hold. The event model keeps
+    /// times that way; before this check such a time wrapped around to a wrong one.
+    #[error("outside the times Cordon can hold, 1677-09-21T00:12:44Z to 2262-04-11T23:47:16Z")]
+    OutOfRange,
+}
+
 /// Nanoseconds since the epoch of an RFC 3339 timestamp.
-///
-/// Times outside what an `i64` of nanoseconds holds (before 1677 or after 2262) wrap, as
-/// `Timestamp::as_nanosecond() as i64` does; the event model keeps nanoseconds in an `i64`.
-pub(crate) fn parse_nanos(text: &str) -> Result<i64, jiff::Error> {
-    if let Some(n) = fast(text.as_bytes()) {
-        return Ok(n);
-    }
-    let ts: jiff::Timestamp = text.parse()?;
-    Ok(ts.as_nanosecond() as i64)
+pub(crate) fn parse_nanos(text: &str) -> Result<i64, TimestampError> {
+    let nanos = match fast(text.as_bytes()) {
+        Some(n) => n,
+        None => text.parse::<jiff::Timestamp>()?.as_nanosecond(),
+    };
+    i64::try_from(nanos).map_err(|_| TimestampError::OutOfRange)
 }
 
 /// Powers of ten that scale a fraction of `k` digits to nanoseconds, by `k`.
@@ -53,8 +62,8 @@ const SCALE: [i64; 10] = [
     1,
 ];
 
-/// The common shape, or `None` for jiff to decide.
-fn fast(b: &[u8]) -> Option<i64> {
+/// The common shape's nanoseconds since the epoch, or `None` for jiff to decide.
+fn fast(b: &[u8]) -> Option<i128> {
     // YYYY-MM-DDTHH:MM:SS, then an optional fraction of 1 to 9 digits, then Z.
     if b.len() < 20 || b.len() > 30 || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return None;
@@ -82,7 +91,7 @@ fn fast(b: &[u8]) -> Option<i64> {
         nanos *= SCALE[digits.len()];
     }
     let secs = midnight(&b[..10])? + i64::from(h) * 3600 + i64::from(m) * 60 + i64::from(s);
-    Some((i128::from(secs) * 1_000_000_000 + i128::from(nanos)) as i64)
+    Some(i128::from(secs) * 1_000_000_000 + i128::from(nanos))
 }
 
 /// Two ASCII digits as a number.
@@ -125,10 +134,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn jiff_nanos(text: &str) -> Option<i64> {
+    fn jiff_nanos(text: &str) -> Option<i128> {
         text.parse::<jiff::Timestamp>()
             .ok()
-            .map(|t| t.as_nanosecond() as i64)
+            .map(|t| t.as_nanosecond())
+    }
+
+    /// `parse_nanos`, as the `i128` jiff would give.
+    fn parsed(text: &str) -> Option<i128> {
+        parse_nanos(text).ok().map(i128::from)
     }
 
     #[test]
@@ -174,9 +188,31 @@ mod tests {
             "offsets are jiff's"
         );
         assert_eq!(
-            parse_nanos("2016-12-31T23:59:60Z").ok(),
+            parsed("2016-12-31T23:59:60Z"),
             jiff_nanos("2016-12-31T23:59:60Z")
         );
+    }
+
+    #[test]
+    fn times_an_i64_of_nanoseconds_cannot_hold_are_refused() {
+        assert_eq!(
+            parse_nanos("2262-04-11T23:47:16.854775807Z").unwrap(),
+            i64::MAX
+        );
+        assert_eq!(
+            parse_nanos("1677-09-21T00:12:43.145224192Z").unwrap(),
+            i64::MIN
+        );
+        for text in [
+            "2262-04-11T23:47:16.854775808Z",
+            "1677-09-21T00:12:43.145224191Z",
+            "9999-12-30T00:00:00Z",
+            "0001-01-01T00:00:00+01:00",
+        ] {
+            let e = parse_nanos(text).unwrap_err();
+            assert!(matches!(e, TimestampError::OutOfRange), "{text}: {e}");
+            assert!(e.to_string().contains("2262-04-11T23:47:16Z"), "{e}");
+        }
     }
 
     /// A timestamp near the common shape: valid ones of every length of fraction, and ones
@@ -219,7 +255,8 @@ mod tests {
                 if let Some(n) = fast(t.as_bytes()) {
                     prop_assert_eq!(Some(n), jiff_nanos(t), "{}", t);
                 }
-                prop_assert_eq!(parse_nanos(t).ok(), jiff_nanos(t), "{}", t);
+                let held = jiff_nanos(t).filter(|n| i64::try_from(*n).is_ok());
+                prop_assert_eq!(parsed(t), held, "{}", t);
             }
         }
     }
