@@ -83,18 +83,39 @@ impl VolumeModel {
         if u64::from(self.n) < VOLUME_WARMUP || !x.is_finite() {
             return None;
         }
+        self.score_log(x.max(0.0).ln_1p())
+    }
+
+    /// Learns an observation.
+    pub fn update(&mut self, x: f64) {
+        if x.is_finite() {
+            self.update_log(x.max(0.0).ln_1p());
+        }
+    }
+
+    /// [`VolumeModel::score`] and [`VolumeModel::typical`] before `x`, then
+    /// [`VolumeModel::update`] with it: the same results with the logarithm taken once.
+    pub fn observe(&mut self, x: f64) -> Option<(f64, f64)> {
+        if !x.is_finite() {
+            return None;
+        }
         let y = x.max(0.0).ln_1p();
+        let scored = if u64::from(self.n) < VOLUME_WARMUP {
+            None
+        } else {
+            self.score_log(y).map(|s| (s, self.typical()))
+        };
+        self.update_log(y);
+        scored
+    }
+
+    fn score_log(&self, y: f64) -> Option<f64> {
         let sd = f64::from(self.var).sqrt().max(f64::from(self.floor));
         let z = (y - f64::from(self.mean)) / sd;
         Normal::new(0.0, 1.0).ok().map(|n| n.cdf(z))
     }
 
-    /// Learns an observation.
-    pub fn update(&mut self, x: f64) {
-        if !x.is_finite() {
-            return;
-        }
-        let y = x.max(0.0).ln_1p();
+    fn update_log(&mut self, y: f64) {
         self.n = self.n.saturating_add(1);
         if self.n == 1 {
             self.mean = y as f32;
@@ -191,12 +212,30 @@ impl CountLaw {
 /// `P(N < k)` for the bucket's law, walked up one count at a time: a bucket's count grows
 /// by one per event, so each score costs one multiplication instead of an incomplete beta
 /// function (≈ 0.3 µs, as much as the rest of the profile update).
-#[derive(Clone, Debug, Default)]
+///
+/// It also keeps the bucket's law and expected count: both hold until the next bucket is
+/// learnt, and deriving them (the seasonal slots' shrinkage) cost as much as the walk.
+#[derive(Clone, Debug)]
 struct CdfWalk {
     ready: bool,
     k: u32,
     below: f64,
     at: f64,
+    law: CountLaw,
+    expected: f64,
+}
+
+impl Default for CdfWalk {
+    fn default() -> CdfWalk {
+        CdfWalk {
+            ready: false,
+            k: 0,
+            below: 0.0,
+            at: 0.0,
+            law: CountLaw::Poisson(0.0),
+            expected: 0.0,
+        }
+    }
 }
 
 impl PartialEq for CdfWalk {
@@ -298,6 +337,9 @@ impl RateModel {
 
     /// The expected events in the current bucket.
     pub fn expected(&self) -> f64 {
+        if self.walk.ready {
+            return self.walk.expected;
+        }
         self.expected_at(self.bucket.max(0))
     }
 
@@ -358,7 +400,7 @@ impl RateModel {
         if u64::from(self.buckets) < RATE_WARMUP {
             return None;
         }
-        let mu = self.expected();
+        let mu = self.expected_at(self.bucket.max(0));
         // Over-dispersion of the counts (variance over mean), carried to this slot's mean.
         // Measured against the learnt mean itself, not the floored `m`: an agent that calls
         // in rare bursts has a mean far below the floor, and dividing by the floor made its
@@ -382,7 +424,16 @@ impl RateModel {
 
     /// [`RateModel::score`] of the current bucket's count, walked up incrementally.
     fn walk_score(&mut self, n: u32) -> Option<f64> {
-        let law = self.law()?;
+        let law = if self.walk.ready {
+            self.walk.law
+        } else {
+            self.law()?
+        };
+        let expected = if self.walk.ready {
+            self.walk.expected
+        } else {
+            self.expected_at(self.bucket.max(0))
+        };
         let w = &mut self.walk;
         if !w.ready || w.k > n {
             *w = CdfWalk {
@@ -390,6 +441,8 @@ impl RateModel {
                 k: 0,
                 below: 0.0,
                 at: law.pmf0(),
+                law,
+                expected,
             };
         }
         // Where the law's first terms underflow, the walk cannot start: compute directly.
@@ -665,6 +718,20 @@ mod tests {
     }
 
     #[test]
+    fn observing_a_volume_is_scoring_then_learning_it() {
+        let (mut one, mut two) = (VolumeModel::new(50.0), VolumeModel::new(50.0));
+        for i in 0..300u32 {
+            let x = f64::from((i * 7919) % 5000) + if i == 250 { 1e7 } else { 0.0 };
+            let want = two.score(x).map(|s| (s, two.typical()));
+            two.update(x);
+            assert_eq!(one.observe(x), want, "observation {i}");
+            assert_eq!(one, two);
+        }
+        assert_eq!(one.observe(f64::NAN), None);
+        assert_eq!(one, two, "a value that is not a number is not learnt");
+    }
+
+    #[test]
     fn scores_do_not_depend_on_absolute_time() {
         let times: Vec<i64> = (0..400i64)
             .map(|i| i * 7_919_000_000 + (i % 13) * 3_000_000_000)
@@ -732,6 +799,8 @@ mod tests {
                 if let (Some(s), Some(d)) = (s, r.score(n)) {
                     assert!((s - d).abs() < 1e-9, "{s} vs {d} at {n}");
                 }
+                // The bucket's expected count, kept with the walk, is the one derived afresh.
+                assert_eq!(r.expected(), r.expected_at(r.bucket.max(0)));
             }
             for _ in 0..burst {
                 t += 10_000_000;

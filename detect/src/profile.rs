@@ -488,22 +488,15 @@ impl Profiles {
             }
             if let Some(b) = ev.result_bytes() {
                 let b = b as f64;
-                if let Some(score) = p.volume.score(b) {
-                    f.set(BaselineField::Volume, score, b, p.volume.typical());
+                if let Some((score, typical)) = p.volume.observe(b) {
+                    f.set(BaselineField::Volume, score, b, typical);
                 }
-                p.volume.update(b);
             }
             if ev.arguments().is_some() {
                 let size = f64::from(ev.arguments_bytes());
-                if let Some(score) = p.args_volume.score(size) {
-                    f.set(
-                        BaselineField::ArgsVolume,
-                        score,
-                        size,
-                        p.args_volume.typical(),
-                    );
+                if let Some((score, typical)) = p.args_volume.observe(size) {
+                    f.set(BaselineField::ArgsVolume, score, size, typical);
                 }
-                p.args_volume.update(size);
             }
             let server = ev.str(CoreField::Target);
             if let Some(tool) = ev.tool_name() {
