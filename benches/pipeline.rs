@@ -273,6 +273,61 @@ fn pack(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    // The same events split by agent into two lanes, each run by its own engine, as
+    // `cordon run --kafka` runs partitions: one lane after the other on one thread, then
+    // each on its own thread. The second against the first is how the engines' side scales
+    // from one core to two (this machine's all) with nothing else running — the Kafka
+    // bench shares the cores with its broker and producer, so it cannot tell. (Against
+    // `decode_full_pack` a lane is also cheaper per event: each engine holds half the
+    // agents.)
+    let lanes: [Vec<&[u8]>; 2] = {
+        let mut lanes = [Vec::new(), Vec::new()];
+        for l in &lines {
+            let ev = decode_native(l).expect("decode");
+            let agent = ev.agent_id().unwrap_or_default();
+            let lane = agent
+                .bytes()
+                .fold(0usize, |h, b| h.wrapping_mul(31) ^ usize::from(b))
+                % 2;
+            lanes[lane].push(l.as_slice());
+        }
+        lanes
+    };
+    eprintln!(
+        "pack: lanes of {} and {} events",
+        lanes[0].len(),
+        lanes[1].len()
+    );
+    let run_lane = |lane: &[&[u8]]| {
+        let mut engine = Engine::new(&set);
+        let mut out = Vec::new();
+        for l in lane {
+            let ev = decode_native(l).expect("decode");
+            if engine.push(ev, &mut out).is_err() {
+                unreachable!("generated events are in order");
+            }
+        }
+        engine.finish(&mut out);
+        out.len()
+    };
+    grp.bench_function("decode_full_pack_two_lanes_one_thread", |b| {
+        b.iter(|| black_box(lanes.iter().map(|lane| run_lane(lane)).sum::<usize>()))
+    });
+    grp.bench_function("decode_full_pack_two_lanes_two_threads", |b| {
+        b.iter(|| {
+            std::thread::scope(|s| {
+                let runs: Vec<_> = lanes
+                    .iter()
+                    .map(|lane| s.spawn(|| run_lane(lane)))
+                    .collect();
+                black_box(
+                    runs.into_iter()
+                        .map(|r| r.join().expect("lane"))
+                        .sum::<usize>(),
+                )
+            })
+        })
+    });
     grp.finish();
 
     // The per-agent baseline update alone, against the raw parse of the same events.
