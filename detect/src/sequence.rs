@@ -375,8 +375,13 @@ impl Stateful for SequenceDetector {
         // Steps, then `until`, in the order of `Rule::event_matchers`.
         let may = |j: usize| steps & step_bit(j) != 0;
         let mut any = false;
+        // With no partial open, a positive step after the first has nothing to extend
+        // (`advance` returns at once): its predicate is not worth evaluating.
+        let first = self.positive.first().copied();
+        let idle = self.open == 0;
         for (i, st) in self.spec.steps.iter().enumerate() {
-            self.matched[i] = may(i) && st.matches(ev);
+            let moot = idle && !st.missing && Some(i) != first;
+            self.matched[i] = may(i) && !moot && st.matches(ev);
             any |= self.matched[i];
         }
         if let Some(u) = &self.spec.until {
