@@ -76,6 +76,12 @@ pub struct SequenceDetector {
     last_leading: HashMap<(usize, String), i64>,
     leading_sweep: i64,
     open: usize,
+    /// `waiting[s]`: the partials in every key's `stages[s]`, so that an event is tested
+    /// against positive step `s` only when some partial waits for it (not persisted: counted
+    /// again after a restore).
+    waiting: Vec<usize>,
+    /// Each step's index among the positive steps (`usize::MAX` for a `![…]` step).
+    stage_of: Vec<usize>,
     global_cap: usize,
     stats: StateStats,
     empty: Event,
@@ -103,8 +109,14 @@ impl SequenceDetector {
         for (s, w) in positive.windows(2).enumerate() {
             guards[s + 1] = (w[0] + 1..w[1]).collect();
         }
+        let mut stage_of = vec![usize::MAX; spec.steps.len()];
+        for (s, &i) in positive.iter().enumerate() {
+            stage_of[i] = s;
+        }
         SequenceDetector {
             matched: vec![false; spec.steps.len()],
+            waiting: vec![0; positive.len()],
+            stage_of,
             spec,
             positive,
             guards,
@@ -120,6 +132,19 @@ impl SequenceDetector {
             empty: Event::new(),
             pool: Vec::new(),
         }
+    }
+
+    /// [`SequenceDetector::waiting`] counted afresh from the keys.
+    fn count_waiting(&self) -> Vec<usize> {
+        let mut waiting = vec![0; self.positive.len()];
+        for ks in self.keys.values() {
+            for (s, list) in ks.stages.iter().enumerate() {
+                if let Some(w) = waiting.get_mut(s) {
+                    *w += list.len();
+                }
+            }
+        }
+        waiting
     }
 
     fn within(&self, start: i64, t: i64) -> bool {
@@ -159,6 +184,7 @@ impl SequenceDetector {
             return;
         }
         ks.stages[s].push(p);
+        self.waiting[s] += 1;
         self.open += 1;
         if self.open > self.global_cap {
             self.shed();
@@ -201,7 +227,10 @@ impl SequenceDetector {
                 continue;
             };
             let ks = Arc::make_mut(ks);
-            for list in ks.stages.iter_mut().chain(std::iter::once(&mut ks.pending)) {
+            let stages = ks.stages.len();
+            let lists = ks.stages.iter_mut().chain(std::iter::once(&mut ks.pending));
+            for (s, list) in lists.enumerate() {
+                let before = list.len();
                 list.retain(|p| {
                     let keep = removed >= cut || p.start > cutoff;
                     if !keep {
@@ -209,6 +238,9 @@ impl SequenceDetector {
                     }
                     keep
                 });
+                if s < stages {
+                    self.waiting[s] -= before - list.len();
+                }
             }
         }
         self.keys.retain(|_, k| k.open() > 0);
@@ -218,6 +250,9 @@ impl SequenceDetector {
 
     fn close_key(&mut self, key: &str) {
         if let Some(ks) = self.keys.remove(key) {
+            for (s, list) in ks.stages.iter().enumerate() {
+                self.waiting[s] -= list.len();
+            }
             let n = ks.open();
             self.open -= n;
             self.stats.closed += n as u64;
@@ -292,6 +327,7 @@ impl SequenceDetector {
             Some(ks) => Arc::make_mut(ks).stages[s].swap_remove(i),
             None => return,
         };
+        self.waiting[s] -= 1;
         self.open -= 1;
         p.events.push(ev.clone());
         if s + 1 == self.positive.len() {
@@ -375,12 +411,12 @@ impl Stateful for SequenceDetector {
         // Steps, then `until`, in the order of `Rule::event_matchers`.
         let may = |j: usize| steps & step_bit(j) != 0;
         let mut any = false;
-        // With no partial open, a positive step after the first has nothing to extend
-        // (`advance` returns at once): its predicate is not worth evaluating.
-        let first = self.positive.first().copied();
-        let idle = self.open == 0;
+        // A positive step after the first extends the partials waiting for it: with none
+        // waiting anywhere, `advance` has nothing to do, and the step's predicate is not
+        // worth evaluating.
         for (i, st) in self.spec.steps.iter().enumerate() {
-            let moot = idle && !st.missing && Some(i) != first;
+            let s = self.stage_of[i];
+            let moot = s != usize::MAX && s > 0 && self.waiting[s] == 0;
             self.matched[i] = may(i) && !moot && st.matches(ev);
             any |= self.matched[i];
         }
@@ -423,6 +459,7 @@ impl Stateful for SequenceDetector {
                     {
                         let n = list.len();
                         list.clear();
+                        self.waiting[s] -= n;
                         self.open -= n;
                         self.stats.closed += n as u64;
                     }
@@ -433,6 +470,15 @@ impl Stateful for SequenceDetector {
             if self.matched[self.positive[s]] {
                 self.advance(ev, t, s, out);
             }
+        }
+        // Tests (debug builds) hold the counts to the partials themselves.
+        #[cfg(debug_assertions)]
+        if self.keys.len() <= 256 {
+            assert_eq!(
+                self.waiting,
+                self.count_waiting(),
+                "partials waiting per stage"
+            );
         }
     }
 
@@ -456,9 +502,10 @@ impl Stateful for SequenceDetector {
                 continue;
             };
             let ks = Arc::make_mut(ks);
-            for list in ks.stages.iter_mut() {
+            for (s, list) in ks.stages.iter_mut().enumerate() {
                 let before = list.len();
                 list.retain(|p| wm.saturating_sub(p.start) <= maxspan);
+                self.waiting[s] -= before - list.len();
                 expired += before - list.len();
             }
             if ks
@@ -504,6 +551,7 @@ impl Stateful for SequenceDetector {
         self.keys.clear();
         self.expiry.clear();
         self.open = 0;
+        self.waiting.fill(0);
     }
 
     fn save(&self) -> Result<Vec<u8>, String> {
@@ -513,6 +561,7 @@ impl Stateful for SequenceDetector {
     fn load(&mut self, bytes: &[u8]) -> Result<(), String> {
         let keys: HashMap<String, KeyState> = self.read(bytes)?;
         self.keys = crate::checkpoint::shared(keys);
+        self.waiting = self.count_waiting();
         Ok(())
     }
 
@@ -524,6 +573,7 @@ impl Stateful for SequenceDetector {
     fn apply_delta(&mut self, bytes: &[u8]) -> Result<(), String> {
         let keys: crate::checkpoint::MapDelta<KeyState> = self.read(bytes)?;
         keys.apply(&mut self.keys);
+        self.waiting = self.count_waiting();
         Ok(())
     }
 
