@@ -134,6 +134,17 @@ impl SequenceDetector {
         }
     }
 
+    /// `n` partials left stage `s`. A count that would go below zero (which no test has
+    /// seen) is counted afresh: a count too low would skip a step some partial waits for.
+    fn unwait(&mut self, s: usize, n: usize) {
+        match self.waiting.get(s).map(|w| w.checked_sub(n)) {
+            Some(Some(left)) => self.waiting[s] = left,
+            Some(None) => self.waiting = self.count_waiting(),
+            // A stage past the rule's steps (a damaged checkpoint) is never waited on.
+            None => {}
+        }
+    }
+
     /// [`SequenceDetector::waiting`] counted afresh from the keys.
     fn count_waiting(&self) -> Vec<usize> {
         let mut waiting = vec![0; self.positive.len()];
@@ -222,6 +233,8 @@ impl SequenceDetector {
         // checkpoint must evict the same partials as the one that wrote it.
         let mut names: Vec<Arc<str>> = self.keys.keys().cloned().collect();
         names.sort_unstable();
+        // (stage, partials evicted from it)
+        let mut gone = Vec::new();
         for name in &names {
             let Some(ks) = self.keys.get_mut(name) else {
                 continue;
@@ -239,9 +252,12 @@ impl SequenceDetector {
                     keep
                 });
                 if s < stages {
-                    self.waiting[s] -= before - list.len();
+                    gone.push((s, before - list.len()));
                 }
             }
+        }
+        for (s, n) in gone {
+            self.unwait(s, n);
         }
         self.keys.retain(|_, k| k.open() > 0);
         self.open -= removed;
@@ -251,7 +267,7 @@ impl SequenceDetector {
     fn close_key(&mut self, key: &str) {
         if let Some(ks) = self.keys.remove(key) {
             for (s, list) in ks.stages.iter().enumerate() {
-                self.waiting[s] -= list.len();
+                self.unwait(s, list.len());
             }
             let n = ks.open();
             self.open -= n;
@@ -327,7 +343,7 @@ impl SequenceDetector {
             Some(ks) => Arc::make_mut(ks).stages[s].swap_remove(i),
             None => return,
         };
-        self.waiting[s] -= 1;
+        self.unwait(s, 1);
         self.open -= 1;
         p.events.push(ev.clone());
         if s + 1 == self.positive.len() {
@@ -459,7 +475,7 @@ impl Stateful for SequenceDetector {
                     {
                         let n = list.len();
                         list.clear();
-                        self.waiting[s] -= n;
+                        self.unwait(s, n);
                         self.open -= n;
                         self.stats.closed += n as u64;
                     }
@@ -488,6 +504,9 @@ impl Stateful for SequenceDetector {
         };
         let mut expired = 0usize;
         let mut ready = Vec::new();
+        // Counted down here while the keys are borrowed (see `unwait`).
+        let mut waiting = std::mem::take(&mut self.waiting);
+        let mut miscounted = false;
         // Only keys with a partial old enough to expire are visited: cost follows what
         // expires, not how many keys are open.
         while self
@@ -505,8 +524,11 @@ impl Stateful for SequenceDetector {
             for (s, list) in ks.stages.iter_mut().enumerate() {
                 let before = list.len();
                 list.retain(|p| wm.saturating_sub(p.start) <= maxspan);
-                self.waiting[s] -= before - list.len();
-                expired += before - list.len();
+                let gone = before - list.len();
+                if let Some(w) = waiting.get_mut(s) {
+                    miscounted |= w.checked_sub(gone).map(|left| *w = left).is_none();
+                }
+                expired += gone;
             }
             if ks
                 .pending
@@ -522,6 +544,10 @@ impl Stateful for SequenceDetector {
             if ks.open() == 0 {
                 self.keys.remove(key.as_str());
             }
+        }
+        self.waiting = waiting;
+        if miscounted {
+            self.waiting = self.count_waiting();
         }
         self.open -= expired + ready.len();
         self.stats.expired += expired as u64;
