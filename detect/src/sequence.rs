@@ -502,6 +502,11 @@ impl Stateful for SequenceDetector {
         let Some(maxspan) = self.spec.maxspan else {
             return;
         };
+        // Called for every event: most of the time nothing has expired.
+        let due = |start: i64| wm.saturating_sub(start) > maxspan;
+        if !self.expiry.front().is_some_and(|(start, _)| due(*start)) && !due(self.leading_sweep) {
+            return;
+        }
         let mut expired = 0usize;
         let mut ready = Vec::new();
         // Counted down here while the keys are borrowed (see `unwait`).
