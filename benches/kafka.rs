@@ -21,11 +21,18 @@
 //!   out), so its latency is also printed as a ratio to twice the hop's. The engine runs with
 //!   `--allowed-lateness 0s` here: with lateness L, an event waits in the reorder buffer until
 //!   the stream is L past it, which adds L to every alert by design.
+//! - **The highest rate sustained live**, the other reading of the goal's "maximum rate": the
+//!   throughput phase drains a topic filled beforehand, but live the broker also takes in each
+//!   record and the bench produces it, on the same cores. Probes of 8 s each, with a fresh
+//!   Cordon, find the highest rate at which the producer keeps its pace and Cordon is never
+//!   more than 0.5 s of traffic behind it (`KAFKA_BENCH_PROBES`, default 6;
+//!   `KAFKA_BENCH_SUSTAINED=0` skips them); the first latency phase then runs at half of it.
 //!
 //! `cargo bench --bench kafka` (`KAFKA_BENCH_EVENTS` sets the size, default 500 000;
 //! `KAFKA_BENCH_PROPS` / `KAFKA_BENCH_LATENCY_PROPS` add librdkafka properties (`k=v,…`) to
 //! both consumers / to the latency run; `KAFKA_BENCH_COMMIT` sets `commit_interval`;
-//! `KAFKA_BENCH_RUNS=k` repeats the throughput phase and prints the median ratio;
+//! `KAFKA_BENCH_RUNS=k` repeats the throughput phase and prints the median ratio (0, with
+//! `KAFKA_BENCH_RATE`, skips it and the probes);
 //! `KAFKA_BENCH_COMPARE=path/to/cordon` runs another build beside this one, interleaved, for
 //! an A/B under the same noise; `KAFKA_BENCH_LATENCY=0` skips the latency phases;
 //! `KAFKA_BENCH_BESIDE=1` times a raw consumer reading the same events beside Cordon). Needs
@@ -201,11 +208,7 @@ impl Cordon {
     }
 
     fn metric(&self, key: &str, name: &str) -> f64 {
-        http::get(&self.metrics, key)
-            .lines()
-            .find(|l| l.starts_with(&format!("{name} ")))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
+        metric_at(&self.metrics, key, name)
     }
 
     /// The bucket bounds (ms) under which half and 99 % of a delay histogram's records fall
@@ -260,6 +263,15 @@ impl Cordon {
             .status();
         let _ = self.child.wait();
     }
+}
+
+/// The value of the unlabelled metric `name` at the metrics address `url` (0 if absent).
+fn metric_at(url: &str, key: &str, name: &str) -> f64 {
+    http::get(url, key)
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn config(
@@ -417,6 +429,18 @@ fn main() {
         ("live3", 4),
         ("live3-alerts", 1),
         ("live3-hop", 4),
+        ("live4", 4),
+        ("live4-alerts", 1),
+        ("live4-hop", 4),
+        ("probe-alerts", 1),
+        ("probe0", 4),
+        ("probe1", 4),
+        ("probe2", 4),
+        ("probe3", 4),
+        ("probe4", 4),
+        ("probe5", 4),
+        ("probe6", 4),
+        ("probe7", 4),
     ]);
     let tmp = tempfile::tempdir().unwrap();
     let keys = tmp.path().join("keys.json");
@@ -472,8 +496,13 @@ fn main() {
     let runs: usize = std::env::var("KAFKA_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
-        .max(1);
+        .unwrap_or(1);
+    // No throughput phase only where the latency phases do not need its rate.
+    let runs = if std::env::var_os("KAFKA_BENCH_RATE").is_some() {
+        runs
+    } else {
+        runs.max(1)
+    };
     let contenders = contenders();
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
     // CPU per event: the raw loop's (this process) and each contender's, each with the
@@ -548,24 +577,29 @@ fn main() {
         v[v.len() / 2]
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let raw_median = median(raw_rates.clone());
-    let raw_us = median(raw_cpu.iter().map(|c| c.consumer + c.broker).collect());
-    println!(
+    if runs == 0 {
+        println!("no throughput phase (KAFKA_BENCH_RUNS=0 with KAFKA_BENCH_RATE)");
+    }
+    for _ in 0..runs.min(1) {
+        let raw_median = median(raw_rates.clone());
+        let raw_us = median(raw_cpu.iter().map(|c| c.consumer + c.broker).collect());
+        println!(
         "raw loop: {raw_us:.2} µs of CPU per event with its broker's (medians), {:.2} of the {cores} cores busy at {:.0} k events/s",
         raw_us * raw_median / 1e6,
         raw_median / 1e3
     );
-    for ((name, _), cpus) in contenders.iter().zip(&cordon_cpu) {
-        let own = median(cpus.iter().map(|c| c.consumer).collect());
-        let all = median(cpus.iter().map(|c| c.consumer + c.broker).collect());
-        let faults = median(cpus.iter().map(|c| c.faults).collect());
-        let ceiling = cores / all * 1e6;
-        println!(
+        for ((name, _), cpus) in contenders.iter().zip(&cordon_cpu) {
+            let own = median(cpus.iter().map(|c| c.consumer).collect());
+            let all = median(cpus.iter().map(|c| c.consumer + c.broker).collect());
+            let faults = median(cpus.iter().map(|c| c.faults).collect());
+            let ceiling = cores / all * 1e6;
+            println!(
             "{name}: {own:.2} µs of CPU per event, {all:.2} µs with its broker's, {faults:.1} page faults per 1 000 events (medians); all {cores} cores busy would run {:.0} k events/s, {:.2} of the raw rate; 0.70 of it would take {:.1} cores for Cordon alone",
             ceiling / 1e3,
             ceiling / raw_median,
             own * 0.70 * raw_median / 1e6
         );
+        }
     }
     if std::env::var("KAFKA_BENCH_LATENCY").is_ok_and(|v| v == "0") {
         return;
@@ -590,11 +624,36 @@ fn main() {
             "an eighth of the end-to-end rate",
         ],
     };
-    for (rate, topic, label) in [
+    let mut phases = vec![
         (rate, "live", labels[0]),
         (rate / 2.0, "live2", labels[1]),
         (rate / 4.0, "live3", labels[2]),
-    ] {
+    ];
+    // The other reading of "the maximum rate": the highest rate this machine sustains while
+    // the events are produced live, found by probing, and latency at half of it.
+    if e2e > 0.0 && !std::env::var("KAFKA_BENCH_SUSTAINED").is_ok_and(|v| v == "0") {
+        let probes = std::env::var("KAFKA_BENCH_PROBES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(6usize)
+            .clamp(1, 8);
+        if let Some(top) = sustained_rate(
+            &b.addr,
+            tmp.path(),
+            &keys,
+            &key,
+            &events,
+            e2e / 8.0,
+            e2e,
+            probes,
+        ) {
+            phases.insert(
+                0,
+                (top / 2.0, "live4", "half the highest rate sustained live"),
+            );
+        }
+    }
+    for (rate, topic, label) in phases {
         let hops = hop_baseline(&b.addr, &events, rate, &format!("{topic}-hop"));
         latency(
             &b.addr,
@@ -609,6 +668,117 @@ fn main() {
             &broker_pid,
         );
     }
+}
+
+/// The highest rate at which the pipeline keeps up while its events are produced live on
+/// this machine: the throughput phase drains a topic filled beforehand, with the broker only
+/// serving reads; live, the broker also takes in every record and the bench produces them, on
+/// the same cores. Probes `probes` rates, each with a fresh Cordon on a topic of its own
+/// (`probe0`…): first `lo`, then bisecting (geometrically) between the highest rate kept up
+/// with and the lowest not, starting from `hi`. A rate is kept up with when the producer
+/// reached 97 % of it, Cordon was never more than 0.5 s of that traffic behind it, and Cordon
+/// had run the last event within 0.5 s of its send. Returns the highest rate kept up with (the rate
+/// achieved), or `None` if `lo` was not.
+#[allow(clippy::too_many_arguments)]
+fn sustained_rate(
+    addr: &str,
+    tmp: &Path,
+    keys: &Path,
+    key: &str,
+    events: &[cordon_ingest::Event],
+    lo: f64,
+    hi: f64,
+    probes: usize,
+) -> Option<f64> {
+    let (mut ok, mut fail): (Option<f64>, f64) = (None, hi);
+    for i in 0..probes {
+        let asked = match ok {
+            None if i == 0 => lo,
+            None => return None,
+            Some(good) => (good * fail).sqrt(),
+        };
+        let topic = format!("probe{i}");
+        let dir = tmp.join(&topic);
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = Cordon::start(
+            &config(&dir, addr, &topic, "probe-alerts", &latency_props()),
+            &dir,
+            keys,
+            &["--allowed-lateness", "0s"],
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !c.ready() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        // How far Cordon is behind the producer, read every 20 ms from beside it (events
+        // run, then events sent, so a backlog is never understated) until it has run them all
+        // or 5 s have passed since the last send: the largest backlog of the probe, and when
+        // the last event ran, known to 20 ms however long the producer's flush takes.
+        let total = ((asked * 8.0) as usize).min(events.len());
+        let last: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let sampler = {
+            let (url, key, last, sent) = (
+                c.metrics.clone(),
+                key.to_owned(),
+                last.clone(),
+                sent.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut most = 0.0f64;
+                loop {
+                    let ran = metric_at(&url, &key, "cordon_events_total");
+                    let now = Instant::now();
+                    most = most.max(sent.lock().unwrap().len() as f64 - ran);
+                    let given_up = last
+                        .lock()
+                        .unwrap()
+                        .is_some_and(|l| now > l + Duration::from_secs(5));
+                    if ran >= total as f64 || given_up {
+                        return (ran, now, most);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let (_, sent_n, achieved, at) = send_paced(addr, &topic, events, asked, 8.0, &sent, || {});
+        assert_eq!(sent_n, total);
+        *last.lock().unwrap() = Some(at);
+        let (ran, done, most) = sampler.join().unwrap();
+        let drain = done.saturating_duration_since(at).as_secs_f64();
+        let behind = most / asked;
+        c.stop();
+        let kept = achieved >= 0.97 * asked && ran >= total as f64 && drain <= 0.5 && behind <= 0.5;
+        println!(
+            "sustained probe {i}: asked {asked:.0} events/s, sent {achieved:.0}; Cordon at most {:.0} ms of traffic behind; {}: {}",
+            behind * 1e3,
+            if ran >= total as f64 {
+                format!(
+                    "it ran the last of {total} events {:.0} ms after the last send",
+                    drain * 1e3
+                )
+            } else {
+                format!(
+                    "it was {:.0} events behind 5 s after the last send",
+                    total as f64 - ran
+                )
+            },
+            if kept { "kept up" } else { "fell behind" }
+        );
+        if kept {
+            ok = Some(achieved.min(asked));
+        } else {
+            fail = fail.min(asked);
+        }
+    }
+    if let Some(top) = ok {
+        println!(
+            "highest rate sustained live: {top:.0} events/s ({:.2} of the end-to-end rate of the throughput phase)",
+            top / hi
+        );
+    }
+    ok
 }
 
 /// Waits until `c` has run all `n` events; returns its rate (first record fetched to the
@@ -649,8 +819,8 @@ fn throughput(c: &Cordon, key: &str, n: usize) -> f64 {
 
 /// Sends the first `secs × rate` events to `topic` at `rate`, each with its `@timestamp` set
 /// to the moment it is sent (unless [`stamp_at_send`] says otherwise) and that moment
-/// recorded in `sent` by event id; returns when sending began, how many were sent and the
-/// rate achieved. `at_start` runs once the lines are rendered, just before the first send.
+/// recorded in `sent` by event id; returns when sending began, how many were sent, the
+/// rate achieved (to the producer's flush) and when the last was handed to the producer. `at_start` runs once the lines are rendered, just before the first send.
 fn send_paced(
     addr: &str,
     topic: &str,
@@ -659,7 +829,7 @@ fn send_paced(
     secs: f64,
     sent: &Mutex<HashMap<String, Instant>>,
     at_start: impl FnOnce(),
-) -> (Instant, usize, f64) {
+) -> (Instant, usize, f64, Instant) {
     let p = producer(addr);
     let total = ((rate * secs) as usize).min(events.len());
     let at_send = stamp_at_send();
@@ -721,8 +891,14 @@ fn send_paced(
             p.poll(Duration::ZERO);
         }
     }
+    let last = Instant::now();
     p.flush(Duration::from_secs(30)).unwrap();
-    (start, total, total as f64 / start.elapsed().as_secs_f64())
+    (
+        start,
+        total,
+        total as f64 / start.elapsed().as_secs_f64(),
+        last,
+    )
 }
 
 /// The baseline of the latency phase, measured just before it at the same rate: the same
@@ -869,10 +1045,11 @@ fn latency(
         broker_pid.to_owned(),
         "self".to_owned(),
     ];
-    let (mut cpu0, mut faults0) = ([0.0; 3], 0.0);
-    let (start, total, achieved) = send_paced(addr, topic, events, rate, 20.0, &sent, || {
+    let (mut cpu0, mut faults0, mut wall0) = ([0.0; 3], 0.0, None);
+    let (start, total, achieved, _) = send_paced(addr, topic, events, rate, 20.0, &sent, || {
         cpu0 = pids.each_ref().map(|p| cpu_seconds(p));
         faults0 = page_faults(&pids[0]);
+        wall0 = Some(jiff::Timestamp::now());
     });
     let wall = start.elapsed().as_secs_f64();
     let cpu = [0, 1, 2].map(|i| cpu_seconds(&pids[i]) - cpu0[i]);
@@ -973,7 +1150,11 @@ fn latency(
         );
     }
     // The slowest, with when their last event was sent: several at one moment is a pause,
-    // one rule again and again is the rule's semantics.
+    // one rule again and again is the rule's semantics. The clock time sending began at
+    // places them in Cordon's log (`KAFKA_BENCH_LOG`).
+    if let Some(t) = wall0 {
+        println!("  sending began at {t}; the slowest:");
+    }
     for (ms, at, rule) in each.iter().rev().take(8) {
         println!("  {ms:>8.1} ms  sent at {at:>6.2} s  {rule}");
     }
