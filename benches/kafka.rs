@@ -1070,6 +1070,9 @@ fn latency(
         c.metric(key, "cordon_kafka_checkpoint_seconds_total") * 1000.0 / commits.max(1.0);
     let sinks_ms = c.metric(key, "cordon_kafka_durable_seconds_total") * 1000.0 / commits.max(1.0);
     let snap_ms = c.metric(key, "cordon_kafka_snapshot_seconds_total") * 1000.0 / commits.max(1.0);
+    let cow_n = c.metric(key, "cordon_engine_copies_on_write_total") / commits.max(1.0);
+    let cow_ms =
+        c.metric(key, "cordon_engine_copy_on_write_seconds_total") * 1000.0 / commits.max(1.0);
     let wait_ms =
         c.metric(key, "cordon_kafka_delivery_wait_seconds_total") * 1000.0 / commits.max(1.0);
     let (delay50, delay99) = c.delay_quantiles(key, "cordon_kafka_record_delay_seconds");
@@ -1098,7 +1101,7 @@ fn latency(
     );
     println!("  while live: records run within {delay50} ms of their Kafka timestamp (half of them) and {delay99} ms (99 %), and within {run50} / {run99} ms of being fetched (histogram bounds)");
     println!("  while live: alerts acknowledged by the broker within {ack50} ms of being produced (half of them), {ack99} ms (99 %), all within {ack_max} ms (histogram bounds)");
-    println!("  while live: {commits} commits averaging {commit_ms:.1} ms beside the poll loop ({sinks_ms:.1} ms sinks, {wait_ms:.1} ms deliveries, {ckpt_ms:.1} ms writing checkpoints of {ckpt_kb:.0} KB per partition); {snap_ms:.1} ms per commit copying engines");
+    println!("  while live: {commits} commits averaging {commit_ms:.1} ms beside the poll loop ({sinks_ms:.1} ms sinks, {wait_ms:.1} ms deliveries, {ckpt_ms:.1} ms writing checkpoints of {ckpt_kb:.0} KB per partition); {snap_ms:.1} ms per commit copying engines, then {cow_n:.0} windows and partials copied on write ({cow_ms:.1} ms)");
     println!(
         "  while live: {} job buffers made ({:.1} MB), {} kept ones freed",
         buffers[0],

@@ -185,6 +185,19 @@ impl MetricsSources {
             "Alerts raised",
             p.alerts.load(Ordering::Relaxed),
         );
+        let (copies, copy_secs) = cordon_detect::copies_on_write();
+        c(
+            out,
+            "cordon_engine_copies_on_write_total",
+            "Windows and partial matches an engine copied before changing them, because a checkpoint being written still shared them",
+            copies,
+        );
+        out.counter(
+            "cordon_engine_copy_on_write_seconds_total",
+            "Time the engines spent on those copies",
+            &[],
+            copy_secs,
+        );
         {
             let e = self.engines.view();
             let s = e.stats();

@@ -267,6 +267,8 @@ async fn run_serves_the_api_while_it_runs() {
     assert_eq!(value("cordon_events_total") as usize, lines.len());
     // Generated records all have the shape the decoder's fast path reads.
     assert_eq!(value("cordon_decode_full_total"), 0.0);
+    // Without Kafka no checkpoint's copy shares an engine's state: nothing is copied on write.
+    assert_eq!(value("cordon_engine_copies_on_write_total"), 0.0);
     assert!(value("cordon_store_alerts_written_total") >= 1.0);
     assert!(text.contains("cordon_rule_alerts_total{rule="), "{text}");
 

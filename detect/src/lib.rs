@@ -10,6 +10,7 @@
 pub mod alert;
 pub mod baseline;
 pub mod checkpoint;
+mod cow;
 pub mod dedupe;
 pub mod enforce;
 pub mod engine;
@@ -23,6 +24,7 @@ pub mod suppress;
 pub mod threshold;
 
 pub use alert::{Alert, AnalyticType, OcsfText};
+pub use cow::copies_on_write;
 pub use enforce::{Enforced, Enforcement};
 pub use engine::{run_rule_tests, Detector, Engine, EngineStats, Late, RuleStats};
 pub use stateful::{Finding, StateStats, Stateful};

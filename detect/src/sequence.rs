@@ -208,7 +208,7 @@ impl SequenceDetector {
             self.keys.insert(Arc::from(key), Arc::default());
         }
         match self.keys.get_mut(key) {
-            Some(ks) => Arc::make_mut(ks),
+            Some(ks) => crate::cow::unshare(ks),
             None => unreachable!("inserted above"),
         }
     }
@@ -239,7 +239,7 @@ impl SequenceDetector {
             let Some(ks) = self.keys.get_mut(name) else {
                 continue;
             };
-            let ks = Arc::make_mut(ks);
+            let ks = crate::cow::unshare(ks);
             let stages = ks.stages.len();
             let lists = ks.stages.iter_mut().chain(std::iter::once(&mut ks.pending));
             for (s, list) in lists.enumerate() {
@@ -340,7 +340,7 @@ impl SequenceDetector {
         let key = keys[k].clone();
         self.pool = keys;
         let mut p = match self.keys.get_mut(key.as_str()) {
-            Some(ks) => Arc::make_mut(ks).stages[s].swap_remove(i),
+            Some(ks) => crate::cow::unshare(ks).stages[s].swap_remove(i),
             None => return,
         };
         self.unwait(s, 1);
@@ -461,7 +461,7 @@ impl Stateful for SequenceDetector {
                     self.last_leading.insert((p, key), t);
                 } else if self.trailing.contains(&p) {
                     if let Some(ks) = self.keys.get_mut(key.as_str()) {
-                        let ks = Arc::make_mut(ks);
+                        let ks = crate::cow::unshare(ks);
                         let n = ks.pending.len();
                         ks.pending.clear();
                         self.open -= n;
@@ -471,7 +471,7 @@ impl Stateful for SequenceDetector {
                     if let Some(list) = self
                         .keys
                         .get_mut(key.as_str())
-                        .and_then(|ks| Arc::make_mut(ks).stages.get_mut(s))
+                        .and_then(|ks| crate::cow::unshare(ks).stages.get_mut(s))
                     {
                         let n = list.len();
                         list.clear();
@@ -525,7 +525,7 @@ impl Stateful for SequenceDetector {
             let Some(ks) = self.keys.get_mut(key.as_str()) else {
                 continue;
             };
-            let ks = Arc::make_mut(ks);
+            let ks = crate::cow::unshare(ks);
             for (s, list) in ks.stages.iter_mut().enumerate() {
                 let before = list.len();
                 list.retain(|p| wm.saturating_sub(p.start) <= maxspan);
@@ -572,7 +572,7 @@ impl Stateful for SequenceDetector {
         let mut ready: Vec<Partial> = self
             .keys
             .values_mut()
-            .flat_map(|k| std::mem::take(&mut Arc::make_mut(k).pending))
+            .flat_map(|k| std::mem::take(&mut crate::cow::unshare(k).pending))
             .collect();
         // Keys are hashed: order by time, then event id, so runs are reproducible.
         ready.sort_by(|a, b| (a.start, a.events[0].id()).cmp(&(b.start, b.events[0].id())));

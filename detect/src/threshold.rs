@@ -125,7 +125,7 @@ impl Stateful for ThresholdDetector {
             return;
         };
         // Copied here only if a checkpoint being written still shares it.
-        let win = Arc::make_mut(win);
+        let win = crate::cow::unshare(win);
         win.last = t;
         while win.times.front().is_some_and(|&x| x < horizon) {
             win.times.pop_front();
