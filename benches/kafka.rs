@@ -149,6 +149,25 @@ impl Cordon {
         Cordon::start_with(cordon(), config, dir, keys, extra)
     }
 
+    /// This build, for a live phase: reading `topic` (state and files in `tmp/<topic>`),
+    /// alerts to `alerts`, the latency properties, `--allowed-lateness 0s`; returns once it
+    /// is ready (at most a minute).
+    fn start_live(tmp: &Path, addr: &str, topic: &str, alerts: &str, keys: &Path) -> Cordon {
+        let dir = tmp.join(topic);
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = Cordon::start(
+            &config(&dir, addr, topic, alerts, &latency_props()),
+            &dir,
+            keys,
+            &["--allowed-lateness", "0s"],
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !c.ready() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
     fn start_with(
         mut cmd: Command,
         config: &Path,
@@ -704,18 +723,7 @@ fn sustained_rate(
             Some(good) => (good * fail).sqrt(),
         };
         let topic = format!("probe{i}");
-        let dir = tmp.join(&topic);
-        std::fs::create_dir_all(&dir).unwrap();
-        let c = Cordon::start(
-            &config(&dir, addr, &topic, "probe-alerts", &latency_props()),
-            &dir,
-            keys,
-            &["--allowed-lateness", "0s"],
-        );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !c.ready() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let c = Cordon::start_live(tmp, addr, &topic, "probe-alerts", keys);
         std::thread::sleep(Duration::from_secs(2));
         // How far Cordon is behind the producer, read every 20 ms from beside it (events
         // run, then events sent, so a backlog is never understated) until it has run them all
@@ -983,24 +991,7 @@ fn latency(
     hops: &[f64],
     broker_pid: &str,
 ) {
-    let dir = tmp.join(topic);
-    std::fs::create_dir_all(&dir).unwrap();
-    let c = Cordon::start(
-        &config(
-            &dir,
-            addr,
-            topic,
-            &format!("{topic}-alerts"),
-            &latency_props(),
-        ),
-        &dir,
-        keys,
-        &["--allowed-lateness", "0s"],
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !c.ready() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let c = Cordon::start_live(tmp, addr, topic, &format!("{topic}-alerts"), keys);
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let received: Arc<Mutex<Vec<(String, String, Instant)>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
