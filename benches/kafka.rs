@@ -595,7 +595,7 @@ fn main() {
     if runs == 0 {
         println!("no throughput phase (KAFKA_BENCH_RUNS=0 with KAFKA_BENCH_RATE)");
     }
-    for _ in 0..runs.min(1) {
+    if runs > 0 {
         let raw_median = median(raw_rates.clone());
         let raw_us = median(raw_cpu.iter().map(|c| c.consumer + c.broker).collect());
         println!(

@@ -424,15 +424,10 @@ impl RateModel {
 
     /// [`RateModel::score`] of the current bucket's count, walked up incrementally.
     fn walk_score(&mut self, n: u32) -> Option<f64> {
-        let law = if self.walk.ready {
-            self.walk.law
+        let (law, expected) = if self.walk.ready {
+            (self.walk.law, self.walk.expected)
         } else {
-            self.law()?
-        };
-        let expected = if self.walk.ready {
-            self.walk.expected
-        } else {
-            self.expected_at(self.bucket.max(0))
+            (self.law()?, self.expected_at(self.bucket.max(0)))
         };
         let w = &mut self.walk;
         if !w.ready || w.k > n {
