@@ -46,7 +46,8 @@
 //! `KAFKA_BENCH_BESIDE=1` times a raw consumer reading the same events beside Cordon, and what
 //! it saw at the slowest alert's moment; `KAFKA_BENCH_STATE=0` runs Cordon without a state
 //! store, so without checkpoints; `KAFKA_BENCH_NICE=n` renices Cordon's committer thread;
-//! `KAFKA_BENCH_LOG=dir` keeps each Cordon's log there). Needs
+//! `KAFKA_BENCH_LOG=dir` keeps each Cordon's log there; `KAFKA_BENCH_IDLE=0` skips the idle
+//! phase, which prints what each of Cordon's threads costs with no traffic). Needs
 //! `tansu` (built by `.ci/tansu.sh`, or `CORDON_TANSU`; without it, it says so and exits).
 //! The first line printed names the broker, because the ratio depends on it:
 //! `TANSU_FIXES=1 bash .ci/tansu.sh` builds the earlier broker, which answers a fetch only
@@ -393,8 +394,11 @@ fn latency_props() -> Vec<(String, String)> {
     env_props("KAFKA_BENCH_LATENCY_PROPS")
 }
 
+/// One reading of every thread's scheduler times: when, and (name, ns on a core, ns waiting
+/// for one) per thread.
+type Sample = (Instant, Vec<(String, u64, u64)>);
 /// Samples of every thread's scheduler times in the processes of a latency phase.
-type ThreadSamples = Vec<(Instant, Vec<(String, u64, u64)>)>;
+type ThreadSamples = Vec<Sample>;
 
 /// Reads `/proc/<pid>/task/*/schedstat` of the given processes every 10 ms until `stop`:
 /// each thread's time on a core and time runnable but waiting for one, in ns, and the
@@ -427,22 +431,7 @@ impl ThreadSampler {
                 let at = Instant::now();
                 let mut row = Vec::new();
                 for (label, pid) in &pids {
-                    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-                        continue;
-                    };
-                    for t in tasks.flatten() {
-                        let p = t.path();
-                        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-                        let st = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
-                        let mut f = st.split_whitespace().map(|v| v.parse().unwrap_or(0));
-                        let (run, wait) = (f.next().unwrap_or(0), f.next().unwrap_or(0));
-                        let name = format!(
-                            "{label}:{}/{}",
-                            comm.trim(),
-                            t.file_name().to_string_lossy()
-                        );
-                        row.push((name, run, wait));
-                    }
+                    row.extend(task_times(label, pid));
                 }
                 // The time the hypervisor ran something else on this machine's cores
                 // (`steal` in /proc/stat, in clock ticks of 10 ms): no thread here ran then.
@@ -461,13 +450,92 @@ impl ThreadSampler {
     }
 }
 
+/// Each thread of process `pid` as `label:name/tid`, with its time on a core and its time
+/// waiting for one so far, in ns (`/proc/<pid>/task/*/schedstat`).
+fn task_times(label: &str, pid: &str) -> Vec<(String, u64, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .map(|t| {
+            let p = t.path();
+            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            let st = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
+            let mut f = st.split_whitespace().map(|v| v.parse().unwrap_or(0));
+            let (run, wait) = (f.next().unwrap_or(0), f.next().unwrap_or(0));
+            let name = format!(
+                "{label}:{}/{}",
+                comm.trim(),
+                t.file_name().to_string_lossy()
+            );
+            (name, run, wait)
+        })
+        .collect()
+}
+
+/// What a Cordon with nothing to read costs: one on a broker with no traffic, its threads'
+/// time on a core over 10 s, as shares of a core. Work no record drives (timers, a poll that
+/// spins) shows here and nowhere else: the delivery thread's busy loop, 4.6 % of a core,
+/// was found this way.
+fn idle_cost(tmp: &Path, keys: &Path) {
+    let b = broker::broker_with(&[("idle", 4), ("idle-alerts", 1)]);
+    let c = Cordon::start_live(tmp, &b.addr, "idle", "idle-alerts", keys);
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = c.child.id().to_string();
+    let before: HashMap<String, u64> = task_times("cordon", &pid)
+        .into_iter()
+        .map(|(n, r, _)| (n, r))
+        .collect();
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let after = task_times("cordon", &pid);
+    let secs = t.elapsed().as_secs_f64();
+    c.stop();
+    let samples = vec![
+        (t, before.into_iter().map(|(n, r)| (n, r, 0)).collect()),
+        (t, after),
+    ];
+    let share = |ms: f64| ms / (secs * 1000.0) * 100.0;
+    let mut threads = thread_shares(&samples);
+    threads.retain(|(_, (r, _))| share(*r) >= 0.05);
+    println!(
+        "idle (a broker, no traffic, {secs:.0} s): Cordon used {:.2} % of a core; by thread: {}",
+        share(threads.iter().map(|(_, (r, _))| r).sum()),
+        threads
+            .iter()
+            .map(|(n, (r, _))| format!("{} {:.2} %", n.trim_start_matches("cordon:"), share(*r)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
 /// Each thread's ms on a core and ms waiting for one between `from` and `to` (the samples
 /// nearest inside), threads of one name summed, busiest first.
 fn thread_use(samples: &ThreadSamples, from: Instant, to: Instant) -> String {
-    let first = samples.iter().find(|s| s.0 >= from);
-    let last = samples.iter().rev().find(|s| s.0 <= to);
+    let first = samples.iter().position(|s| s.0 >= from);
+    let last = samples.iter().rposition(|s| s.0 <= to);
     let (Some(a), Some(b)) = (first, last) else {
         return "no samples".into();
+    };
+    let span = samples[b].0.duration_since(samples[a].0).as_secs_f64() * 1000.0;
+    let v = thread_shares(&[samples[a].clone(), samples[b].clone()]);
+    format!(
+        "over {span:.0} ms: {}",
+        v.iter()
+            .filter(|(_, (r, w))| r + w >= 1.0)
+            .take(10)
+            .map(|(n, (r, w))| format!("{n} {r:.0}/{w:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Between the first and the last of `samples`: each kind of thread's ms on a core and ms
+/// waiting for one, threads of one name summed, busiest first.
+fn thread_shares(samples: &[Sample]) -> Vec<(String, (f64, f64))> {
+    let (Some(a), Some(b)) = (samples.first(), samples.last()) else {
+        return Vec::new();
     };
     let before: HashMap<&str, (u64, u64)> =
         a.1.iter().map(|(n, r, w)| (n.as_str(), (*r, *w))).collect();
@@ -480,17 +548,9 @@ fn thread_use(samples: &ThreadSamples, from: Instant, to: Instant) -> String {
         e.0 += r.saturating_sub(r0) as f64 / 1e6;
         e.1 += w.saturating_sub(w0) as f64 / 1e6;
     }
-    let mut v: Vec<_> = by.into_iter().filter(|(_, (r, w))| r + w >= 1.0).collect();
+    let mut v: Vec<_> = by.into_iter().collect();
     v.sort_by(|x, y| (y.1 .0 + y.1 .1).total_cmp(&(x.1 .0 + x.1 .1)));
-    let span = b.0.duration_since(a.0).as_secs_f64() * 1000.0;
-    format!(
-        "over {span:.0} ms: {}",
-        v.iter()
-            .take(10)
-            .map(|(n, (r, w))| format!("{n} {r:.0}/{w:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
+    v
 }
 
 /// The numeric fields of `/proc/<pid>/stat` after the command name (which is in parentheses
@@ -746,6 +806,9 @@ fn main() {
             own * 0.70 * raw_median / 1e6
         );
         }
+    }
+    if !std::env::var("KAFKA_BENCH_IDLE").is_ok_and(|v| v == "0") {
+        idle_cost(tmp.path(), &keys);
     }
     if std::env::var("KAFKA_BENCH_LATENCY").is_ok_and(|v| v == "0") {
         return;
