@@ -483,25 +483,19 @@ fn idle_cost(tmp: &Path, keys: &Path) {
     let c = Cordon::start_live(tmp, &b.addr, "idle", "idle-alerts", keys);
     std::thread::sleep(Duration::from_secs(3));
     let pid = c.child.id().to_string();
-    let before: HashMap<String, u64> = task_times("cordon", &pid)
-        .into_iter()
-        .map(|(n, r, _)| (n, r))
-        .collect();
     let t = Instant::now();
+    let before = task_times("cordon", &pid);
     std::thread::sleep(Duration::from_secs(10));
     let after = task_times("cordon", &pid);
     let secs = t.elapsed().as_secs_f64();
     c.stop();
-    let samples = vec![
-        (t, before.into_iter().map(|(n, r)| (n, r, 0)).collect()),
-        (t, after),
-    ];
     let share = |ms: f64| ms / (secs * 1000.0) * 100.0;
-    let mut threads = thread_shares(&samples);
+    let mut threads = thread_shares(&[(t, before), (t, after)]);
+    let total: f64 = threads.iter().map(|(_, (r, _))| r).sum();
     threads.retain(|(_, (r, _))| share(*r) >= 0.05);
     println!(
-        "idle (a broker, no traffic, {secs:.0} s): Cordon used {:.2} % of a core; by thread: {}",
-        share(threads.iter().map(|(_, (r, _))| r).sum()),
+        "idle (a broker, no traffic, {secs:.0} s): Cordon used {:.2} % of a core; by thread (0.05 % and more): {}",
+        share(total),
         threads
             .iter()
             .map(|(n, (r, _))| format!("{} {:.2} %", n.trim_start_matches("cordon:"), share(*r)))
