@@ -711,6 +711,15 @@ fn main() {
     let mut cordon_cpu: Vec<Vec<Cpu>> = vec![Vec::new(); contenders.len()];
     let mut raw_rates: Vec<f64> = Vec::new();
     let mut e2e = 0.0;
+    // One raw pass first, not counted: in every bench of one session the raw loop's first
+    // pass over the topic was its slowest (0.34–0.57 M events/s against 0.61–1.37 M for the
+    // passes after), which made each bench's first ratio its highest.
+    if runs > 0 {
+        println!(
+            "raw consume loop, warm-up pass (not counted): {:.0} events/s",
+            raw_rate(&b.addr, "events", n)
+        );
+    }
     for run in 0..runs {
         for (ci, (name, bin)) in contenders.iter().enumerate() {
             if contenders.len() > 1 {
