@@ -405,49 +405,45 @@ type ThreadSamples = Vec<Sample>;
 /// machine's steal time (as `machine:steal`, on a core meaning taken by the hypervisor).
 /// Which threads ran and which waited at the moment of the slowest alerts tells a pause of
 /// Cordon's own from cores taken by the broker, the producer, a checkpoint or the host.
-struct ThreadSampler;
-
-impl ThreadSampler {
-    fn start(
-        pids: &[String; 3],
-        stop: &Arc<std::sync::atomic::AtomicBool>,
-    ) -> std::thread::JoinHandle<ThreadSamples> {
-        let pids: Vec<(String, String)> = ["cordon", "broker", "bench"]
-            .iter()
-            .zip(pids)
-            .map(|(l, p)| {
-                let pid = if p == "self" {
-                    std::process::id().to_string()
-                } else {
-                    p.clone()
-                };
-                ((*l).to_owned(), pid)
-            })
-            .collect();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut samples = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                let at = Instant::now();
-                let mut row = Vec::new();
-                for (label, pid) in &pids {
-                    row.extend(task_times(label, pid));
-                }
-                // The time the hypervisor ran something else on this machine's cores
-                // (`steal` in /proc/stat, in clock ticks of 10 ms): no thread here ran then.
-                let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-                let steal = stat
-                    .lines()
-                    .next()
-                    .and_then(|l| l.split_whitespace().nth(8)?.parse::<u64>().ok())
-                    .unwrap_or(0);
-                row.push(("machine:steal/0".to_owned(), steal * 10_000_000, 0));
-                samples.push((at, row));
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            samples
+fn sample_threads(
+    pids: &[String; 3],
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<ThreadSamples> {
+    let pids: Vec<(String, String)> = ["cordon", "broker", "bench"]
+        .iter()
+        .zip(pids)
+        .map(|(l, p)| {
+            let pid = if p == "self" {
+                std::process::id().to_string()
+            } else {
+                p.clone()
+            };
+            ((*l).to_owned(), pid)
         })
-    }
+        .collect();
+    let stop = stop.clone();
+    std::thread::spawn(move || {
+        let mut samples = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            let at = Instant::now();
+            let mut row = Vec::new();
+            for (label, pid) in &pids {
+                row.extend(task_times(label, pid));
+            }
+            // The time the hypervisor ran something else on this machine's cores
+            // (`steal` in /proc/stat, in clock ticks of 10 ms): no thread here ran then.
+            let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+            let steal = stat
+                .lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(8)?.parse::<u64>().ok())
+                .unwrap_or(0);
+            row.push(("machine:steal/0".to_owned(), steal * 10_000_000, 0));
+            samples.push((at, row));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        samples
+    })
 }
 
 /// Each thread of process `pid` as `label:name/tid`, with its time on a core and its time
@@ -490,7 +486,7 @@ fn idle_cost(tmp: &Path, keys: &Path) {
     let secs = t.elapsed().as_secs_f64();
     c.stop();
     let share = |ms: f64| ms / (secs * 1000.0) * 100.0;
-    let mut threads = thread_shares(&[(t, before), (t, after)]);
+    let mut threads = thread_shares(&(t, before), &(t, after));
     let total: f64 = threads.iter().map(|(_, (r, _))| r).sum();
     threads.retain(|(_, (r, _))| share(*r) >= 0.05);
     println!(
@@ -513,7 +509,7 @@ fn thread_use(samples: &ThreadSamples, from: Instant, to: Instant) -> String {
         return "no samples".into();
     };
     let span = samples[b].0.duration_since(samples[a].0).as_secs_f64() * 1000.0;
-    let v = thread_shares(&[samples[a].clone(), samples[b].clone()]);
+    let v = thread_shares(&samples[a], &samples[b]);
     format!(
         "over {span:.0} ms: {}",
         v.iter()
@@ -525,12 +521,9 @@ fn thread_use(samples: &ThreadSamples, from: Instant, to: Instant) -> String {
     )
 }
 
-/// Between the first and the last of `samples`: each kind of thread's ms on a core and ms
-/// waiting for one, threads of one name summed, busiest first.
-fn thread_shares(samples: &[Sample]) -> Vec<(String, (f64, f64))> {
-    let (Some(a), Some(b)) = (samples.first(), samples.last()) else {
-        return Vec::new();
-    };
+/// From sample `a` to sample `b`: each kind of thread's ms on a core and ms waiting for
+/// one, threads of one name summed, busiest first.
+fn thread_shares(a: &Sample, b: &Sample) -> Vec<(String, (f64, f64))> {
     let before: HashMap<&str, (u64, u64)> =
         a.1.iter().map(|(n, r, w)| (n.as_str(), (*r, *w))).collect();
     let mut by: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
@@ -1255,7 +1248,7 @@ fn latency(
         "self".to_owned(),
     ];
     let (mut cpu0, mut faults0, mut wall0) = ([0.0; 3], 0.0, None);
-    let threads = ThreadSampler::start(&pids, &stop);
+    let threads = sample_threads(&pids, &stop);
     let (start, total, achieved, _) = send_paced(addr, topic, events, rate, 20.0, &sent, || {
         cpu0 = pids.each_ref().map(|p| cpu_seconds(p));
         faults0 = page_faults(&pids[0]);
