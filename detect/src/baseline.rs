@@ -21,9 +21,8 @@
 //! absolute time, only on differences from the agent's first event, so shifting every
 //! timestamp changes nothing.
 
-use statrs::distribution::{
-    Binomial, ContinuousCDF, DiscreteCDF, NegativeBinomial, Normal, Poisson,
-};
+use statrs::distribution::{Binomial, DiscreteCDF, NegativeBinomial, Poisson};
+use statrs::function::erf::erfc;
 
 /// Observations before a volume model scores.
 pub const VOLUME_WARMUP: u64 = 20;
@@ -83,13 +82,13 @@ impl VolumeModel {
         if u64::from(self.n) < VOLUME_WARMUP || !x.is_finite() {
             return None;
         }
-        self.score_log(x.max(0.0).ln_1p())
+        self.score_log(log_size(x))
     }
 
     /// Learns an observation.
     pub fn update(&mut self, x: f64) {
         if x.is_finite() {
-            self.update_log(x.max(0.0).ln_1p());
+            self.update_log(log_size(x));
         }
     }
 
@@ -99,7 +98,7 @@ impl VolumeModel {
         if !x.is_finite() {
             return None;
         }
-        let y = x.max(0.0).ln_1p();
+        let y = log_size(x);
         let scored = if u64::from(self.n) < VOLUME_WARMUP {
             None
         } else {
@@ -112,7 +111,10 @@ impl VolumeModel {
     fn score_log(&self, y: f64) -> Option<f64> {
         let sd = f64::from(self.var).sqrt().max(f64::from(self.floor));
         let z = (y - f64::from(self.mean)) / sd;
-        Normal::new(0.0, 1.0).ok().map(|n| n.cdf(z))
+        // The standard normal's CDF as statrs computes it (`Normal::cdf` with mean 0 and
+        // deviation 1, the same expression), without building and checking a `Normal` for
+        // each of the three or four scores an event gets.
+        Some(0.5 * erfc((0.0 - z) / std::f64::consts::SQRT_2))
     }
 
     fn update_log(&mut self, y: f64) {
@@ -128,6 +130,27 @@ impl VolumeModel {
         let d = y - mean;
         self.mean = (mean + a * d) as f32;
         self.var = ((1.0 - a) * (var + a * d * d)) as f32;
+    }
+}
+
+/// Whole numbers below this have their `ln(1 + x)` in [`SMALL_LOG`].
+const SMALL: usize = 256;
+
+/// `ln(1 + n)` for every whole `n` below [`SMALL`], as `f64::ln_1p` gives it.
+static SMALL_LOG: std::sync::LazyLock<[f64; SMALL]> =
+    std::sync::LazyLock::new(|| std::array::from_fn(|n| (n as f64).ln_1p()));
+
+/// `ln(1 + max(x, 0))`, the scale a [`VolumeModel`] learns on. Session lengths and breadths
+/// are small whole numbers, scored on every call: theirs come from a table of the same
+/// values (a logarithm was about a tenth of the profile's time per event).
+fn log_size(x: f64) -> f64 {
+    let x = x.max(0.0);
+    // `as` saturates: only a whole number below the table's size comes back unchanged.
+    let n = x as usize;
+    if n < SMALL && n as f64 == x {
+        SMALL_LOG[n]
+    } else {
+        x.ln_1p()
     }
 }
 
@@ -680,6 +703,38 @@ impl Vocabulary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table gives what `ln_1p` gives, and only whole numbers below its size use it.
+    #[test]
+    fn log_size_is_ln_1p() {
+        for i in 0..600 {
+            for x in [
+                f64::from(i),
+                f64::from(i) + 0.5,
+                f64::from(i) * 1e3,
+                -f64::from(i),
+            ] {
+                assert_eq!(log_size(x).to_bits(), x.max(0.0).ln_1p().to_bits(), "{x}");
+            }
+        }
+    }
+
+    /// A volume score is statrs's standard normal CDF of the z-score, bit for bit.
+    #[test]
+    fn volume_scores_are_statrs_normal_cdf() {
+        use statrs::distribution::{ContinuousCDF, Normal};
+        let mut m = VolumeModel::new(200.0);
+        for i in 0..100 {
+            m.update(f64::from(1000 + (i * 37) % 400));
+        }
+        let n = Normal::new(0.0, 1.0).unwrap();
+        for x in [0.0, 1.0, 500.0, 999.0, 1000.0, 1200.0, 1e4, 1e6, 1e12] {
+            let y = f64::ln_1p(x);
+            let sd = f64::from(m.var).sqrt().max(f64::from(m.floor));
+            let want = n.cdf((y - f64::from(m.mean)) / sd);
+            assert_eq!(m.score(x).unwrap().to_bits(), want.to_bits(), "{x}");
+        }
+    }
 
     #[test]
     fn volume_scores_are_tail_probabilities() {

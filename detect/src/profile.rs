@@ -21,10 +21,8 @@
 //! ([`MAX_COLD`]) by dropping its oldest. Every move and drop is counted. The whole state
 //! (hot and cold) is snapshotted to a versioned JSON file, written atomically.
 
-use std::hash::Hasher;
-
 use cordon_ingest::{BaselineFeatures, BaselineField, CoreField, Event, FieldRef, FieldValue};
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::FxHashMap;
 use serde_json::Value;
 
 use crate::baseline::{RateModel, RatioModel, Vocabulary, VolumeModel};
@@ -249,18 +247,79 @@ impl Profile {
     }
 }
 
-/// A case-insensitive 64-bit hash of some strings, without allocating.
+/// A case-insensitive 64-bit hash of some strings, without allocating: the value of an
+/// `FxHasher` fed each string's bytes, ASCII-lowercased, with a 0x1f byte between strings.
+///
+/// These hashes are what the profiles keep of tools, servers, methods, sessions and
+/// recipients, in checkpoints and snapshots too, so the value must not change. Fed byte by
+/// byte, the hasher is a chain of dependent multiplications (`h = (h + b) * K`), four or so
+/// cycles a byte, and an event hashes about a hundred bytes. Unrolled, the same polynomial
+/// takes eight bytes per step: `h * K^8 + b1 * K^8 + b2 * K^7 + … + b8 * K`, whose eight
+/// products do not wait on one another (wrapping arithmetic is a ring, so the value is the
+/// same bit for bit; `hash_matches_fxhasher` checks it).
 fn hash_parts(parts: &[&str]) -> u64 {
-    let mut h = FxHasher::default();
+    let mut h = 0u64;
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
-            h.write_u8(0x1f);
+            h = h.wrapping_add(0x1f).wrapping_mul(FX_K);
         }
-        for b in p.bytes() {
-            h.write_u8(b.to_ascii_lowercase());
-        }
+        h = fx_lower(h, p.as_bytes());
     }
-    h.finish()
+    // FxHasher::finish.
+    h.rotate_left(26)
+}
+
+/// rustc-hash's FxHasher multiplier (64-bit).
+const FX_K: u64 = 0xf1357aea2e62a9c5;
+
+/// `FX_POW[i]` = `FX_K` to the power `i`.
+const FX_POW: [u64; 9] = {
+    let mut p = [1u64; 9];
+    let mut i = 1;
+    while i < 9 {
+        p[i] = p[i - 1].wrapping_mul(FX_K);
+        i += 1;
+    }
+    p
+};
+
+/// The FxHasher state `h` after `bytes`, each ASCII-lowercased, one `write_u8` each.
+fn fx_lower(mut h: u64, bytes: &[u8]) -> u64 {
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+        w = lower_ascii8(w);
+        let b = |i: u32| (w >> (8 * i)) & 0xff;
+        h = h
+            .wrapping_add(b(0))
+            .wrapping_mul(FX_POW[8])
+            .wrapping_add(b(1).wrapping_mul(FX_POW[7]))
+            .wrapping_add(b(2).wrapping_mul(FX_POW[6]))
+            .wrapping_add(b(3).wrapping_mul(FX_POW[5]))
+            .wrapping_add(b(4).wrapping_mul(FX_POW[4]))
+            .wrapping_add(b(5).wrapping_mul(FX_POW[3]))
+            .wrapping_add(b(6).wrapping_mul(FX_POW[2]))
+            .wrapping_add(b(7).wrapping_mul(FX_POW[1]));
+    }
+    for &b in chunks.remainder() {
+        h = h
+            .wrapping_add(u64::from(b.to_ascii_lowercase()))
+            .wrapping_mul(FX_K);
+    }
+    h
+}
+
+/// `u8::to_ascii_lowercase` on the eight bytes of a word at once: 0x20 is set in each byte
+/// from `A` to `Z`, and no other byte changes (bytes from 0x80 up are not ASCII letters).
+fn lower_ascii8(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let low7 = w & !HIGH;
+    // Per byte, at most 0x7f + 0x3f: no carry crosses into the next byte.
+    let at_least_a = low7.wrapping_add((0x80 - u64::from(b'A')) * ONES);
+    let past_z = low7.wrapping_add((0x80 - u64::from(b'Z') - 1) * ONES);
+    let upper = at_least_a & !past_z & !w & HIGH;
+    w | (upper >> 2)
 }
 
 fn hash(s: &str) -> u64 {
@@ -515,9 +574,10 @@ impl Profiles {
                     );
                 }
             }
-            if let Some(server) = server {
-                let h = hash(server);
-                let seen = p.servers.observe(h, MAX_SEEN);
+            // The server's hash, once: the session below wants it too.
+            let server_hash = server.map_or(0, hash);
+            if server.is_some() {
+                let seen = p.servers.observe(server_hash, MAX_SEEN);
                 if warm {
                     if let Some(new) = seen.new {
                         f.flag(BaselineField::FirstServer, new);
@@ -531,10 +591,9 @@ impl Profiles {
                 }
             }
             if let Some(sid) = ev.str(CoreField::SessionId) {
-                let server = server.map_or(0, hash);
                 let s = p.session(hash(sid), t);
                 s.calls = s.calls.saturating_add(1);
-                s.add_server(server);
+                s.add_server(server_hash);
                 let (calls, breadth) = (f64::from(s.calls), s.breadth());
                 if let Some(score) = p.session_calls.score(calls) {
                     f.set(
@@ -803,6 +862,47 @@ impl Profiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The hash as it was written before it was unrolled: an `FxHasher` fed byte by byte.
+    fn fx_reference(parts: &[&str]) -> u64 {
+        use std::hash::Hasher;
+        let mut h = rustc_hash::FxHasher::default();
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                h.write_u8(0x1f);
+            }
+            for b in p.bytes() {
+                h.write_u8(b.to_ascii_lowercase());
+            }
+        }
+        h.finish()
+    }
+
+    #[test]
+    fn lower_ascii8_is_to_ascii_lowercase() {
+        for b in 0..=255u8 {
+            for at in 0..8 {
+                let w = u64::from(b) << (8 * at) | 0x4161_7a5a_4080_c35b & !(0xff << (8 * at));
+                let want = u64::from_le_bytes(w.to_le_bytes().map(|c| c.to_ascii_lowercase()));
+                assert_eq!(lower_ascii8(w), want, "{b:#x} at {at}");
+            }
+        }
+    }
+
+    proptest! {
+        /// Profiles keep these hashes in checkpoints and snapshots: the unrolled hash must
+        /// give the byte-by-byte value for every length, case and byte.
+        #[test]
+        fn hash_matches_fxhasher(parts in proptest::collection::vec(".{0,40}", 1..4),
+                                 bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+            prop_assert_eq!(hash_parts(&refs), fx_reference(&refs));
+            let ascii: String = bytes.iter().map(|&b| char::from(b & 0x7f)).collect();
+            prop_assert_eq!(hash(&ascii), fx_reference(&[&ascii]));
+            prop_assert_eq!(hash("Send_EMAIL"), fx_reference(&["send_email"]));
+        }
+    }
 
     fn call(i: i64, tool: &str, to: &str) -> Event {
         let text = format!(

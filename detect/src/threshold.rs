@@ -39,6 +39,17 @@ struct Window {
     #[serde(with = "crate::checkpoint::event_deque")]
     recent: VecDeque<Event>,
     last: i64,
+    /// No distinct value was last seen before this (a lower bound, not kept in checkpoints:
+    /// a restored window starts from `i64::MIN` and learns it at its next event). While the
+    /// window's start has not passed it, no value can have left the window, and the scan of
+    /// every value for expired ones is skipped: with tens of values per key, that scan ran on
+    /// every event the rule matched.
+    #[serde(skip, default = "oldest_unknown")]
+    oldest: i64,
+}
+
+fn oldest_unknown() -> i64 {
+    i64::MIN
 }
 
 /// Runs one threshold rule.
@@ -147,7 +158,17 @@ impl Stateful for ThresholdDetector {
                 win.times.len()
             }
             MeasureSpec::Distinct(f) => {
-                win.distinct.retain(|_, (seen, _)| *seen >= horizon);
+                if win.oldest < horizon {
+                    let mut oldest = i64::MAX;
+                    win.distinct.retain(|_, (seen, _)| {
+                        let keep = *seen >= horizon;
+                        if keep {
+                            oldest = oldest.min(*seen);
+                        }
+                        keep
+                    });
+                    win.oldest = oldest;
+                }
                 let v = ev.field(f);
                 if v != cordon_ingest::FieldValue::Missing {
                     let s = &mut self.value_buf;
@@ -156,9 +177,11 @@ impl Stateful for ThresholdDetector {
                     if let Some(seen) = win.distinct.get_mut(s.as_str()) {
                         // A value seen before: refresh its time, keep its first event.
                         seen.0 = t;
+                        win.oldest = win.oldest.min(t);
                     } else if win.distinct.len() < PER_KEY_CAP {
                         let keep = (win.distinct.len() < EVIDENCE).then(|| ev.clone());
                         win.distinct.insert(s.clone(), (t, keep));
+                        win.oldest = win.oldest.min(t);
                     } else {
                         self.stats.rejected += 1;
                     }

@@ -638,14 +638,21 @@ impl Fields {
 /// complete. Each of [`Event`]'s setters first makes sure the fields are not shared (an
 /// atomic compare-and-swap and a check of the value's id, about thirty instructions); a
 /// decoder sets twenty-odd fields per record, on fields no one else can see yet.
-#[derive(Default)]
-pub(crate) struct EventBuilder(Fields);
+///
+/// The fields are written where the event will keep them: [`build_event`] allocates them
+/// first and lends them to the decoder. Built on the stack and moved into place after, the
+/// fields (a few hundred bytes) were copied twice per record.
+pub(crate) struct EventBuilder<'a>(&'a mut Fields);
 
-impl EventBuilder {
-    /// The event, complete.
-    pub(crate) fn finish(self) -> Event {
-        Event(Arc::new(self.0))
-    }
+/// An event whose fields `fill` writes in place, or `None` if `fill` gives up.
+pub(crate) fn build_event(fill: impl FnOnce(EventBuilder<'_>) -> Option<()>) -> Option<Event> {
+    let mut fields = Arc::new(Fields::default());
+    // Unique: made just above.
+    fill(EventBuilder(Arc::get_mut(&mut fields)?))?;
+    Some(Event(fields))
+}
+
+impl EventBuilder<'_> {
     /// [`Event::set_str`].
     pub(crate) fn set_str(&mut self, f: CoreField, v: &str) {
         self.0.set_str(f, v);

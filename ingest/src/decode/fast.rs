@@ -27,7 +27,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde_json::Value as Json;
 
-use crate::event::{CoreField, Event, EventBuilder, FieldKind};
+use crate::event::{build_event, CoreField, Event, EventBuilder, FieldKind};
 use crate::fingerprint::{parse_hex, parse_hex_bytes};
 
 /// Nesting the fast path follows, in objects and again inside a free-form value, before it
@@ -56,30 +56,33 @@ thread_local! {
 
 /// Decodes a native record of the common shape, or returns `None` for the full decoder.
 pub(super) fn decode(text: &str) -> Option<Event> {
-    let mut s = Scan {
-        text,
-        b: text.as_bytes(),
-        i: 0,
-        ev: EventBuilder::default(),
-        path: String::new(),
-        fps: FPS.take(),
-        next_key: NEXT_KEY.with(Cell::get),
-        prev_key: AT_START,
-    };
-    s.ws();
-    let done = s.object(0);
-    NEXT_KEY.with(|c| c.set(s.next_key));
-    FPS.set(std::mem::take(&mut s.fps));
-    done?;
-    s.ws();
-    (s.i == s.b.len()).then(|| s.ev.finish())
+    build_event(|ev| {
+        let mut s = Scan {
+            text,
+            b: text.as_bytes(),
+            i: 0,
+            ev,
+            path: String::new(),
+            fps: FPS.take(),
+            next_key: NEXT_KEY.with(Cell::get),
+            prev_key: AT_START,
+        };
+        s.ws();
+        let done = s.object(0);
+        NEXT_KEY.with(|c| c.set(s.next_key));
+        FPS.set(std::mem::take(&mut s.fps));
+        done?;
+        s.ws();
+        (s.i == s.b.len()).then_some(())
+    })
 }
 
-struct Scan<'a> {
+struct Scan<'a, 'e> {
     text: &'a str,
     b: &'a [u8],
     i: usize,
-    ev: EventBuilder,
+    /// The event's fields, written in place.
+    ev: EventBuilder<'e>,
     /// The dotted prefix of nested keys (empty at the top level).
     path: String,
     /// Scratch for one fingerprint array.
@@ -101,7 +104,7 @@ enum Num {
     Float(f64),
 }
 
-impl<'a> Scan<'a> {
+impl<'a> Scan<'a, '_> {
     fn ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i) {
             self.i += 1;
