@@ -507,7 +507,7 @@ impl Profiles {
         };
         let mut scratch = std::mem::take(&mut self.scratch);
         let p = self.enter(agent, group);
-        let mut f = BaselineFeatures::default();
+        let mut f = Box::<BaselineFeatures>::default();
         let warm = p.warm();
         let own_warm = p.events >= NOVELTY_WARMUP;
         p.last = p.last.max(t);
@@ -645,7 +645,7 @@ impl Profiles {
                 self.peers.insert(g.to_owned(), agent.to_owned());
             }
         }
-        ev.set_baseline(f);
+        ev.set_baseline_boxed(f);
     }
 
     /// Moves agents idle since `watermark - idle_after` to the cold tier.
