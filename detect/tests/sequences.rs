@@ -432,6 +432,27 @@ fn thresholds_count_and_distinct_in_sliding_windows() {
         .map(|i| ev(i, "t", "x", &format!(r#""audit.target":"s{i}""#)))
         .collect();
     assert_eq!(run(&d, &spread).len(), 1);
+
+    // Values leave the window by their last sighting: s0 at 0 s is gone by 650 s, s1 stays
+    // while it is seen again, and a value seen anew counts again.
+    let at = |t: u32, target: &str| ev(t, "t", "x", &format!(r#""audit.target":"{target}""#));
+    let refreshed = [
+        at(0, "s0"),
+        at(60, "s1"),
+        at(120, "s1"),
+        at(650, "s2"),
+        at(700, "s0"),
+    ];
+    assert_eq!(
+        run(&d, &refreshed).len(),
+        1,
+        "s1, s2 and s0 within 10 minutes"
+    );
+    let expired = [at(0, "s0"), at(60, "s1"), at(650, "s2"), at(700, "s0")];
+    assert!(
+        run(&d, &expired).is_empty(),
+        "at 700 s, s1 (last seen at 60 s) has left the window"
+    );
 }
 
 #[test]
