@@ -6,7 +6,7 @@
 //! in beside it through the same trait.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use cordon_ingest::{CoreField, Event, FieldRef};
 use cordon_rules::eval::{has_value, Guard};
@@ -333,7 +333,7 @@ pub struct Engine {
     lateness: i64,
     max_seen: i64,
     released: i64,
-    buffer: BinaryHeap<Reverse<Pending>>,
+    buffer: Reorder,
     seq: u64,
     profiles: Profiles,
     enforced: crate::enforce::Enforced,
@@ -346,6 +346,66 @@ struct Pending {
     ts: i64,
     seq: u64,
     event: Event,
+}
+
+/// The reorder buffer: events held back until the watermark passes them, handed out in
+/// [`Pending`]'s order. Events nearly always arrive in that order, so those go to the back
+/// of a queue that stays sorted, and only the others into a heap; the next event is the
+/// smaller of the two fronts. Through a heap alone, a push and a pop per event on a few
+/// seconds' worth of events were about 2 % of the engine threads' time in the Kafka bench.
+#[derive(Clone, Default)]
+struct Reorder {
+    /// Sorted: each was at least the one before it when it came.
+    sorted: VecDeque<Pending>,
+    /// The events that came out of order.
+    heap: BinaryHeap<Reverse<Pending>>,
+}
+
+impl Reorder {
+    fn push(&mut self, p: Pending) {
+        if self.sorted.back().is_none_or(|last| *last <= p) {
+            self.sorted.push_back(p);
+        } else {
+            self.heap.push(Reverse(p));
+        }
+    }
+
+    /// Whether the next event comes from the sorted queue (`None`: the buffer is empty).
+    fn next_is_sorted(&self) -> Option<bool> {
+        match (self.sorted.front(), self.heap.peek()) {
+            (Some(a), Some(Reverse(b))) => Some(a <= b),
+            (Some(_), None) => Some(true),
+            (None, Some(_)) => Some(false),
+            (None, None) => None,
+        }
+    }
+
+    /// The next event's time.
+    fn first_ts(&self) -> Option<i64> {
+        Some(match self.next_is_sorted()? {
+            true => self.sorted.front()?.ts,
+            false => self.heap.peek()?.0.ts,
+        })
+    }
+
+    /// Takes the next event.
+    fn pop(&mut self) -> Option<Pending> {
+        match self.next_is_sorted()? {
+            true => self.sorted.pop_front(),
+            false => self.heap.pop().map(|Reverse(p)| p),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sorted.is_empty() && self.heap.is_empty()
+    }
+
+    /// Every event held, in no particular order.
+    fn iter(&self) -> impl Iterator<Item = &Pending> {
+        self.sorted
+            .iter()
+            .chain(self.heap.iter().map(|Reverse(p)| p))
+    }
 }
 
 impl PartialEq for Pending {
@@ -393,7 +453,7 @@ impl Engine {
             lateness: 0,
             max_seen: i64::MIN,
             released: i64::MIN,
-            buffer: BinaryHeap::new(),
+            buffer: Reorder::default(),
             seq: 0,
             profiles: Profiles::default(),
             enforced: crate::enforce::Enforced::default(),
@@ -592,7 +652,7 @@ impl Engine {
         let mut buffer: Vec<_> = self
             .buffer
             .iter()
-            .map(|Reverse(p)| (p.ts, p.seq, BufferedEvent(p.event.clone())))
+            .map(|p| (p.ts, p.seq, BufferedEvent(p.event.clone())))
             .collect();
         buffer.sort_by_key(|(ts, seq, _)| (*ts, *seq));
         let buffer = crate::checkpoint::to_bytes(&buffer).map_err(damaged)?;
@@ -793,16 +853,14 @@ impl Engine {
         let buffer: Vec<(i64, u64, BufferedEvent)> = crate::checkpoint::from_bytes(&saved.buffer.0)
             .map_err(|e| E::Damaged(format!("reorder buffer: {}", why(e))))?;
         report.buffered = buffer.len();
-        self.buffer = buffer
-            .into_iter()
-            .map(|(ts, seq, e)| {
-                Reverse(Pending {
-                    ts,
-                    seq,
-                    event: e.0,
-                })
-            })
-            .collect();
+        self.buffer = Reorder::default();
+        for (ts, seq, e) in buffer {
+            self.buffer.push(Pending {
+                ts,
+                seq,
+                event: e.0,
+            });
+        }
         self.profiles
             .load_bytes(&saved.profiles)
             .map_err(|e| E::Damaged(format!("profiles: {e}")))?;
@@ -921,14 +979,14 @@ impl Engine {
         }
         self.max_seen = self.max_seen.max(ts);
         self.seq += 1;
-        self.buffer.push(Reverse(Pending {
+        self.buffer.push(Pending {
             ts,
             seq: self.seq,
             event: ev,
-        }));
+        });
         let horizon = self.max_seen.saturating_sub(self.lateness);
-        while self.buffer.peek().is_some_and(|p| p.0.ts <= horizon) {
-            if let Some(Reverse(p)) = self.buffer.pop() {
+        while self.buffer.first_ts().is_some_and(|ts| ts <= horizon) {
+            if let Some(p) = self.buffer.pop() {
                 self.release(p, out);
             }
         }
@@ -1072,7 +1130,7 @@ impl Engine {
     /// End of input: releases every buffered event, then closes every window.
     pub fn finish(&mut self, out: &mut Vec<Alert>) {
         // Released events count their own alerts in `observe`.
-        while let Some(Reverse(p)) = self.buffer.pop() {
+        while let Some(p) = self.buffer.pop() {
             self.release(p, out);
         }
         let before = out.len();
@@ -1118,6 +1176,43 @@ pub fn run_rule_tests(rule: &Rule) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The queue-and-heap buffer hands events out in the order a heap alone would, for
+        /// any mix of times (ties among them), ids and takes.
+        #[test]
+        fn reorder_buffer_orders_as_a_heap(ops in proptest::collection::vec((0i64..12, 0u8..4, any::<bool>()), 0..80)) {
+            let (mut both, mut heap) = (Reorder::default(), BinaryHeap::new());
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            for (seq, (ts, id, take)) in ops.into_iter().enumerate() {
+                if take {
+                    got.push(both.first_ts());
+                    want.push(heap.peek().map(|Reverse(p): &Reverse<Pending>| p.ts));
+                    got.extend(both.pop().map(|p| Some(p.seq as i64)));
+                    want.extend(heap.pop().map(|Reverse(p)| Some(p.seq as i64)));
+                } else {
+                    let mut event = cordon_ingest::decode_native(
+                        format!(r#"{{"event.id":"e{id}","@timestamp":"2026-11-20T10:00:00Z"}}"#).as_bytes(),
+                    )
+                    .unwrap();
+                    event.set_timestamp_nanos(ts);
+                    let p = Pending { ts, seq: seq as u64, event };
+                    both.push(p.clone());
+                    heap.push(Reverse(p));
+                }
+                prop_assert_eq!(both.is_empty(), heap.is_empty());
+                prop_assert_eq!(both.iter().count(), heap.len());
+            }
+            while let Some(p) = both.pop() {
+                got.push(Some(p.seq as i64));
+            }
+            while let Some(Reverse(p)) = heap.pop() {
+                want.push(Some(p.seq as i64));
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
 
     fn ev(ts: &str, agent: &str) -> Event {
         cordon_ingest::decode_native(
