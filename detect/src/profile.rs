@@ -247,8 +247,9 @@ impl Profile {
     }
 }
 
-/// A case-insensitive 64-bit hash of some strings, without allocating: the value of an
-/// `FxHasher` fed each string's bytes, ASCII-lowercased, with a 0x1f byte between strings.
+/// A case-insensitive 64-bit hash of some strings, without allocating: the value of
+/// rustc-hash 2's `FxHasher` fed each string's bytes, ASCII-lowercased, with a 0x1f byte
+/// between strings (written out here, so a new rustc-hash cannot change it).
 ///
 /// These hashes are what the profiles keep of tools, servers, methods, sessions and
 /// recipients, in checkpoints and snapshots too, so the value must not change. Fed byte by
