@@ -5,7 +5,8 @@
 //!
 //! Evidence is what makes a window expensive, so it is kept sparingly: for a count, the last
 //! events only once the count is within [`EVIDENCE`] of the bound; for a distinct count, the
-//! latest event of each distinct value. Timestamps and values cost a few bytes each.
+//! first event of each of the first [`EVIDENCE`] distinct values. Timestamps and values cost
+//! a few bytes each.
 //!
 //! Keys and windows are reference-counted: a checkpoint copies the detector on the thread
 //! that runs it (every second, under the partition's lock), and a rule keyed by session holds
@@ -33,7 +34,7 @@ pub const PER_KEY_CAP: usize = 100_000;
 #[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Window {
     times: VecDeque<i64>,
-    /// Distinct value → (last seen, its latest event).
+    /// Distinct value → (last seen, its first event if among the first [`EVIDENCE`] values).
     #[serde(with = "crate::checkpoint::distinct")]
     distinct: HashMap<String, (i64, Option<Event>)>,
     #[serde(with = "crate::checkpoint::event_deque")]
