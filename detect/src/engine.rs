@@ -1,9 +1,10 @@
 //! The engine: runs every detector over the event stream, in event order.
 //!
 //! Detectors are synchronous and do no I/O ([`Detector`]): the engine can be driven by a file
-//! reader, a Kafka consumer or a test alike, and it is tested without an async runtime. The
-//! [`FilterDetector`] runs single-event rules; sequence, threshold and baseline detectors plug
-//! in beside it through the same trait.
+//! reader, a Kafka consumer or a test alike, and it is tested without an async runtime.
+//! Single-event rules run straight from an index of the field values they require; sequence,
+//! sample and threshold rules run as [`Stateful`] detectors; and each agent's
+//! profile sets an event's baseline features before either sees it.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
