@@ -381,20 +381,21 @@ impl Reorder {
         }
     }
 
-    /// The next event's time.
-    fn first_ts(&self) -> Option<i64> {
-        Some(match self.next_is_sorted()? {
-            true => self.sorted.front()?.ts,
-            false => self.heap.peek()?.0.ts,
-        })
+    /// Takes the next event if its time is at most `horizon`.
+    fn pop_through(&mut self, horizon: i64) -> Option<Pending> {
+        if self.next_is_sorted()? {
+            if self.sorted.front()?.ts <= horizon {
+                return self.sorted.pop_front();
+            }
+        } else if self.heap.peek()?.0.ts <= horizon {
+            return self.heap.pop().map(|Reverse(p)| p);
+        }
+        None
     }
 
     /// Takes the next event.
     fn pop(&mut self) -> Option<Pending> {
-        match self.next_is_sorted()? {
-            true => self.sorted.pop_front(),
-            false => self.heap.pop().map(|Reverse(p)| p),
-        }
+        self.pop_through(i64::MAX)
     }
 
     fn is_empty(&self) -> bool {
@@ -986,10 +987,8 @@ impl Engine {
             event: ev,
         });
         let horizon = self.max_seen.saturating_sub(self.lateness);
-        while self.buffer.first_ts().is_some_and(|ts| ts <= horizon) {
-            if let Some(p) = self.buffer.pop() {
-                self.release(p, out);
-            }
+        while let Some(p) = self.buffer.pop_through(horizon) {
+            self.release(p, out);
         }
         Ok(())
     }
@@ -1184,14 +1183,14 @@ mod tests {
         /// any mix of times (ties among them), ids and takes.
         #[test]
         fn reorder_buffer_orders_as_a_heap(ops in proptest::collection::vec((0i64..12, 0u8..4, any::<bool>()), 0..80)) {
+            // A take is up to a horizon: the op's time.
             let (mut both, mut heap) = (Reorder::default(), BinaryHeap::new());
             let (mut got, mut want) = (Vec::new(), Vec::new());
             for (seq, (ts, id, take)) in ops.into_iter().enumerate() {
                 if take {
-                    got.push(both.first_ts());
-                    want.push(heap.peek().map(|Reverse(p): &Reverse<Pending>| p.ts));
-                    got.extend(both.pop().map(|p| Some(p.seq as i64)));
-                    want.extend(heap.pop().map(|Reverse(p)| Some(p.seq as i64)));
+                    got.push(both.pop_through(ts).map(|p| p.seq));
+                    let due = heap.peek().is_some_and(|Reverse(p): &Reverse<Pending>| p.ts <= ts);
+                    want.push(if due { heap.pop().map(|Reverse(p)| p.seq) } else { None });
                 } else {
                     let mut event = cordon_ingest::decode_native(
                         format!(r#"{{"event.id":"e{id}","@timestamp":"2026-11-20T10:00:00Z"}}"#).as_bytes(),
@@ -1206,10 +1205,10 @@ mod tests {
                 prop_assert_eq!(both.iter().count(), heap.len());
             }
             while let Some(p) = both.pop() {
-                got.push(Some(p.seq as i64));
+                got.push(Some(p.seq));
             }
             while let Some(Reverse(p)) = heap.pop() {
-                want.push(Some(p.seq as i64));
+                want.push(Some(p.seq));
             }
             prop_assert_eq!(got, want);
         }
