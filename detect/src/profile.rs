@@ -347,7 +347,11 @@ fn recipients(args: &Value, out: &mut Vec<u64>) {
 
 /// URLs count by host: a new path on a known host is not a new destination.
 fn destination<'a>(key: &str, value: &'a str) -> &'a str {
-    if key.eq_ignore_ascii_case("url") || key.to_ascii_lowercase().ends_with("_url") {
+    // `_url` compared in place: lowercasing the key allocated for every recipient.
+    let k = key.as_bytes();
+    if key.eq_ignore_ascii_case("url")
+        || k.len() >= 4 && k[k.len() - 4..].eq_ignore_ascii_case(b"_url")
+    {
         let rest = value.split_once("://").map_or(value, |(_, r)| r);
         return rest.split(['/', '?', '#']).next().unwrap_or(rest);
     }
@@ -891,7 +895,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn url_keys_count_by_host() {
+        let url = "https://Paste.evil.example/x?y#z";
+        for key in ["url", "URL", "webhook_url", "Callback_URL", "_url"] {
+            assert_eq!(destination(key, url), "Paste.evil.example", "{key}");
+        }
+        for key in ["to", "urls", "url_", "curl", "é_url_"] {
+            assert_eq!(destination(key, url), url, "{key}");
+        }
+    }
+
     proptest! {
+        /// The key test compares in place what the lowercased key was asked before.
+        #[test]
+        fn url_key_test_is_the_lowercased_one(key in "(?i)[a-zé_]{0,3}(_url|url|_ur|x)?") {
+            let v = "https://h.example/p";
+            let was = key.eq_ignore_ascii_case("url") || key.to_ascii_lowercase().ends_with("_url");
+            prop_assert_eq!(destination(&key, v) != v, was);
+        }
+
         /// Profiles keep these hashes in checkpoints and snapshots: the unrolled hash must
         /// give the byte-by-byte value for every length, case and byte.
         #[test]

@@ -112,6 +112,81 @@ impl ThresholdDetector {
     }
 }
 
+/// Adds `ev` (at `t`) to its key's window, first dropping what fell out before `horizon`;
+/// returns the window's count (events, or distinct values).
+fn count(
+    win: &mut Arc<Window>,
+    spec: &ThresholdSpec,
+    stats: &mut StateStats,
+    value_buf: &mut String,
+    ev: &Event,
+    t: i64,
+    horizon: i64,
+) -> usize {
+    // Copied here only if a checkpoint being written still shares it.
+    let win = crate::cow::unshare(win);
+    win.last = t;
+    while win.times.front().is_some_and(|&x| x < horizon) {
+        win.times.pop_front();
+    }
+    while win
+        .recent
+        .front()
+        .is_some_and(|e| e.timestamp_nanos().unwrap_or(0) < horizon)
+    {
+        win.recent.pop_front();
+    }
+    let n = match &spec.measure {
+        MeasureSpec::Count => {
+            if win.times.len() >= PER_KEY_CAP {
+                win.times.pop_front();
+                stats.evicted += 1;
+            }
+            win.times.push_back(t);
+            win.times.len()
+        }
+        MeasureSpec::Distinct(f) => {
+            if win.oldest < horizon {
+                let mut oldest = i64::MAX;
+                win.distinct.retain(|_, (seen, _)| {
+                    let keep = *seen >= horizon;
+                    if keep {
+                        oldest = oldest.min(*seen);
+                    }
+                    keep
+                });
+                win.oldest = oldest;
+            }
+            let v = ev.field(f);
+            if v != cordon_ingest::FieldValue::Missing {
+                let s = value_buf;
+                s.clear();
+                push_value(s, v);
+                if let Some(seen) = win.distinct.get_mut(s.as_str()) {
+                    // A value seen before: refresh its time, keep its first event.
+                    seen.0 = t;
+                    win.oldest = win.oldest.min(t);
+                } else if win.distinct.len() < PER_KEY_CAP {
+                    let keep = (win.distinct.len() < EVIDENCE).then(|| ev.clone());
+                    win.distinct.insert(s.clone(), (t, keep));
+                    win.oldest = win.oldest.min(t);
+                } else {
+                    stats.rejected += 1;
+                }
+            }
+            win.distinct.len()
+        }
+    };
+    let bound = spec.value as usize;
+    if matches!(spec.measure, MeasureSpec::Count) && n + EVIDENCE > bound {
+        if win.recent.len() >= EVIDENCE {
+            win.recent.pop_front();
+        }
+        win.recent.push_back(ev.clone());
+    }
+    n
+}
+
 impl Stateful for ThresholdDetector {
     fn observe(&mut self, ev: &Event, out: &mut Vec<Finding>) {
         if !self.spec.step.matches(ev) {
@@ -125,78 +200,37 @@ impl Stateful for ThresholdDetector {
             self.key_buf = key;
             return;
         }
-        if !self.keys.contains_key(key.as_str()) {
-            if self.keys.len() >= self.key_cap {
-                self.shed(t);
-            }
-            self.keys.insert(Arc::from(key.as_str()), Arc::default());
-        }
         let horizon = t.saturating_sub(self.spec.window);
-        let Some(win) = self.keys.get_mut(key.as_str()) else {
-            self.key_buf = key;
-            return;
-        };
-        // Copied here only if a checkpoint being written still shares it.
-        let win = crate::cow::unshare(win);
-        win.last = t;
-        while win.times.front().is_some_and(|&x| x < horizon) {
-            win.times.pop_front();
-        }
-        while win
-            .recent
-            .front()
-            .is_some_and(|e| e.timestamp_nanos().unwrap_or(0) < horizon)
-        {
-            win.recent.pop_front();
-        }
-        let n = match &self.spec.measure {
-            MeasureSpec::Count => {
-                if win.times.len() >= PER_KEY_CAP {
-                    win.times.pop_front();
-                    self.stats.evicted += 1;
+        // One lookup for a key with an open window (nearly every event); a new key is
+        // counted in a fresh window, then inserted.
+        let n = match self.keys.get_mut(key.as_str()) {
+            Some(win) => count(
+                win,
+                &self.spec,
+                &mut self.stats,
+                &mut self.value_buf,
+                ev,
+                t,
+                horizon,
+            ),
+            None => {
+                if self.keys.len() >= self.key_cap {
+                    self.shed(t);
                 }
-                win.times.push_back(t);
-                win.times.len()
-            }
-            MeasureSpec::Distinct(f) => {
-                if win.oldest < horizon {
-                    let mut oldest = i64::MAX;
-                    win.distinct.retain(|_, (seen, _)| {
-                        let keep = *seen >= horizon;
-                        if keep {
-                            oldest = oldest.min(*seen);
-                        }
-                        keep
-                    });
-                    win.oldest = oldest;
-                }
-                let v = ev.field(f);
-                if v != cordon_ingest::FieldValue::Missing {
-                    let s = &mut self.value_buf;
-                    s.clear();
-                    push_value(s, v);
-                    if let Some(seen) = win.distinct.get_mut(s.as_str()) {
-                        // A value seen before: refresh its time, keep its first event.
-                        seen.0 = t;
-                        win.oldest = win.oldest.min(t);
-                    } else if win.distinct.len() < PER_KEY_CAP {
-                        let keep = (win.distinct.len() < EVIDENCE).then(|| ev.clone());
-                        win.distinct.insert(s.clone(), (t, keep));
-                        win.oldest = win.oldest.min(t);
-                    } else {
-                        self.stats.rejected += 1;
-                    }
-                }
-                win.distinct.len()
+                let mut win = Arc::default();
+                let n = count(
+                    &mut win,
+                    &self.spec,
+                    &mut self.stats,
+                    &mut self.value_buf,
+                    ev,
+                    t,
+                    horizon,
+                );
+                self.keys.insert(Arc::from(key.as_str()), win);
+                n
             }
         };
-        let bound = self.spec.value as usize;
-        if matches!(self.spec.measure, MeasureSpec::Count) && n + EVIDENCE > bound {
-            if win.recent.len() >= EVIDENCE {
-                win.recent.pop_front();
-            }
-            win.recent.push_back(ev.clone());
-        }
         if self.spec.reached(n as u64) {
             let win = self
                 .keys
