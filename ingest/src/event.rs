@@ -519,7 +519,8 @@ impl FieldRef {
     }
 }
 
-/// Where a string slot's value lies in the event's text buffer.
+/// Where a string slot's value lies in the event's text buffer, or a fingerprint list in
+/// its list buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Slot {
     start: u32,
@@ -563,8 +564,12 @@ struct Fields {
     /// decoder hands out one copy of each recent map ([`Event::set_tool_description_sha256_shared`]),
     /// and comparing two events' maps is then a pointer comparison.
     tool_description_sha256: Option<Arc<Json>>,
-    result_fp: Option<Box<[u64]>>,
-    args_fp: Option<Box<[u64]>>,
+    /// Both fingerprint lists, in one allocation (`result_fp` and `args_fp` say where): a
+    /// gateway sends both on most calls, and two exact-size boxes were two allocations of
+    /// the ten an event made.
+    fps: Vec<u64>,
+    result_fp: Option<Slot>,
+    args_fp: Option<Slot>,
     extra: Vec<(Box<str>, Json)>,
     category: Category,
     baseline: Option<Box<BaselineFeatures>>,
@@ -614,15 +619,32 @@ impl Fields {
                 n += 1;
             }
         }
-        self.put_fingerprints(f, Box::from(&fps[..n]));
+        self.put_fingerprints(f, &fps[..n]);
     }
 
-    fn put_fingerprints(&mut self, f: CoreField, v: Box<[u64]>) {
-        match f {
-            CoreField::ResultFp => self.result_fp = Some(v),
-            CoreField::ArgsFp => self.args_fp = Some(v),
-            _ => {}
+    /// Appends a sorted list and points `f` at it. A list replaced is left in place until
+    /// the event is dropped (decoders set each list once).
+    fn put_fingerprints(&mut self, f: CoreField, v: &[u64]) {
+        let slot = match f {
+            CoreField::ResultFp => &mut self.result_fp,
+            CoreField::ArgsFp => &mut self.args_fp,
+            _ => return,
+        };
+        let (Ok(start), Ok(len)) = (u32::try_from(self.fps.len()), u32::try_from(v.len())) else {
+            return;
+        };
+        if self.fps.capacity() == 0 {
+            self.fps.reserve_exact(v.len().max(FP_HINT.get()));
         }
+        self.fps.extend_from_slice(v);
+        *slot = Some(Slot { start, len });
+    }
+
+    /// The list `slot` points at.
+    fn fingerprints(&self, slot: Option<Slot>) -> Option<&[u64]> {
+        let s = slot?;
+        self.fps
+            .get(s.start as usize..s.start as usize + s.len as usize)
     }
 
     fn set_extra(&mut self, name: Box<str>, v: Json) {
@@ -654,6 +676,10 @@ pub(crate) fn build_event(fill: impl FnOnce(EventBuilder<'_>) -> Option<()>) -> 
     fill(EventBuilder(&mut *f))?;
     let used = f.text.len().next_multiple_of(16);
     TEXT_HINT.set(used.max(hint - hint / 32).max(64));
+    let (fps, hint) = (f.fps.len(), FP_HINT.get());
+    if fps > 0 {
+        FP_HINT.set(fps.max(hint - hint / 32));
+    }
     Some(Event(fields))
 }
 
@@ -662,6 +688,9 @@ thread_local! {
     /// decoded event's text is sized from it. A fixed 256 bytes was too small for a quarter
     /// of the generator's events (245–272 bytes of strings), each then grown and copied.
     static TEXT_HINT: std::cell::Cell<usize> = const { std::cell::Cell::new(256) };
+    /// Likewise the fingerprints of recent events that had any: the first list set makes
+    /// room for both.
+    static FP_HINT: std::cell::Cell<usize> = const { std::cell::Cell::new(32) };
 }
 
 impl EventBuilder<'_> {
@@ -844,18 +873,18 @@ impl Event {
     }
     /// `audit.result_fp`.
     pub fn result_fp(&self) -> Option<&[u64]> {
-        self.0.result_fp.as_deref()
+        self.0.fingerprints(self.0.result_fp)
     }
     /// `audit.args_fp`.
     pub fn args_fp(&self) -> Option<&[u64]> {
-        self.0.args_fp.as_deref()
+        self.0.fingerprints(self.0.args_fp)
     }
     /// Sets a fingerprint list (`audit.result_fp` or `audit.args_fp`), kept sorted.
     pub fn set_fingerprints(&mut self, f: CoreField, mut fps: Vec<u64>) {
         fps.sort_unstable();
         fps.dedup();
         if matches!(f, CoreField::ResultFp | CoreField::ArgsFp) {
-            self.m().put_fingerprints(f, fps.into_boxed_slice());
+            self.m().put_fingerprints(f, &fps);
         }
     }
 
@@ -969,8 +998,8 @@ impl Event {
             FieldKind::Int => self.0.result_bytes.map(FieldValue::Int),
             FieldKind::Float => self.0.duration_ms.map(FieldValue::Float),
             FieldKind::Fingerprints => match f {
-                CoreField::ResultFp => self.0.result_fp.as_deref().map(FieldValue::Fingerprints),
-                _ => self.0.args_fp.as_deref().map(FieldValue::Fingerprints),
+                CoreField::ResultFp => self.result_fp().map(FieldValue::Fingerprints),
+                _ => self.args_fp().map(FieldValue::Fingerprints),
             },
             FieldKind::Json => match f {
                 CoreField::Arguments => self.0.arguments.as_ref().map(FieldValue::from_json),
@@ -1017,8 +1046,7 @@ impl Event {
                 .as_deref()
                 .map(json)
                 .unwrap_or(0)
-            + 8 * (self.0.result_fp.as_ref().map_or(0, |f| f.len())
-                + self.0.args_fp.as_ref().map_or(0, |f| f.len()))
+            + 8 * self.0.fps.capacity()
             + self
                 .0
                 .extra
@@ -1311,6 +1339,25 @@ mod tests {
         assert_eq!(a.args_fp(), Some(&[7, 9][..]));
         a.set_fingerprints_from(CoreField::ArgsFp, &mut []);
         assert_eq!(a.args_fp(), Some(&[][..]));
+        assert_eq!(a.result_fp(), Some(&[1, 2, 3][..]));
+    }
+
+    #[test]
+    fn fingerprint_lists_share_a_buffer_but_not_values() {
+        let mut a = Event::new();
+        a.set_fingerprints(CoreField::ArgsFp, vec![5, 4]);
+        let shared = a.clone();
+        // Set on a copy: the other keeps its lists.
+        a.set_fingerprints_from(CoreField::ResultFp, &mut [8, 6]);
+        a.set_fingerprints_from(CoreField::ArgsFp, &mut [1]);
+        assert_eq!((a.result_fp(), a.args_fp()), (Some(&[6, 8][..]), Some(&[1][..])));
+        assert_eq!((shared.result_fp(), shared.args_fp()), (None, Some(&[4, 5][..])));
+        assert_eq!(a.get("audit.result_fp"), FieldValue::Fingerprints(&[6, 8]));
+        a.clear(CoreField::ResultFp);
+        assert_eq!((a.result_fp(), a.args_fp()), (None, Some(&[1][..])));
+        // Not a fingerprint field: nothing is set.
+        a.set_fingerprints(CoreField::AgentId, vec![2]);
+        assert_eq!(a.get("gen_ai.agent.id"), FieldValue::Missing);
     }
 
     #[test]
