@@ -564,9 +564,9 @@ struct Fields {
     /// decoder hands out one copy of each recent map ([`Event::set_tool_description_sha256_shared`]),
     /// and comparing two events' maps is then a pointer comparison.
     tool_description_sha256: Option<Arc<Json>>,
-    /// Both fingerprint lists, in one allocation (`result_fp` and `args_fp` say where): a
-    /// gateway sends both on most calls, and two exact-size boxes were two allocations of
-    /// the ten an event made.
+    /// Both fingerprint lists, in one allocation of their exact size (`result_fp` and
+    /// `args_fp` say where): a gateway sends both on most calls, and two boxes were two of
+    /// the ten allocations a decoded event made.
     fps: Vec<u64>,
     result_fp: Option<Slot>,
     args_fp: Option<Slot>,
@@ -611,15 +611,22 @@ impl Fields {
     }
 
     fn set_fingerprints_from(&mut self, f: CoreField, fps: &mut [u64]) {
-        fps.sort_unstable();
-        let mut n = 0;
-        for i in 0..fps.len() {
-            if n == 0 || fps[i] != fps[n - 1] {
-                fps[n] = fps[i];
-                n += 1;
-            }
-        }
+        let n = sort_distinct(fps);
+        self.fps.reserve_exact(n);
         self.put_fingerprints(f, &fps[..n]);
+    }
+
+    /// Both lists at once (each sorted and distinct already), in one allocation of their
+    /// exact size.
+    fn set_fingerprint_lists(&mut self, result: Option<&[u64]>, args: Option<&[u64]>) {
+        self.fps
+            .reserve_exact(result.map_or(0, <[u64]>::len) + args.map_or(0, <[u64]>::len));
+        if let Some(v) = result {
+            self.put_fingerprints(CoreField::ResultFp, v);
+        }
+        if let Some(v) = args {
+            self.put_fingerprints(CoreField::ArgsFp, v);
+        }
     }
 
     /// Appends a sorted list and points `f` at it. A list replaced is left in place until
@@ -633,9 +640,6 @@ impl Fields {
         let (Ok(start), Ok(len)) = (u32::try_from(self.fps.len()), u32::try_from(v.len())) else {
             return;
         };
-        if self.fps.capacity() == 0 {
-            self.fps.reserve_exact(v.len().max(FP_HINT.get()));
-        }
         self.fps.extend_from_slice(v);
         *slot = Some(Slot { start, len });
     }
@@ -666,6 +670,19 @@ impl Fields {
 /// fields (a few hundred bytes) were copied twice per record.
 pub(crate) struct EventBuilder<'a>(&'a mut Fields);
 
+/// Sorts `fps` and moves its distinct values to the front; returns how many there are.
+pub(crate) fn sort_distinct(fps: &mut [u64]) -> usize {
+    fps.sort_unstable();
+    let mut n = 0;
+    for i in 0..fps.len() {
+        if n == 0 || fps[i] != fps[n - 1] {
+            fps[n] = fps[i];
+            n += 1;
+        }
+    }
+    n
+}
+
 /// An event whose fields `fill` writes in place, or `None` if `fill` gives up.
 pub(crate) fn build_event(fill: impl FnOnce(EventBuilder<'_>) -> Option<()>) -> Option<Event> {
     let mut fields = Arc::new(Fields::default());
@@ -676,10 +693,6 @@ pub(crate) fn build_event(fill: impl FnOnce(EventBuilder<'_>) -> Option<()>) -> 
     fill(EventBuilder(&mut *f))?;
     let used = f.text.len().next_multiple_of(16);
     TEXT_HINT.set(used.max(hint - hint / 32).max(64));
-    let (fps, hint) = (f.fps.len(), FP_HINT.get());
-    if fps > 0 {
-        FP_HINT.set(fps.max(hint - hint / 32));
-    }
     Some(Event(fields))
 }
 
@@ -688,9 +701,6 @@ thread_local! {
     /// decoded event's text is sized from it. A fixed 256 bytes was too small for a quarter
     /// of the generator's events (245–272 bytes of strings), each then grown and copied.
     static TEXT_HINT: std::cell::Cell<usize> = const { std::cell::Cell::new(256) };
-    /// Likewise the fingerprints of recent events that had any: the first list set makes
-    /// room for both.
-    static FP_HINT: std::cell::Cell<usize> = const { std::cell::Cell::new(32) };
 }
 
 impl EventBuilder<'_> {
@@ -718,9 +728,10 @@ impl EventBuilder<'_> {
     pub(crate) fn set_tool_description_sha256_shared(&mut self, v: Arc<Json>) {
         self.0.tool_description_sha256 = Some(v);
     }
-    /// [`Event::set_fingerprints_from`].
-    pub(crate) fn set_fingerprints_from(&mut self, f: CoreField, fps: &mut [u64]) {
-        self.0.set_fingerprints_from(f, fps);
+    /// Sets `audit.result_fp` and `audit.args_fp` (each sorted and distinct, see
+    /// [`sort_distinct`]) in one allocation; `None` leaves a list unset.
+    pub(crate) fn set_fingerprint_lists(&mut self, result: Option<&[u64]>, args: Option<&[u64]>) {
+        self.0.set_fingerprint_lists(result, args);
     }
     /// [`Event::set_extra`].
     pub(crate) fn set_extra(&mut self, name: &str, v: Json) {
@@ -884,7 +895,9 @@ impl Event {
         fps.sort_unstable();
         fps.dedup();
         if matches!(f, CoreField::ResultFp | CoreField::ArgsFp) {
-            self.m().put_fingerprints(f, &fps);
+            let m = self.m();
+            m.fps.reserve_exact(fps.len());
+            m.put_fingerprints(f, &fps);
         }
     }
 
@@ -1350,8 +1363,14 @@ mod tests {
         // Set on a copy: the other keeps its lists.
         a.set_fingerprints_from(CoreField::ResultFp, &mut [8, 6]);
         a.set_fingerprints_from(CoreField::ArgsFp, &mut [1]);
-        assert_eq!((a.result_fp(), a.args_fp()), (Some(&[6, 8][..]), Some(&[1][..])));
-        assert_eq!((shared.result_fp(), shared.args_fp()), (None, Some(&[4, 5][..])));
+        assert_eq!(
+            (a.result_fp(), a.args_fp()),
+            (Some(&[6, 8][..]), Some(&[1][..]))
+        );
+        assert_eq!(
+            (shared.result_fp(), shared.args_fp()),
+            (None, Some(&[4, 5][..]))
+        );
         assert_eq!(a.get("audit.result_fp"), FieldValue::Fingerprints(&[6, 8]));
         a.clear(CoreField::ResultFp);
         assert_eq!((a.result_fp(), a.args_fp()), (None, Some(&[1][..])));

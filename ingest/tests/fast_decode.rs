@@ -180,6 +180,9 @@ fn edge_cases_agree() {
         r#"{"@timestamp":"2026-11-20T10:00:00Z","audit.tool.description_sha256":{"t":"00ff","t":"11"}}"#,
         r#"{"@timestamp":"2026-11-20T10:00:00Z","audit.args_fp":["0123456789abcdef",]}"#,
         r#"{"@timestamp":"2026-11-20T10:00:00Z","audit.args_fp":null}"#,
+        // Both lists, args first, a list repeated (the later one counts) and a duplicate.
+        r#"{"@timestamp":"2026-11-20T10:00:00Z","audit.args_fp":["00000000000000aa"],"audit.result_fp":["00000000000000cc","00000000000000bb","00000000000000cc"],"audit.args_fp":["00000000000000dd","00000000000000ab"]}"#,
+        r#"{"@timestamp":"2026-11-20T10:00:00Z","audit.result_fp":[],"audit.args_fp":["00000000000000aa"]}"#,
         r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.agent.id":12}"#,
         r#"{"@timestamp":"2026-11-20T10:00:00Z","gen_ai.agent.id":"a\u0000b"}"#,
         r#"{"@timestamp":"2026-11-20T10:00:00Z","": 1, "e": {"": {}}}"#,
@@ -289,4 +292,15 @@ fn predicted_keys_are_checked_whole() {
         same(&text).unwrap_or_else(|e| panic!("{e}"));
         same(&text).unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+#[test]
+fn fingerprint_lists_read_back_sorted_and_distinct() {
+    let text = r#"{"@timestamp":"2026-11-20T10:00:00Z","audit.args_fp":["00000000000000aa"],"audit.result_fp":["00000000000000cc","00000000000000bb","00000000000000cc"],"audit.args_fp":["00000000000000dd","00000000000000ab"]}"#;
+    let ev = decode_native(text.as_bytes()).expect("decodes");
+    assert_eq!(ev.result_fp(), Some(&[0xbb, 0xcc][..]));
+    assert_eq!(ev.args_fp(), Some(&[0xab, 0xdd][..]));
+    let ev = decode_native(br#"{"@timestamp":"2026-11-20T10:00:00Z","audit.result_fp":[]}"#)
+        .expect("decodes");
+    assert_eq!((ev.result_fp(), ev.args_fp()), (Some(&[][..]), None));
 }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde_json::Value as Json;
 
-use crate::event::{build_event, CoreField, Event, EventBuilder, FieldKind};
+use crate::event::{build_event, sort_distinct, CoreField, Event, EventBuilder, FieldKind};
 use crate::fingerprint::{parse_hex, parse_hex_bytes};
 
 /// Nesting the fast path follows, in objects and again inside a free-form value, before it
@@ -64,11 +64,17 @@ pub(super) fn decode(text: &str) -> Option<Event> {
             ev,
             path: String::new(),
             fps: FPS.take(),
+            fp_lists: [None, None],
             next_key: NEXT_KEY.with(Cell::get),
             prev_key: AT_START,
         };
+        s.fps.clear();
         s.ws();
         let done = s.object(0);
+        if done.is_some() {
+            let [result, args] = s.fp_lists.clone().map(|r| r.and_then(|r| s.fps.get(r)));
+            s.ev.set_fingerprint_lists(result, args);
+        }
         NEXT_KEY.with(|c| c.set(s.next_key));
         FPS.set(std::mem::take(&mut s.fps));
         done?;
@@ -85,8 +91,11 @@ struct Scan<'a, 'e> {
     ev: EventBuilder<'e>,
     /// The dotted prefix of nested keys (empty at the top level).
     path: String,
-    /// Scratch for one fingerprint array.
+    /// The record's fingerprint lists, each sorted and distinct, set on the event together
+    /// once the record is read (one allocation of their exact size).
     fps: Vec<u64>,
+    /// Where `audit.result_fp` and `audit.args_fp` are in `fps`.
+    fp_lists: [Option<std::ops::Range<usize>>; 2],
     /// For each top-level key (a core field, the start, or any key outside the schema), the
     /// core field whose key followed it last time, as an index into `CoreField::ALL`
     /// ([`UNKNOWN`] if none). A gateway writes its keys in the same order in every record, so
@@ -336,13 +345,17 @@ impl<'a> Scan<'a, '_> {
         if self.peek()? != b'[' {
             return None;
         }
-        self.fps.clear();
+        let start = self.fps.len();
         self.members(b']', |s| {
             let fp = s.hex16()?;
             s.fps.push(fp);
             Some(())
         })?;
-        self.ev.set_fingerprints_from(field, &mut self.fps);
+        let n = sort_distinct(&mut self.fps[start..]);
+        self.fps.truncate(start + n);
+        // A later list of the same field replaces the earlier one, as in the full decoder.
+        let list = usize::from(field == CoreField::ArgsFp);
+        self.fp_lists[list] = Some(start..start + n);
         Some(())
     }
 
