@@ -629,19 +629,39 @@ impl Fields {
         }
     }
 
-    /// Appends a sorted list and points `f` at it. A list replaced is left in place until
-    /// the event is dropped (decoders set each list once).
+    /// Appends a sorted list and points `f` at it. Replacing a list first rebuilds the
+    /// buffer with only the other one, so replaced lists do not pile up.
     fn put_fingerprints(&mut self, f: CoreField, v: &[u64]) {
-        let slot = match f {
-            CoreField::ResultFp => &mut self.result_fp,
-            CoreField::ArgsFp => &mut self.args_fp,
+        let (mine, other) = match f {
+            CoreField::ResultFp => (self.result_fp, self.args_fp),
+            CoreField::ArgsFp => (self.args_fp, self.result_fp),
             _ => return,
         };
-        let (Ok(start), Ok(len)) = (u32::try_from(self.fps.len()), u32::try_from(v.len())) else {
+        let Ok(len) = u32::try_from(v.len()) else {
+            return;
+        };
+        let mut other = other;
+        if mine.is_some() {
+            let kept = self
+                .fingerprints(other)
+                .map(<[u64]>::to_vec)
+                .unwrap_or_default();
+            self.fps = Vec::with_capacity(kept.len() + v.len());
+            self.fps.extend_from_slice(&kept);
+            other = other.map(|o| Slot {
+                start: 0,
+                len: o.len,
+            });
+        }
+        let Ok(start) = u32::try_from(self.fps.len()) else {
             return;
         };
         self.fps.extend_from_slice(v);
-        *slot = Some(Slot { start, len });
+        let mine = Some(Slot { start, len });
+        (self.result_fp, self.args_fp) = match f {
+            CoreField::ResultFp => (mine, other),
+            _ => (other, mine),
+        };
     }
 
     /// The list `slot` points at.
@@ -1372,6 +1392,13 @@ mod tests {
             (None, Some(&[4, 5][..]))
         );
         assert_eq!(a.get("audit.result_fp"), FieldValue::Fingerprints(&[6, 8]));
+        // Replaced lists do not pile up in the buffer.
+        for i in 0..100 {
+            a.set_fingerprints(CoreField::ResultFp, vec![i, i + 1]);
+        }
+        assert_eq!(a.result_fp(), Some(&[99, 100][..]));
+        assert_eq!(a.args_fp(), Some(&[1][..]));
+        assert!(a.heap_bytes() < shared.heap_bytes() + 64);
         a.clear(CoreField::ResultFp);
         assert_eq!((a.result_fp(), a.args_fp()), (None, Some(&[1][..])));
         // Not a fingerprint field: nothing is set.
