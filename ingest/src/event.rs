@@ -612,7 +612,6 @@ impl Fields {
 
     fn set_fingerprints_from(&mut self, f: CoreField, fps: &mut [u64]) {
         let n = sort_distinct(fps);
-        self.fps.reserve_exact(n);
         self.put_fingerprints(f, &fps[..n]);
     }
 
@@ -629,10 +628,11 @@ impl Fields {
         }
     }
 
-    /// Appends a sorted list and points `f` at it. Replacing a list first rebuilds the
-    /// buffer with only the other one, so replaced lists do not pile up.
+    /// Appends a sorted list and points `f` at it, growing the buffer only by the list's
+    /// size. Replacing a list first rebuilds the buffer with only the other one, so replaced
+    /// lists do not pile up.
     fn put_fingerprints(&mut self, f: CoreField, v: &[u64]) {
-        let (mine, other) = match f {
+        let (mine, mut other) = match f {
             CoreField::ResultFp => (self.result_fp, self.args_fp),
             CoreField::ArgsFp => (self.args_fp, self.result_fp),
             _ => return,
@@ -640,7 +640,6 @@ impl Fields {
         let Ok(len) = u32::try_from(v.len()) else {
             return;
         };
-        let mut other = other;
         if mine.is_some() {
             let kept = self
                 .fingerprints(other)
@@ -652,6 +651,8 @@ impl Fields {
                 start: 0,
                 len: o.len,
             });
+        } else {
+            self.fps.reserve_exact(v.len());
         }
         let Ok(start) = u32::try_from(self.fps.len()) else {
             return;
@@ -915,9 +916,7 @@ impl Event {
         fps.sort_unstable();
         fps.dedup();
         if matches!(f, CoreField::ResultFp | CoreField::ArgsFp) {
-            let m = self.m();
-            m.fps.reserve_exact(fps.len());
-            m.put_fingerprints(f, &fps);
+            self.m().put_fingerprints(f, &fps);
         }
     }
 
