@@ -47,7 +47,11 @@
 //! it saw at the slowest alert's moment; `KAFKA_BENCH_STATE=0` runs Cordon without a state
 //! store, so without checkpoints; `KAFKA_BENCH_NICE=n` renices Cordon's committer thread;
 //! `KAFKA_BENCH_LOG=dir` keeps each Cordon's log there; `KAFKA_BENCH_IDLE=0` skips the idle
-//! phase, which prints what each of Cordon's threads costs with no traffic). Needs
+//! phase, which prints what each of Cordon's threads costs with no traffic;
+//! `KAFKA_BENCH_PIN=B/C`, CPU lists as `taskset` takes them, e.g. `0/1`, runs the
+//! throughput phase with the broker on cores `B` and the consumers, the raw loop and Cordon,
+//! on cores `C`: what each does per core with the broker on cores of its own, as it would be
+//! in production, where the unpinned bench has all three share them). Needs
 //! `tansu` (built by `.ci/tansu.sh`, or `CORDON_TANSU`; without it, it says so and exits).
 //! The first line printed names the broker, because the ratio depends on it:
 //! `TANSU_FIXES=1 bash .ci/tansu.sh` builds the earlier broker, which answers a fetch only
@@ -77,6 +81,41 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 fn cordon() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cordon"))
+}
+
+/// `KAFKA_BENCH_PIN=B/C`: the broker's cores and the consumers' (`taskset` CPU lists).
+fn pinning() -> Option<(String, String)> {
+    let v = std::env::var("KAFKA_BENCH_PIN").ok()?;
+    let (b, c) = v
+        .split_once('/')
+        .unwrap_or_else(|| panic!("KAFKA_BENCH_PIN={v}: expected BROKER_CPUS/CONSUMER_CPUS"));
+    Some((b.to_owned(), c.to_owned()))
+}
+
+/// Moves every thread of process `pid` to the cores `cpus` (threads it starts later
+/// inherit them).
+fn pin(pid: &str, cpus: &str) {
+    let o = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, pid])
+        .output()
+        .unwrap_or_else(|e| panic!("taskset: {e}"));
+    assert!(
+        o.status.success(),
+        "taskset -a -p -c {cpus} {pid}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A command running `bin`, on the consumers' cores when the bench is pinned.
+fn on_consumer_cores(bin: &Path) -> Command {
+    match pinning() {
+        Some((_, cpus)) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpus]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
 }
 
 /// The Cordon binaries whose throughput is measured: this build, and with
@@ -683,6 +722,14 @@ fn main() {
         cpu.broker
     );
 
+    // Pinned: the broker on its cores, this process (the raw loop, and the Cordons it
+    // starts) on the consumers'. Traffic is already produced, so the producer is not in it.
+    if let Some((bcpus, ccpus)) = pinning() {
+        pin(&broker_pid, &bcpus);
+        pin(&std::process::id().to_string(), &ccpus);
+        println!("pinned: broker on cores {bcpus}, the raw loop and Cordon on cores {ccpus}");
+    }
+
     // Throughput: the raw loop, then Cordon, then the raw loop again (the broker warms up),
     // `KAFKA_BENCH_RUNS` times (default 1); each Cordon run is a new consumer group with
     // fresh state. With `KAFKA_BENCH_COMPARE`, each round runs every contender.
@@ -722,7 +769,7 @@ fn main() {
             let dir = tmp.path().join(format!("e2e-{run}-{ci}"));
             std::fs::create_dir_all(&dir).unwrap();
             let c = Cordon::start_with(
-                Command::new(bin),
+                on_consumer_cores(bin),
                 &config(&dir, &b.addr, "events", "alerts", &[]),
                 &dir,
                 &keys,
@@ -778,6 +825,7 @@ fn main() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    // Pinned, this process runs on the consumers' cores, and so does Cordon.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     if runs == 0 {
         println!("no throughput phase (KAFKA_BENCH_RUNS=0 with KAFKA_BENCH_RATE)");
@@ -785,16 +833,23 @@ fn main() {
     if runs > 0 {
         let raw_median = median(raw_rates.clone());
         let raw_us = median(raw_cpu.iter().map(|c| c.consumer + c.broker).collect());
+        // Pinned, the consumers' cores hold the raw loop alone.
+        let raw_busy = match pinning() {
+            Some(_) => median(raw_cpu.iter().map(|c| c.consumer).collect()),
+            None => raw_us,
+        } * raw_median
+            / 1e6;
         println!(
-        "raw loop: {raw_us:.2} µs of CPU per event with its broker's (medians), {:.2} of the {cores} cores busy at {:.0} k events/s",
-        raw_us * raw_median / 1e6,
-        raw_median / 1e3
-    );
+            "raw loop: {raw_us:.2} µs of CPU per event with its broker's (medians), {raw_busy:.2} of the {cores} cores{} busy at {:.0} k events/s",
+            if pinning().is_some() { " it is pinned to" } else { "" },
+            raw_median / 1e3
+        );
         for ((name, _), cpus) in contenders.iter().zip(&cordon_cpu) {
             let own = median(cpus.iter().map(|c| c.consumer).collect());
             let all = median(cpus.iter().map(|c| c.consumer + c.broker).collect());
             let faults = median(cpus.iter().map(|c| c.faults).collect());
-            let ceiling = cores / all * 1e6;
+            // Pinned, the broker has cores of its own: Cordon's CPU alone bounds it.
+            let ceiling = cores / if pinning().is_some() { own } else { all } * 1e6;
             println!(
             "{name}: {own:.2} µs of CPU per event, {all:.2} µs with its broker's, {faults:.1} page faults per 1 000 events (medians); all {cores} cores busy would run {:.0} k events/s, {:.2} of the raw rate; 0.70 of it would take {:.1} cores for Cordon alone",
             ceiling / 1e3,
