@@ -1056,40 +1056,83 @@ impl Event {
         }
     }
 
-    /// Approximate heap and inline bytes held by the event (for state-size metrics).
+    /// Approximate bytes the event holds, inline and on the heap (for state-size metrics).
+    ///
+    /// Counts what the allocator hands out, not what the values need: a string's capacity,
+    /// an array's slots, and an object's B-tree nodes (serde_json's map is a `BTreeMap`,
+    /// whose every node has room for eleven entries, so a one-key `arguments` object holds
+    /// about 630 bytes). An event held in several places (shared by [`Event::clone`]) is
+    /// counted in full by each holder, as is a shared `tool_description_sha256` map.
     pub fn heap_bytes(&self) -> usize {
-        fn json(v: &Json) -> usize {
-            match v {
-                Json::String(s) => 24 + s.len(),
-                Json::Array(a) => 24 + a.iter().map(json).sum::<usize>(),
-                Json::Object(m) => {
-                    48 + m.iter().map(|(k, v)| 24 + k.len() + json(v)).sum::<usize>()
-                }
-                _ => 16,
-            }
-        }
-        std::mem::size_of::<Event>()
-            + std::mem::size_of::<Fields>()
-            + self.0.text.capacity()
-            + self.0.arguments.as_ref().map(json).unwrap_or(0)
-            + self
-                .0
-                .tool_description_sha256
-                .as_deref()
-                .map(json)
-                .unwrap_or(0)
-            + 8 * self.0.fps.capacity()
-            + self
-                .0
-                .extra
+        use std::mem::size_of;
+        let f = &*self.0;
+        size_of::<Event>()
+            + 2 * size_of::<usize>() // the shared pointer's counts
+            + size_of::<Fields>()
+            + f.text.capacity()
+            + f.arguments.as_ref().map_or(0, json_heap_bytes)
+            + f.tool_description_sha256.as_deref().map_or(0, |m| {
+                2 * size_of::<usize>() + size_of::<Json>() + json_heap_bytes(m)
+            })
+            + size_of::<u64>() * f.fps.capacity()
+            + size_of::<(Box<str>, Json)>() * f.extra.capacity()
+            + f.extra
                 .iter()
-                .map(|(k, v)| 16 + k.len() + json(v))
+                .map(|(k, v)| k.len() + json_heap_bytes(v))
                 .sum::<usize>()
+            + f.baseline
+                .as_ref()
+                .map_or(0, |_| size_of::<BaselineFeatures>())
     }
 
     /// The event as a flat JSON object with dotted keys.
     pub fn to_json(&self) -> Json {
         serde_json::to_value(self).unwrap_or(Json::Null)
+    }
+}
+
+/// Heap bytes a JSON value holds beyond its own slot (see [`Event::heap_bytes`]).
+fn json_heap_bytes(v: &Json) -> usize {
+    use std::mem::size_of;
+    match v {
+        Json::String(s) => s.capacity(),
+        Json::Array(a) => {
+            size_of::<Json>() * a.capacity() + a.iter().map(json_heap_bytes).sum::<usize>()
+        }
+        Json::Object(m) => {
+            btree_node_bytes(m.len())
+                + m.iter()
+                    .map(|(k, v)| k.capacity() + json_heap_bytes(v))
+                    .sum::<usize>()
+        }
+        Json::Null | Json::Bool(_) | Json::Number(_) => 0,
+    }
+}
+
+/// The nodes of a `BTreeMap<String, Json>` of `n` entries, as the standard library lays
+/// them out: a leaf has room for eleven keys and values beside its parent link and lengths;
+/// a node above the leaves adds twelve child pointers. An empty map allocates nothing; a map
+/// of up to eleven entries is one leaf. Larger maps are counted with nodes two thirds full,
+/// about where keys inserted in no particular order leave them after splits.
+fn btree_node_bytes(n: usize) -> usize {
+    use std::mem::size_of;
+    const CAPACITY: usize = 11;
+    const FILLED: usize = 2 * CAPACITY / 3;
+    let leaf = 2 * size_of::<usize>() + CAPACITY * (size_of::<String>() + size_of::<Json>());
+    let internal = leaf + (CAPACITY + 1) * size_of::<usize>();
+    match n {
+        0 => 0,
+        1..=CAPACITY => leaf,
+        _ => {
+            let leaves = n.div_ceil(FILLED);
+            let mut above = 0;
+            let mut level = leaves;
+            while level > 1 {
+                level = level.div_ceil(FILLED + 1);
+                above += level;
+            }
+            leaves * leaf + above * internal
+        }
     }
 }
 
@@ -1260,6 +1303,51 @@ pub fn json_size(v: &Json) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heap_bytes_counts_the_nodes_and_slots_the_allocator_hands_out() {
+        use std::mem::size_of;
+        let slot = size_of::<String>() + size_of::<Json>();
+        // The count models serde_json's map as a B-tree, which keeps its keys sorted; a crate
+        // that turned on serde_json's `preserve_order` (an insertion-ordered hash map) would
+        // change both, and this says so.
+        let mut order = serde_json::Map::new();
+        order.insert("b".to_owned(), Json::Null);
+        order.insert("a".to_owned(), Json::Null);
+        assert_eq!(order.keys().collect::<Vec<_>>(), ["a", "b"]);
+        // Built apart: a copy of a shared event copies its text to its exact size.
+        let event = || {
+            let mut e = Event::new();
+            e.set_str(CoreField::ToolName, "read_file");
+            e
+        };
+        let bare = event();
+        let mut with = event();
+        with.set_arguments(serde_json::json!({ "path": "/srv/.env" }));
+        // A one-key object is a whole leaf of eleven slots, plus the key's and value's text.
+        let grown = with.heap_bytes() - bare.heap_bytes();
+        assert!(
+            grown >= 11 * slot + "path".len() + "/srv/.env".len(),
+            "{grown}"
+        );
+        // An array is its slots, used or not.
+        let mut list = Vec::with_capacity(64);
+        list.push(Json::Bool(true));
+        let mut map = serde_json::Map::new();
+        map.insert("xs".to_owned(), Json::Array(list));
+        let mut arr = event();
+        arr.set_arguments(Json::Object(map));
+        let grown = arr.heap_bytes() - bare.heap_bytes();
+        assert!(grown >= 11 * slot + 64 * size_of::<Json>(), "{grown}");
+        // Every entry of a map of any size has a slot; more entries never take fewer bytes.
+        let mut last = 0;
+        for n in 0..3_000 {
+            let b = btree_node_bytes(n);
+            assert!(b >= n * slot && b >= last, "{n} entries: {b} bytes");
+            last = b;
+        }
+        assert_eq!(btree_node_bytes(0), 0);
+    }
 
     /// The direct writer must give serde_json's text byte for byte: checkpoints written by
     /// either read back the same, and a string that needs an escape must get it.
