@@ -106,12 +106,12 @@ fn pin(pid: &str, cpus: &str) {
     );
 }
 
-/// A command running `bin`, on the consumers' cores when the bench is pinned.
-fn on_consumer_cores(bin: &Path) -> Command {
-    match pinning() {
-        Some((_, cpus)) => {
+/// A command running `bin`, on the cores `cpus` when the bench is pinned.
+fn on_cores(bin: &Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
             let mut c = Command::new("taskset");
-            c.args(["-c", &cpus]).arg(bin);
+            c.args(["-c", cpus]).arg(bin);
             c
         }
         None => Command::new(bin),
@@ -724,9 +724,10 @@ fn main() {
 
     // Pinned: the broker on its cores, this process (the raw loop, and the Cordons it
     // starts) on the consumers'. Traffic is already produced, so the producer is not in it.
-    if let Some((bcpus, ccpus)) = pinning() {
-        pin(&broker_pid, &bcpus);
-        pin(&std::process::id().to_string(), &ccpus);
+    let pinned = pinning();
+    if let Some((bcpus, ccpus)) = &pinned {
+        pin(&broker_pid, bcpus);
+        pin(&std::process::id().to_string(), ccpus);
         println!("pinned: broker on cores {bcpus}, the raw loop and Cordon on cores {ccpus}");
     }
 
@@ -769,7 +770,7 @@ fn main() {
             let dir = tmp.path().join(format!("e2e-{run}-{ci}"));
             std::fs::create_dir_all(&dir).unwrap();
             let c = Cordon::start_with(
-                on_consumer_cores(bin),
+                on_cores(bin, pinned.as_ref().map(|(_, c)| c.as_str())),
                 &config(&dir, &b.addr, "events", "alerts", &[]),
                 &dir,
                 &keys,
@@ -834,14 +835,14 @@ fn main() {
         let raw_median = median(raw_rates.clone());
         let raw_us = median(raw_cpu.iter().map(|c| c.consumer + c.broker).collect());
         // Pinned, the consumers' cores hold the raw loop alone.
-        let raw_busy = match pinning() {
+        let raw_busy = match pinned {
             Some(_) => median(raw_cpu.iter().map(|c| c.consumer).collect()),
             None => raw_us,
         } * raw_median
             / 1e6;
         println!(
             "raw loop: {raw_us:.2} µs of CPU per event with its broker's (medians), {raw_busy:.2} of the {cores} cores{} busy at {:.0} k events/s",
-            if pinning().is_some() { " it is pinned to" } else { "" },
+            if pinned.is_some() { " it is pinned to" } else { "" },
             raw_median / 1e3
         );
         for ((name, _), cpus) in contenders.iter().zip(&cordon_cpu) {
@@ -849,7 +850,7 @@ fn main() {
             let all = median(cpus.iter().map(|c| c.consumer + c.broker).collect());
             let faults = median(cpus.iter().map(|c| c.faults).collect());
             // Pinned, the broker has cores of its own: Cordon's CPU alone bounds it.
-            let ceiling = cores / if pinning().is_some() { own } else { all } * 1e6;
+            let ceiling = cores / if pinned.is_some() { own } else { all } * 1e6;
             println!(
             "{name}: {own:.2} µs of CPU per event, {all:.2} µs with its broker's, {faults:.1} page faults per 1 000 events (medians); all {cores} cores busy would run {:.0} k events/s, {:.2} of the raw rate; 0.70 of it would take {:.1} cores for Cordon alone",
             ceiling / 1e3,

@@ -641,12 +641,10 @@ impl Fields {
             return;
         };
         if mine.is_some() {
-            let kept = self
-                .fingerprints(other)
-                .map(<[u64]>::to_vec)
-                .unwrap_or_default();
-            self.fps = Vec::with_capacity(kept.len() + v.len());
-            self.fps.extend_from_slice(&kept);
+            let kept = self.fingerprints(other).unwrap_or_default();
+            let mut fps = Vec::with_capacity(kept.len() + v.len());
+            fps.extend_from_slice(kept);
+            self.fps = fps;
             other = other.map(|o| Slot {
                 start: 0,
                 len: o.len,
@@ -913,17 +911,15 @@ impl Event {
     }
     /// Sets a fingerprint list (`audit.result_fp` or `audit.args_fp`), kept sorted.
     pub fn set_fingerprints(&mut self, f: CoreField, mut fps: Vec<u64>) {
-        fps.sort_unstable();
-        fps.dedup();
-        if matches!(f, CoreField::ResultFp | CoreField::ArgsFp) {
-            self.m().put_fingerprints(f, &fps);
-        }
+        self.set_fingerprints_from(f, &mut fps);
     }
 
     /// [`Event::set_fingerprints`] from a scratch slice (sorted and deduplicated in place),
     /// copied into one allocation of the exact size.
     pub fn set_fingerprints_from(&mut self, f: CoreField, fps: &mut [u64]) {
-        self.m().set_fingerprints_from(f, fps);
+        if matches!(f, CoreField::ResultFp | CoreField::ArgsFp) {
+            self.m().set_fingerprints_from(f, fps);
+        }
     }
 
     /// Sets one flag feature, creating the feature set if the event has none.
